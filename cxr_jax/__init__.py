@@ -1,0 +1,1 @@
+"""cxr_jax: interpretable chest X-ray diagnosis in JAX/Flax."""
