@@ -1,0 +1,61 @@
+r"""Study A, one model: fine-tune a classifier for pneumothorax vs healthy.
+
+  python main.py --config=configs/siim_classifier.py:model=resnet50 \
+      --config.data.root=/data/siim --config.init.path=/weights/resnet50
+
+Thesis settings (SPEC, Study A): CLAHE + z-score + 224x224; VGG/ResNet Adam
+1e-4 for 50 epochs; ViT SGD 1e-4 for 300 epochs (momentum 0.9 is our reading:
+the thesis gives none). `init.path` = a folder written by
+`python -m cxr_jax.convert` (ImageNet weights); the head is re-initialised for
+2 classes and the first conv summed to 1 channel. Presets: `demo` (tiny model,
+small phantom, 64 px, a few epochs on 2 CPU cores), `model=NAME`.
+"""
+from cxr_jax import config_base
+from cxr_jax.data import siim
+
+# Parameter-name patterns of each family's classifier head (re-initialised
+# when loading ImageNet weights for 2 classes).
+HEADS = {'vgg': 'classifier_6/.*', 'resnet': 'fc/.*', 'vit': 'head/.*'}
+
+
+def family(model: str) -> str:
+  return model.split('_')[0].rstrip('0123456789')
+
+
+def get_config(arg=None):
+  a = config_base.parse_arg(arg, demo=False, model='resnet50')
+  c = config_base.train_config()
+  c.data = siim.default_config()
+  c.model.name = a.model
+  c.model.num_classes = 2
+  c.model.in_chans = 1
+  fam = family(a.model)
+  c.init.dont_load = (HEADS.get(fam, 'head/.*'),)
+  c.optim.lr = 1e-4
+  if fam == 'vit':
+    c.optim.name = 'sgd'
+    c.optim.momentum = 0.9
+    c.total_epochs = 300.0
+  else:
+    c.optim.name = 'adam'
+    c.total_epochs = 50.0
+  c.evals.val = dict(type='loss', split='val', every_steps=0)
+  c.evals.test = dict(type='classification', split='test', every_steps=-1,
+                      final=True, task='binary')
+  c.select_metric = 'val/loss'
+  if a.demo:
+    c.model.name = a.model if a.model.endswith('tiny') else (
+        f'{fam}_tiny' if fam in ('vgg', 'resnet', 'vit') else a.model)
+    c.data.image_size = (64, 64)
+    c.data.phantom_num = 160
+    c.data.phantom_size = 128
+    c.data.num_per_class = 80
+    c.data.split_sizes = (112, 24, 24)
+    c.batch_size = 16
+    c.eval_batch_size = 32
+    c.num_workers = 0
+    c.total_epochs = 4.0
+    c.optim.lr = 1e-3
+    c.log_every_steps = 5
+    c.progress_every_s = 10.0
+  return c

@@ -1,0 +1,164 @@
+"""Study B building blocks: the data, every stage and every baseline.
+
+The thin config files (stage1.py, stage2.py, stage3.py, cooperative.py) are
+assembled from these functions, so that each setting lives in one place.
+Thesis settings (SPEC, Study B): 640x512 (HxW) images in [0, 1], Adam(0.9,
+0.999, 1e-8) lr 1e-4, 50 epochs, early stopping on validation, the best
+checkpoint (validation loss) feeds the next stage. `demo` shrinks everything
+(tiny variants, 128x96, ~100 phantom studies, a few epochs) for 2 CPU cores.
+"""
+import ml_collections
+
+from cxr_jax import config_base
+from cxr_jax.data import egd
+
+PRESETS = dict(demo=False, res='640x512', stage3='thesis')
+
+
+def args(arg):
+  return config_base.parse_arg(arg, **PRESETS)
+
+
+def data(a) -> ml_collections.ConfigDict:
+  d = egd.default_config()
+  h, w = (int(v) for v in a.res.split('x'))
+  d.image_size = (h, w)
+  if a.demo:
+    d.image_size = (128, 96)
+    d.phantom_num = 100
+    d.phantom_size = 256
+    d.num_test = 20
+  return d
+
+
+def _name(base: str, a) -> str:
+  return f'{base}_tiny' if a.demo else base
+
+
+def _base(a, model: str, loss: str, *, evals=('classification',)):
+  c = config_base.train_config()
+  c.data = data(a)
+  c.model = ml_collections.ConfigDict(dict(
+      name=_name(model, a), num_classes=3, in_chans=1, dtype='float32'))
+  c.loss = ml_collections.ConfigDict(dict(name=loss))
+  c.optim.lr = 1e-4
+  c.total_epochs = 50.0
+  c.batch_size = 8
+  c.eval_batch_size = 16
+  c.augment.rotate_deg = 10.0
+  c.augment.hflip = False  # the heart's side is diagnostic for CHF
+  c.evals.val = dict(type='loss', split='val', every_steps=0)
+  if 'classification' in evals:
+    c.evals.test_cls = dict(type='classification', split='test',
+                            every_steps=-1, final=True, task='multiclass')
+  if 'saliency' in evals:
+    c.evals.test_sal = dict(type='saliency', split='test', every_steps=-1,
+                            final=True)
+  c.early_stopping_patience = 10
+  c.plateau_patience = 5
+  if a.demo:
+    c.batch_size = 8
+    c.num_workers = 0
+    c.total_epochs = 4.0
+    c.optim.lr = 1e-3
+    c.log_every_steps = 5
+    c.progress_every_s = 15.0
+    c.early_stopping_patience = 0
+  return c
+
+
+def stage1_contrastive(a):
+  """DenseNet-201, triplet loss (margin 1, all valid triplets in a batch)."""
+  c = _base(a, 'densenet201', 'triplet', evals=())
+  c.loss.margin = 1.0
+  c.loss.embedding_key = 'pre_logits'
+  c.batch_size = 16  # enough same/other-class pairs for triplets
+  return c
+
+
+def stage1_finetune(a, from_stage='stage1_contrastive'):
+  """DenseNet-201 3-class cross-entropy from the contrastive weights."""
+  c = _base(a, 'densenet201', 'ce')
+  c.init.from_stage = from_stage
+  return c
+
+
+def _coop(a, loss, evals):
+  c = _base(a, 'cooperative', loss, evals=evals)
+  c.model.densenet_feature = 'denseblock4'  # the authors' code; thesis text:
+  # 'denseblock3' ("all layers before the last dense block")
+  return c
+
+
+def stage2(a, from_stage='stage1_finetune'):
+  """Res_SE-UNet on gaze maps (KL) with the DenseNet frozen (eval mode)."""
+  c = _coop(a, 'kl_saliency', evals=('saliency',))
+  c.init.from_stage = from_stage
+  c.init.rules = (('densenet/(.*)', r'\1'),)
+  c.init.dont_load = ('unet/.*', 'fusion/.*')
+  c.schedule = (('unet/.*', {}), ('.*', None))
+  return c
+
+
+def stage3(a, from_stage='stage2'):
+  """Only the fusion classifier trains (thesis), or joint (authors' code)."""
+  if a.stage3 not in ('thesis', 'joint'):
+    raise ValueError(f"Config preset stage3={a.stage3!r}: use 'thesis' or "
+                     "'joint'.")
+  if a.stage3 == 'thesis':
+    c = _coop(a, 'ce', evals=('classification', 'saliency'))
+    c.schedule = (('fusion/.*', {}), ('.*', None))
+  else:
+    c = _coop(a, 'cooperative_joint', evals=('classification', 'saliency'))
+    c.loss.saliency_weight = 1.0
+    c.schedule = (('fusion/.*', {}), ('unet/.*', {}), ('.*', None))
+  c.init.from_stage = from_stage
+  return c
+
+
+def mtunet(a):
+  c = _base(a, 'mtunet', 'uncertainty_multitask',
+            evals=('classification', 'saliency'))
+  return c
+
+
+def saliency_only(a, model):
+  c = _base(a, model, 'kl_saliency', evals=('saliency',))
+  c.model.num_classes = None
+  return c
+
+
+def classifier(a, model):
+  c = _base(a, model, 'ce')
+  if model == 'gazegnn':
+    c.model_inputs = ('gaze',)
+  return c
+
+
+STAGES = ('stage1_contrastive', 'stage1_finetune', 'stage2', 'stage3')
+BASELINES = ('mtunet', 'unet_s', 'res_se_unet', 'densenet201',
+             'inception_resnet_v2', 'gazegnn')
+
+
+def all_stages(a) -> dict:
+  return {
+      'stage1_contrastive': stage1_contrastive(a),
+      'stage1_finetune': stage1_finetune(a),
+      'stage2': stage2(a),
+      'stage3': stage3(a),
+      'mtunet': mtunet(a),
+      'unet_s': saliency_only(a, 'unet'),
+      'res_se_unet': saliency_only(a, 'res_se_unet'),
+      'densenet201': classifier(a, 'densenet201'),
+      'inception_resnet_v2': classifier(a, 'inception_resnet_v2'),
+      'gazegnn': classifier(a, 'gazegnn'),
+  }
+
+
+def sequence(a, names) -> ml_collections.ConfigDict:
+  c = config_base.sequence_config()
+  c.data = data(a)
+  stages = all_stages(a)
+  c.sequence = tuple(names)
+  c.stages = ml_collections.ConfigDict({n: stages[n] for n in names})
+  return c

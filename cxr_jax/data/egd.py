@@ -1,0 +1,502 @@
+"""The eye-gaze chest X-ray dataset (egd-cxr, Karargyris et al. 2021).
+
+1,083 MIMIC-CXR frontal radiographs, each read by a radiologist whose gaze
+was recorded at 60 Hz; classes Normal / CHF / pneumonia. Files read here:
+
+- `master_sheet.csv`: `dicom_id`, `path` (relative to the MIMIC-CXR root,
+  e.g. `files/p10/p10000032/s50414267/<dicom_id>.dcm`), `patient_id`,
+  one-hot `Normal`, `CHF`, `pneumonia` (and paddings, reports, ... unused).
+- `eye_gaze.csv` (raw samples) and `fixations.csv`: `DICOM_ID`,
+  `Time (in secs)`, `X_ORIGINAL`, `Y_ORIGINAL` (pixels of the original
+  DICOM) are used; `SESSION_ID`, `FPOGX`, ... are not needed.
+
+`build(cfg)` reads each image, pads it (zeros, centred) to the target
+aspect, resizes and min-max scales it per image; the gaze map is computed at
+native resolution by a recipe of `cxr_jax.data.gaze` and goes through the
+same pad/resize; fixations are mapped through the same geometry into a
+binary `fixmap`. `root == ''` generates the phantom once (real on-disk
+formats, `cxr_jax.data.phantom.gaze`) and reads it with the same code.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import csv
+import logging
+import os
+import shutil
+import tempfile
+from typing import Any, Mapping, Sequence
+
+import ml_collections
+import numpy as np
+
+from cxr_jax.data import cache
+from cxr_jax.data import dicom
+from cxr_jax.data import gaze
+from cxr_jax.data import preprocess
+
+CLASS_NAMES = ('Normal', 'CHF', 'pneumonia')
+SPLITS = ('train', 'val', 'test')
+MASTER_COLUMNS = ('dicom_id', 'path', 'patient_id') + CLASS_NAMES
+GAZE_COLUMNS = ('DICOM_ID', 'Time (in secs)', 'X_ORIGINAL', 'Y_ORIGINAL')
+_CACHE_VERSION = 1  # bump when the arrays' recipe changes
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """Data config of the eye-gaze dataset (every knob a key)."""
+  c = ml_collections.ConfigDict()
+  c.name = 'egd'
+  # Folder with master_sheet.csv, eye_gaze.csv, fixations.csv (and optional
+  # bounding_boxes.csv); '' = generate and use the phantom.
+  c.root = ''
+  c.image_root = ''  # MIMIC-CXR root for the `path` column; '' = root.
+  c.cache_dir = ''  # '' = cache.default_cache_dir()
+  c.image_size = (640, 512)  # (H, W); the authors' code used (320, 256).
+  c.gaze_recipe = 'authors'  # 'authors' | 'fixations' | 'duration'
+  # Blur sigma in px of the ~3000-px DICOMs (75.5 = the authors' 501-px
+  # OpenCV kernel; the 'fixations'/'duration' recipes used 150); 0 = the
+  # recipe's own default.
+  c.gaze_sigma = 75.5
+  # Long side (px) at which gaze_sigma is defined: the sigma used is
+  # gaze_sigma * long_side / gaze_reference_px. 0 = use gaze_sigma as is
+  # (the authors); -1 = auto: 0 for real data, 3000 for the phantom (whose
+  # small images stand in for ~3000-px radiographs).
+  c.gaze_reference_px = -1.0
+  c.split = 'thesis'  # 'thesis' | 'mtunet' | 'patient'
+  # Test images, a count (the thesis: 100 of the real 1,083). Taken
+  # literally for the phantom too: set it to fit phantom_num (e.g. 20 of 100).
+  c.num_test = 100
+  # Fraction of the non-test images for validation ('thesis', 'patient'):
+  # best checkpoints are picked on validation, never on test.
+  c.num_val = 0.1
+  c.split_seed = 0
+  # Gaze points outside the image / listed images that are missing:
+  # 'raise' or 'skip' (drop and log).
+  c.on_error = 'raise'
+  c.phantom_num = 120
+  c.phantom_size = 512
+  c.phantom_seed = 0
+  c.num_workers = 0  # threads for reading images; 0 = os.cpu_count()
+  return c
+
+
+# ---------------------------------------------------------------- CSV files
+
+
+def read_csv_columns(path: str, required: Sequence[str]
+                     ) -> tuple[dict[str, list[str]], np.ndarray]:
+  """Reads the `required` columns of a CSV as lists of strings.
+
+  Returns (column -> values, (N,) line numbers of the rows in the file, the
+  header being line 1). Raises `FileNotFoundError` naming the file, or
+  `ValueError` naming the file and every missing column.
+  """
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'{path}: file not found')
+  with open(path, newline='', encoding='utf-8-sig') as f:
+    reader = csv.reader(f)
+    try:
+      header = [h.strip() for h in next(reader)]
+    except StopIteration:
+      raise ValueError(f'{path}: empty file (no header)') from None
+    missing = [c for c in required if c not in header]
+    if missing:
+      raise ValueError(f'{path}: missing column(s) {missing}; found {header}')
+    idx = [header.index(c) for c in required]
+    cols: dict[str, list[str]] = {c: [] for c in required}
+    lines = []
+    for row in reader:
+      if not row:
+        continue
+      if len(row) <= max(idx):
+        raise ValueError(f'{path}: line {reader.line_num} has {len(row)} '
+                         f'fields, expected {len(header)}')
+      for c, i in zip(required, idx):
+        cols[c].append(row[i].strip())
+      lines.append(reader.line_num)
+  return cols, np.asarray(lines, np.int64)
+
+
+def _floats(values: Sequence[str], path: str, column: str,
+            lines: np.ndarray) -> np.ndarray:
+  """Parses a column to float64, naming file/line/column on failure."""
+  out = np.empty(len(values), np.float64)
+  for i, v in enumerate(values):
+    try:
+      out[i] = float(v)
+    except ValueError:
+      raise ValueError(f'{path}: line {lines[i]}, column {column!r}: '
+                       f'{v!r} is not a number') from None
+  return out
+
+
+def read_master(path: str) -> dict[str, Any]:
+  """Reads master_sheet.csv.
+
+  Returns dict with `dicom_id`, `path`, `patient_id` (lists of str), `label`
+  (N,) int32 (0 Normal, 1 CHF, 2 pneumonia) and `line` (N,) line numbers.
+  Raises `ValueError` naming the dicom_id and line when the one-hot label
+  columns do not hold exactly one 1.
+  """
+  cols, lines = read_csv_columns(path, MASTER_COLUMNS)
+  onehot = np.stack([_floats(cols[c], path, c, lines) for c in CLASS_NAMES],
+                    axis=1)
+  for i, row in enumerate(onehot):
+    if not (np.isin(row, (0.0, 1.0)).all() and row.sum() == 1):
+      raise ValueError(
+          f'{path}: line {lines[i]} (dicom_id {cols["dicom_id"][i]!r}): '
+          f'label columns {list(CLASS_NAMES)} = {row.tolist()}, need exactly '
+          'one 1 and the rest 0')
+  ids = cols['dicom_id']
+  if len(set(ids)) != len(ids):
+    dup = sorted({d for d in ids if ids.count(d) > 1})[:5]
+    raise ValueError(f'{path}: duplicate dicom_id(s) {dup}')
+  return dict(dicom_id=ids, path=cols['path'], patient_id=cols['patient_id'],
+              label=onehot.argmax(1).astype(np.int32), line=lines)
+
+
+def read_gaze_csv(path: str) -> dict[str, dict[str, np.ndarray]]:
+  """Reads eye_gaze.csv or fixations.csv grouped by DICOM_ID.
+
+  Returns DICOM_ID -> {'xy': (N, 2) X_ORIGINAL/Y_ORIGINAL, 'time': (N,),
+  'line': (N,) line numbers}, rows in file order.
+  """
+  cols, lines = read_csv_columns(path, GAZE_COLUMNS)
+  xy = np.stack([_floats(cols['X_ORIGINAL'], path, 'X_ORIGINAL', lines),
+                 _floats(cols['Y_ORIGINAL'], path, 'Y_ORIGINAL', lines)], 1)
+  t = _floats(cols['Time (in secs)'], path, 'Time (in secs)', lines)
+  ids = np.asarray(cols['DICOM_ID'])
+  out = {}
+  if ids.size == 0:
+    return out
+  order = np.argsort(ids, kind='stable')
+  uniq, starts = np.unique(ids[order], return_index=True)
+  ends = np.append(starts[1:], ids.size)
+  for d, s, e in zip(uniq, starts, ends):
+    sel = order[s:e]
+    out[str(d)] = dict(xy=xy[sel], time=t[sel], line=lines[sel])
+  return out
+
+
+def read_boxes(path: str) -> dict[str, list[tuple[str, float, float, float,
+                                                  float]]]:
+  """Reads the optional bounding_boxes.csv: dicom_id -> [(bbox_name, x1, x2,
+  y1, y2)] in native pixels ({} when the file is absent)."""
+  if not os.path.isfile(path):
+    return {}
+  names = ('dicom_id', 'bbox_name', 'x1', 'x2', 'y1', 'y2')
+  cols, lines = read_csv_columns(path, names)
+  coords = [_floats(cols[c], path, c, lines) for c in names[2:]]
+  out: dict[str, list] = {}
+  for i, d in enumerate(cols['dicom_id']):
+    out.setdefault(d, []).append(
+        (cols['bbox_name'][i], *(float(c[i]) for c in coords)))
+  return out
+
+
+# ------------------------------------------------------------------ splits
+
+
+def _num_test(num_test: int, n: int) -> int:
+  """Checks the count of test images against the study size."""
+  k = int(num_test)
+  if not 0 < k < n:
+    raise ValueError(f'num_test={num_test} test images out of {n}; need '
+                     '0 < num_test < number of images')
+  return k
+
+
+def _stratified_take(idx: np.ndarray, labels: np.ndarray, frac: float
+                     ) -> tuple[np.ndarray, np.ndarray]:
+  """Splits idx into (taken, rest): round(frac * len) taken, stratified.
+
+  Members of each class keep their order in idx and are spread evenly over
+  [0, 1) (rank + 0.5) / class size; the k smallest are taken, so every class
+  gets its share up to rounding, and at least one is taken when frac > 0.
+  """
+  idx = np.asarray(idx, np.int64)
+  k = int(round(frac * idx.size))
+  if frac > 0:
+    k = min(max(k, 1), idx.size)
+  pos = np.empty(idx.size, np.float64)
+  for c in np.unique(labels[idx]):
+    sel = np.flatnonzero(labels[idx] == c)
+    pos[sel] = (np.arange(sel.size) + 0.5) / sel.size
+  order = np.argsort(pos, kind='stable')
+  return idx[order[:k]], idx[order[k:]]
+
+
+def split_indices(labels: np.ndarray, patient_ids: Sequence[str],
+                  cfg: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
+  """Positions (sorted int64) of each split in the study list.
+
+  - 'thesis': seeded permutation; the first `num_test` are test, then
+    `num_val` of each class of the rest (stratified) are val.
+  - 'mtunet': seeded permutation, then a counter per class: counter % 10 in
+    {0, 1} -> test, 2 -> val, else train (70/10/20 stratified; MT-UNet).
+  - 'patient': like 'thesis' but whole patients are assigned (seeded
+    permutation of patients), so no patient is in two splits.
+  """
+  labels = np.asarray(labels)
+  n = labels.shape[0]
+  rng = np.random.default_rng(int(cfg.split_seed))
+  if not 0 <= cfg.num_val < 1:
+    raise ValueError(f'num_val must be a fraction in [0, 1), got {cfg.num_val}')
+  if cfg.split == 'thesis':
+    perm = rng.permutation(n)
+    k = _num_test(cfg.num_test, n)
+    test, rest = perm[:k], perm[k:]
+    val, train = _stratified_take(rest, labels, cfg.num_val)
+  elif cfg.split == 'mtunet':
+    perm = rng.permutation(n)
+    counter: dict[int, int] = {}
+    parts = {'train': [], 'val': [], 'test': []}
+    for i in perm:
+      c = int(labels[i])
+      k = counter.get(c, 0)
+      counter[c] = k + 1
+      parts['test' if k % 10 in (0, 1) else 'val' if k % 10 == 2
+            else 'train'].append(i)
+    train, val, test = (np.asarray(parts[s], np.int64) for s in SPLITS)
+  elif cfg.split == 'patient':
+    pids = np.asarray([str(p) for p in patient_ids])
+    if pids.shape[0] != n:
+      raise ValueError(f'{pids.shape[0]} patient ids for {n} labels')
+    patients = rng.permutation(np.unique(pids))
+    k = _num_test(cfg.num_test, n)
+    test_p, count = [], 0
+    for p in patients:  # whole patients until at least k test images
+      if count >= k:
+        break
+      test_p.append(p)
+      count += int((pids == p).sum())
+    test_set = set(test_p)
+    rest_p = [p for p in patients if p not in test_set]
+    n_val = int(round(cfg.num_val * (n - count)))
+    n_val = max(n_val, 1) if cfg.num_val > 0 else 0
+    val_p, count = [], 0
+    for p in rest_p:
+      if count >= n_val:
+        break
+      val_p.append(p)
+      count += int((pids == p).sum())
+    test = np.flatnonzero(np.isin(pids, test_p))
+    val = np.flatnonzero(np.isin(pids, val_p))
+    train = np.flatnonzero(~np.isin(pids, test_p + val_p))
+  else:
+    raise ValueError(f"split must be 'thesis', 'mtunet' or 'patient', got "
+                     f'{cfg.split!r}')
+  return {s: np.sort(np.asarray(a, np.int64))
+          for s, a in zip(SPLITS, (train, val, test))}
+
+
+# ------------------------------------------------------------ one image
+
+
+def map_points(points_xy: np.ndarray, native_hw: Sequence[int],
+               pads: Sequence[int], size_hw: Sequence[int]) -> np.ndarray:
+  """Maps native pixel coordinates through pad_to_aspect + resize.
+
+  Uses skimage's resize convention (pixel centres): x' = (x + 0.5) * s - 0.5.
+  """
+  top, bottom, left, right = pads
+  ph, pw = native_hw[0] + top + bottom, native_hw[1] + left + right
+  sx, sy = size_hw[1] / pw, size_hw[0] / ph
+  p = np.asarray(points_xy, np.float64).reshape(-1, 2)
+  return np.stack([(p[:, 0] + left + 0.5) * sx - 0.5,
+                   (p[:, 1] + top + 0.5) * sy - 0.5], axis=1)
+
+
+def _sigma(cfg: ml_collections.ConfigDict, native_hw: Sequence[int],
+           phantom: bool) -> float:
+  """The blur sigma in native pixels for one image (see default_config)."""
+  sigma = cfg.gaze_sigma or gaze.get_recipe(cfg.gaze_recipe).sigma
+  ref = cfg.gaze_reference_px
+  if ref < 0:
+    ref = gaze.REFERENCE_PX if phantom else 0
+  return gaze.scaled_sigma(sigma, native_hw, ref) if ref > 0 else float(sigma)
+
+
+def load_example(image_path: str, dicom_id: str, samples: Mapping | None,
+                 fixations: Mapping | None, cfg: ml_collections.ConfigDict,
+                 phantom: bool = False) -> dict[str, np.ndarray]:
+  """Reads and preprocesses one study: image, gaze map and fixation map.
+
+  Args:
+    image_path: the image file.
+    dicom_id: for messages.
+    samples: this image's raw gaze ({'xy', 'time', 'line'}) or None.
+    fixations: this image's fixations, or None.
+    cfg: the data config.
+    phantom: whether the sigma auto-scaling of the phantom applies.
+  Returns:
+    {'image': (H, W, 1), 'gaze': (H, W) float32, 'fixmap': (H, W) uint8}.
+  """
+  size = tuple(int(s) for s in cfg.image_size)
+  img = dicom.read_image(image_path)
+  native = img.shape[:2]
+  img, pads = preprocess.pad_to_aspect(img, size[0] / size[1])
+  img = preprocess.minmax01(preprocess.resize(img, size, order=1))
+
+  recipe = gaze.get_recipe(cfg.gaze_recipe)
+  src = samples if recipe.source == 'eye_gaze' else fixations
+  empty = dict(xy=np.zeros((0, 2)), time=np.zeros(0), line=np.zeros(0, int))
+  src = src if src is not None else empty
+  weights = (gaze.fixation_durations(src['time'])
+             if recipe.weighting == 'duration' else None)
+  gmap = gaze.gaze_map(cfg.gaze_recipe, src['xy'], weights, native,
+                       sigma_px=_sigma(cfg, native, phantom),
+                       on_error=cfg.on_error, dicom_id=dicom_id,
+                       rows=src['line'])
+  gmap, _ = preprocess.pad_to_aspect(gmap, size[0] / size[1])
+  gmap = np.clip(preprocess.resize(gmap, size, order=1), 0, None)
+  peak = float(gmap.max())
+  gmap = (gmap / peak if peak > 0 else gmap).astype(np.float32)
+
+  fix = fixations if fixations is not None else empty
+  ok = gaze.inside(fix['xy'], native, dicom_id=dicom_id, rows=fix['line'],
+                   on_error=cfg.on_error, what='fixation')
+  fixmap = gaze.fixation_map(map_points(fix['xy'][ok], native, pads, size),
+                             size)
+  return dict(image=img[..., None].astype(np.float32), gaze=gmap,
+              fixmap=fixmap)
+
+
+# ------------------------------------------------------------------- build
+
+
+def _resolve_image(root: str, rel: str) -> str | None:
+  """The image file for `rel`; a `.dcm` may also be found as MIMIC-CXR-JPG."""
+  path = os.path.join(root, rel)
+  if os.path.isfile(path):
+    return path
+  stem, ext = os.path.splitext(path)
+  if ext.lower() == '.dcm' and os.path.isfile(stem + '.jpg'):
+    return stem + '.jpg'
+  return None
+
+
+def _phantom_root(cfg: ml_collections.ConfigDict, cache_dir: str) -> str:
+  """Generates the phantom once under cache_dir; returns its folder."""
+  from cxr_jax.data.phantom import gaze as phantom_gaze  # pylint: disable=g-import-not-at-top
+  name = (f'phantom-egd-n{cfg.phantom_num}-s{cfg.phantom_size}'
+          f'-seed{cfg.phantom_seed}-v{_CACHE_VERSION}')
+  root = os.path.join(cache_dir, name)
+  if os.path.isfile(os.path.join(root, 'master_sheet.csv')):
+    return root
+  os.makedirs(cache_dir, exist_ok=True)
+  tmp = tempfile.mkdtemp(dir=cache_dir, prefix=f'.{name}.tmp-')
+  phantom_gaze.write_gaze(tmp, int(cfg.phantom_num), int(cfg.phantom_seed),
+                          int(cfg.phantom_size))
+  try:
+    os.rename(tmp, root)
+  except OSError:  # another process finished first
+    if not os.path.isfile(os.path.join(root, 'master_sheet.csv')):
+      raise
+    shutil.rmtree(tmp, ignore_errors=True)
+  return root
+
+
+def _file_stamp(path: str) -> list[Any]:
+  """(size, mtime) of a file for the cache key; [] if absent."""
+  if not os.path.isfile(path):
+    return []
+  st = os.stat(path)
+  return [st.st_size, int(st.st_mtime)]
+
+
+def _check_config(cfg: ml_collections.ConfigDict) -> None:
+  """Fails early, naming the config key, on values build cannot use."""
+  gaze.get_recipe(cfg.gaze_recipe)
+  if cfg.split not in ('thesis', 'mtunet', 'patient'):
+    raise ValueError(f"split must be 'thesis', 'mtunet' or 'patient', got "
+                     f'{cfg.split!r}')
+  if cfg.gaze_sigma < 0:
+    raise ValueError(f'gaze_sigma must be >= 0, got {cfg.gaze_sigma}')
+  default = gaze.get_recipe(cfg.gaze_recipe).sigma
+  if cfg.gaze_sigma and cfg.gaze_sigma != default:
+    logging.info('gaze_sigma=%s differs from the %r recipe default %s.',
+                 cfg.gaze_sigma, cfg.gaze_recipe, default)
+  if cfg.on_error not in ('raise', 'skip'):
+    raise ValueError(f"on_error must be 'raise' or 'skip', got "
+                     f'{cfg.on_error!r}')
+  if len(cfg.image_size) != 2 or min(cfg.image_size) < 1:
+    raise ValueError(f'image_size must be (H, W), got {cfg.image_size}')
+
+
+def build_arrays(root: str, cfg: ml_collections.ConfigDict,
+                 phantom: bool = False) -> dict[str, dict[str, np.ndarray]]:
+  """Reads the study at `root` into split arrays (no caching)."""
+  master = read_master(os.path.join(root, 'master_sheet.csv'))
+  recipe = gaze.get_recipe(cfg.gaze_recipe)
+  samples = (read_gaze_csv(os.path.join(root, 'eye_gaze.csv'))
+             if recipe.source == 'eye_gaze' else {})
+  fixations = read_gaze_csv(os.path.join(root, 'fixations.csv'))
+  image_root = cfg.image_root or root
+
+  keep, paths = [], []
+  for i, (d, rel) in enumerate(zip(master['dicom_id'], master['path'])):
+    path = _resolve_image(image_root, rel)
+    if path is None:
+      msg = (f'image {os.path.join(image_root, rel)} of dicom_id {d!r} '
+             f'(master_sheet.csv line {master["line"][i]}) not found')
+      if cfg.on_error == 'raise':
+        raise FileNotFoundError(msg + " (on_error='skip' drops it)")
+      logging.warning('%s; skipped.', msg)
+      continue
+    keep.append(i)
+    paths.append(path)
+  if not keep:
+    raise FileNotFoundError(f'no image of {root}/master_sheet.csv was found '
+                            f'under {image_root}')
+
+  keep = np.asarray(keep, np.int64)
+  labels = master['label'][keep]
+  pids = [master['patient_id'][i] for i in keep]
+  parts = split_indices(labels, pids, cfg)
+
+  # Preallocate the split arrays and fill them as images are read (the real
+  # study at 640x512 is ~3 GB; no second copy).
+  h, w = (int(v) for v in cfg.image_size)
+  out = {}
+  where = {}  # position in keep -> (split, row)
+  for s in SPLITS:
+    n = parts[s].size
+    out[s] = dict(image=np.zeros((n, h, w, 1), np.float32),
+                  gaze=np.zeros((n, h, w), np.float32),
+                  fixmap=np.zeros((n, h, w), np.uint8),
+                  label=labels[parts[s]].astype(np.int32),
+                  index=keep[parts[s]].astype(np.int32))
+    where.update({int(j): (s, r) for r, j in enumerate(parts[s])})
+
+  def one(j: int) -> None:
+    d = master['dicom_id'][keep[j]]
+    ex = load_example(paths[j], d, samples.get(d), fixations.get(d), cfg,
+                      phantom)
+    s, r = where[j]
+    for k in ('image', 'gaze', 'fixmap'):
+      out[s][k][r] = ex[k]
+
+  workers = cfg.num_workers or os.cpu_count() or 1
+  with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+    list(pool.map(one, range(len(keep))))
+  return out
+
+
+def build(cfg: ml_collections.ConfigDict) -> dict[str, dict[str, np.ndarray]]:
+  """{'train', 'val', 'test'} -> {'image' (N,H,W,1) float32 [0,1], 'gaze'
+  (N,H,W) float32 max 1, 'fixmap' (N,H,W) uint8, 'label' (N,) int32,
+  'index' (N,) int32 = row of master_sheet.csv}, cached."""
+  _check_config(cfg)
+  cache_dir = cfg.cache_dir or cache.default_cache_dir()
+  phantom = not cfg.root
+  root = _phantom_root(cfg, cache_dir) if phantom else cfg.root
+  key = dict(version=_CACHE_VERSION, config=cfg.to_dict(),
+             root=os.path.abspath(root),
+             stamps=[_file_stamp(os.path.join(root, f)) for f in
+                     ('master_sheet.csv', 'eye_gaze.csv', 'fixations.csv')])
+  key['config'].pop('cache_dir', None)
+  key['config'].pop('num_workers', None)
+  return cache.cached('egd', key, lambda: build_arrays(root, cfg, phantom),
+                      cache_dir)

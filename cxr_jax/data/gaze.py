@@ -1,0 +1,258 @@
+"""Gaze-map recipes for the eye-gaze dataset (egd-cxr, Karargyris et al.).
+
+A gaze map ("static visual attention map") accumulates where radiologists
+looked into one heatmap. Public projects build it differently, so each way is
+a named recipe in `RECIPES`:
+
+- `authors` (default): +1 at every raw 60 Hz gaze sample of `eye_gaze.csv`
+  (`X_ORIGINAL`, `Y_ORIGINAL` rounded to pixels), Gaussian blur, divide by the
+  max. The authors (and MT-UNet, whose code they forked) blur with an OpenCV
+  `GaussianBlur` of a 501-px kernel and sigma 0, for which OpenCV picks
+  sigma = 0.3 * ((501 - 1) / 2 - 1) + 0.8 = 75.5 px at DICOM resolution.
+- `fixations`: +1 at every fixation of `fixations.csv`, sigma 150 px (the
+  dataset's own scripts).
+- `duration`: fixations weighted by their duration (GazeGNN-style), sigma
+  150 px. The duration of fixation i is `t[i+1] - t[i]` over the time column
+  (fixations sorted by time); the last fixation, which has no successor, gets
+  the median of the others (1.0 when it is the only one). See
+  `fixation_durations`.
+
+All maps are computed at the image's native resolution. Sigmas are in native
+pixels of the real data (~3000 px on the long side); pass `sigma_px` to use
+another value (e.g. scaled for a smaller image, see `scaled_sigma`).
+
+The blur is `scipy.ndimage.gaussian_filter(mode='constant')` of the impulse
+image. Because the input is a sum of impulses, the same numbers are computed
+exactly (same truncated, normalised kernel) as a separable outer-product sum,
+which is ~100x faster at 3000 px; `blur_points` picks that path and
+`tests/test_data_egd.py` checks it equals `gaussian_filter`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Sequence
+
+import numpy as np
+import scipy.ndimage
+
+# Long side (px) of a typical MIMIC-CXR DICOM, the resolution at which the
+# recipes' sigmas are defined.
+REFERENCE_PX = 3000.0
+TRUNCATE = 4.0  # scipy.ndimage.gaussian_filter's default.
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+  """How to turn gaze data into a map.
+
+  Attributes:
+    source: 'eye_gaze' (raw samples, `X_ORIGINAL`/`Y_ORIGINAL`) or
+      'fixations' (`fixations.csv`).
+    sigma: Gaussian sigma in native pixels (~3000-px images).
+    weighting: 'count' (+1 per point) or 'duration' (fixation duration).
+  """
+  source: str
+  sigma: float
+  weighting: str
+
+
+RECIPES: dict[str, Recipe] = {
+    'authors': Recipe(source='eye_gaze', sigma=75.5, weighting='count'),
+    'fixations': Recipe(source='fixations', sigma=150.0, weighting='count'),
+    'duration': Recipe(source='fixations', sigma=150.0, weighting='duration'),
+}
+
+
+def get_recipe(name: str) -> Recipe:
+  """Returns the recipe called `name`, or raises naming the known ones."""
+  if name not in RECIPES:
+    raise KeyError(
+        f'Unknown gaze recipe {name!r}; known: {sorted(RECIPES)}.')
+  return RECIPES[name]
+
+
+def scaled_sigma(sigma: float, size_hw: Sequence[int],
+                 reference_px: float = REFERENCE_PX) -> float:
+  """`sigma` (defined at `reference_px` long side) for an image of `size_hw`."""
+  return float(sigma) * max(size_hw) / float(reference_px)
+
+
+def fixation_durations(times: np.ndarray) -> np.ndarray:
+  """Duration of each fixation from its start time (seconds).
+
+  duration[i] = times[i+1] - times[i] in time order; the last fixation gets
+  the median of the others (1.0 if it is the only one). Returned in the
+  input order. Negative gaps (unsorted input) cannot occur since the times
+  are sorted first; equal times give 0.
+  """
+  times = np.asarray(times, np.float64)
+  n = times.shape[0]
+  if n == 0:
+    return np.zeros((0,), np.float64)
+  if n == 1:
+    return np.ones((1,), np.float64)
+  order = np.argsort(times, kind='stable')
+  t = times[order]
+  dur = np.empty(n, np.float64)
+  dur[:-1] = np.diff(t)
+  dur[-1] = np.median(dur[:-1])
+  out = np.empty(n, np.float64)
+  out[order] = dur
+  return out
+
+
+def pixel_coords(points_xy: np.ndarray) -> np.ndarray:
+  """Rounds (N, 2) float x, y to integer pixel (column, row)."""
+  points_xy = np.asarray(points_xy, np.float64).reshape(-1, 2)
+  return np.rint(points_xy).astype(np.int64)
+
+
+def inside(points_xy: np.ndarray, size_hw: Sequence[int],
+           *, dicom_id: str = '', rows: np.ndarray | None = None,
+           on_error: str = 'raise', what: str = 'gaze point') -> np.ndarray:
+  """Boolean mask of points whose rounded pixel lies inside the image.
+
+  Args:
+    points_xy: (N, 2) x (column), y (row) in pixels.
+    size_hw: image (H, W).
+    dicom_id: for the error message.
+    rows: (N,) CSV row numbers of the points, for the error message.
+    on_error: 'raise' raises `ValueError` naming the DICOM_ID and the first
+      bad row; 'skip' returns a mask that drops them (and logs the count).
+    what: noun for messages.
+  """
+  if on_error not in ('raise', 'skip'):
+    raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+  h, w = int(size_hw[0]), int(size_hw[1])
+  pix = pixel_coords(points_xy)
+  ok = (pix[:, 0] >= 0) & (pix[:, 0] < w) & (pix[:, 1] >= 0) & (pix[:, 1] < h)
+  ok &= np.isfinite(np.asarray(points_xy, np.float64).reshape(-1, 2)).all(1)
+  n_bad = int((~ok).sum())
+  if n_bad:
+    first = int(np.flatnonzero(~ok)[0])
+    row = int(rows[first]) if rows is not None else first
+    x, y = np.asarray(points_xy, np.float64).reshape(-1, 2)[first]
+    msg = (f'{n_bad} {what}(s) of DICOM_ID {dicom_id!r} fall outside the '
+           f'{h}x{w} image; first at row {row}: x={x:.1f}, y={y:.1f}')
+    if on_error == 'raise':
+      raise ValueError(msg + " (use on_error='skip' to drop them).")
+    logging.info('%s; skipped.', msg)
+  return ok
+
+
+def _kernel_matrix(coords: np.ndarray, length: int, sigma: float) -> np.ndarray:
+  """(length, N) matrix of scipy's normalised truncated 1-D Gaussian taps."""
+  radius = int(TRUNCATE * float(sigma) + 0.5)
+  taps = np.arange(-radius, radius + 1, dtype=np.float64)
+  phi = np.exp(-0.5 / float(sigma) ** 2 * taps ** 2)
+  phi /= phi.sum()
+  d = np.arange(length)[:, None] - coords[None, :]  # (length, N)
+  out = np.zeros(d.shape, np.float64)
+  near = np.abs(d) <= radius
+  out[near] = phi[d[near] + radius]
+  return out
+
+
+def blur_points(pix_xy: np.ndarray, weights: np.ndarray,
+                size_hw: Sequence[int], sigma: float,
+                method: str = 'separable') -> np.ndarray:
+  """Gaussian-blurred sum of weighted impulses at integer pixels.
+
+  Equals `gaussian_filter(impulses, sigma, mode='constant')` (float64 inside).
+
+  Args:
+    pix_xy: (N, 2) integer column, row, all inside the image.
+    weights: (N,) impulse heights.
+    size_hw: (H, W).
+    sigma: Gaussian sigma in pixels; 0 leaves the impulses unblurred.
+    method: 'separable' (sum of outer products, fast) or 'filter' (scipy).
+  Returns:
+    (H, W) float64 map.
+  """
+  h, w = int(size_hw[0]), int(size_hw[1])
+  pix_xy = np.asarray(pix_xy, np.int64).reshape(-1, 2)
+  weights = np.asarray(weights, np.float64).reshape(-1)
+  if method == 'filter' or sigma <= 0:
+    img = np.zeros((h, w), np.float64)
+    np.add.at(img, (pix_xy[:, 1], pix_xy[:, 0]), weights)
+    if sigma <= 0:
+      return img
+    return scipy.ndimage.gaussian_filter(img, float(sigma), mode='constant',
+                                         truncate=TRUNCATE)
+  if method != 'separable':
+    raise ValueError(f"method must be 'separable' or 'filter', got {method!r}")
+  # Merge repeated pixels (raw 60 Hz samples repeat a lot) to shrink N.
+  flat = pix_xy[:, 1] * w + pix_xy[:, 0]
+  uniq, inv = np.unique(flat, return_inverse=True)
+  wsum = np.bincount(inv.reshape(-1), weights=weights, minlength=uniq.size)
+  ys, xs = uniq // w, uniq % w
+  ky = _kernel_matrix(ys, h, sigma) * wsum[None, :]  # (H, N)
+  kx = _kernel_matrix(xs, w, sigma)  # (W, N)
+  return ky @ kx.T
+
+
+def gaze_map(recipe: str, points_xy: np.ndarray, weights: np.ndarray | None,
+             size_hw: Sequence[int], *, sigma_px: float | None = None,
+             on_error: str = 'raise', dicom_id: str = '',
+             rows: np.ndarray | None = None) -> np.ndarray:
+  """Gaze heatmap of one image by a named recipe, normalised to max 1.
+
+  Args:
+    recipe: a key of `RECIPES` ('authors', 'fixations', 'duration').
+    points_xy: (N, 2) float x (column), y (row) in native pixels: raw gaze
+      samples for 'authors', fixations otherwise.
+    weights: (N,) per-point weights (fixation durations for 'duration'), or
+      None for +1 each. 'duration' requires weights (see
+      `fixation_durations`); the count recipes ignore any given.
+    size_hw: native image (H, W).
+    sigma_px: blur sigma in pixels; None = the recipe's default (defined at
+      ~3000-px DICOM resolution; use `scaled_sigma` for smaller images).
+    on_error: points outside the image: 'raise' or 'skip' (see `inside`).
+    dicom_id, rows: identify the image and CSV rows in errors.
+  Returns:
+    (H, W) float32 map with max 1, or all zeros if there are no points (or
+    all weights are zero).
+  """
+  spec = get_recipe(recipe)
+  h, w = int(size_hw[0]), int(size_hw[1])
+  points_xy = np.asarray(points_xy, np.float64).reshape(-1, 2)
+  n = points_xy.shape[0]
+  if spec.weighting == 'duration':
+    if weights is None:
+      raise ValueError(f"Gaze recipe {recipe!r} needs fixation durations as "
+                       f"weights (DICOM_ID {dicom_id!r}).")
+    weights = np.asarray(weights, np.float64).reshape(-1)
+  else:
+    weights = np.ones((n,), np.float64)
+  if weights.shape[0] != n:
+    raise ValueError(f'{weights.shape[0]} weights for {n} points '
+                     f'(DICOM_ID {dicom_id!r}).')
+  ok = inside(points_xy, (h, w), dicom_id=dicom_id, rows=rows,
+              on_error=on_error)
+  if not ok.any():
+    return np.zeros((h, w), np.float32)
+  sigma = spec.sigma if sigma_px is None else float(sigma_px)
+  m = blur_points(pixel_coords(points_xy[ok]), weights[ok], (h, w), sigma)
+  peak = m.max()
+  if peak <= 0:
+    return np.zeros((h, w), np.float32)
+  return (m / peak).astype(np.float32)
+
+
+def fixation_map(points_xy: np.ndarray, size_hw: Sequence[int]) -> np.ndarray:
+  """(H, W) uint8 map with 1 at each fixation's pixel (for NSS, AUC-Judd).
+
+  Points are rounded to pixels; those outside the image are dropped (check
+  them first with `inside` when that must be an error).
+  """
+  h, w = int(size_hw[0]), int(size_hw[1])
+  out = np.zeros((h, w), np.uint8)
+  points_xy = np.asarray(points_xy, np.float64).reshape(-1, 2)
+  if points_xy.shape[0] == 0:
+    return out
+  ok = inside(points_xy, (h, w), on_error='skip', what='fixation')
+  pix = pixel_coords(points_xy[ok])
+  out[pix[:, 1], pix[:, 0]] = 1
+  return out

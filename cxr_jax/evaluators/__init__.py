@@ -1,0 +1,123 @@
+"""Evaluators: what the trainer measures on a split, plugged in by config.
+
+`config.evals.<name> = dict(type=..., split='val', every_steps=0, final=False,
+**kwargs)`: `type` picks `cxr_jax.evaluators.<type>.Evaluator`;
+`every_steps` > 0 evaluates every that many steps, 0 once per epoch, -1 never
+during training; `final=True` also evaluates the best checkpoint at the end
+of training (`final_metrics.json`). Results are logged as `<name>/<metric>`.
+
+An evaluator is `Evaluator(ctx, split=..., **kwargs)` with
+`run(variables) -> dict[str, float]`; `ctx` (an `EvalContext`) runs the
+model in inference mode over a split, sharded over the mesh like training.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator, Mapping
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from cxr_jax.registry import Registry
+
+EVALUATORS = Registry('evaluator type', {
+    'loss': 'cxr_jax.evaluators.loss:Evaluator',
+    'classification': 'cxr_jax.evaluators.classification:Evaluator',
+    'saliency': 'cxr_jax.evaluators.saliency:Evaluator',
+    'cam_localization': 'cxr_jax.evaluators.cam_localization:Evaluator',
+})
+
+ApplyFn = Callable[[Any, Mapping[str, Any]], tuple[Any, dict]]
+
+
+class EvalContext:
+  """Runs `fn(logits, out, batch)` of the model over a split's batches."""
+
+  def __init__(self, *, model, splits: Mapping[str, Mapping[str, np.ndarray]],
+               batch_size: int, mesh, model_inputs=(), loss=None):
+    from cxr_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+    self._pipeline = pipeline
+    self.model = model
+    self.splits = splits
+    self.batch_size = batch_size
+    self.mesh = mesh
+    self.model_inputs = tuple(model_inputs)
+    self.loss = loss  # (fn, kwargs) of the training loss
+    self._data_sharding = NamedSharding(mesh, P('data'))
+    self._compiled: dict[Any, Callable] = {}
+
+  def apply(self, variables, batch):
+    """The model in inference mode on a batch: `(logits, out)`."""
+    kw = {k: batch[k] for k in self.model_inputs}
+    return self.model.apply(variables, batch['image'], train=False, **kw)
+
+  def batches(self, split: str) -> Iterator[dict[str, np.ndarray]]:
+    """This process's share of the split's ordered, padded global batches."""
+    if split not in self.splits:
+      raise ValueError(f'Evaluator split {split!r} not in the dataset '
+                       f'(splits: {sorted(self.splits)}).')
+    return self._pipeline.eval_batches(
+        self.splits[split], batch_size=self.batch_size,
+        shard_index=jax.process_index(), shard_count=jax.process_count())
+
+  def _put(self, batch):
+    return {k: jax.make_array_from_process_local_data(self._data_sharding, v)
+            for k, v in batch.items()}
+
+  def map(self, variables, split: str, fn, key: Any) -> dict[str, np.ndarray]:
+    """Concatenates `fn(logits, out, batch)`'s per-example outputs.
+
+    `fn` returns a dict of (B, ...) arrays; padding rows are dropped and the
+    result is in split order on every process. `key` caches the compiled
+    function (one per evaluator).
+    """
+    if key not in self._compiled:
+      self._compiled[key] = jax.jit(
+          lambda v, b: fn(*self.apply(v, b), b))
+    f = self._compiled[key]
+    parts: dict[str, list[np.ndarray]] = {}
+    for batch in self.batches(split):
+      res = f(variables, self._put(batch))
+      valid = np.asarray(multihost_utils.process_allgather(
+          self._put({'v': batch['valid']})['v'], tiled=True))
+      for k, v in res.items():
+        v = np.asarray(multihost_utils.process_allgather(v, tiled=True))
+        parts.setdefault(k, []).append(v[valid])
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
+  def reduce(self, variables, split: str, fn, key: Any) -> dict[str, float]:
+    """Averages `fn(logits, out, batch)`'s scalars over batches.
+
+    Each batch's value is weighted by its number of valid rows (`fn` itself
+    must ignore padding rows, as the losses do via `batch['valid']`).
+    """
+    if key not in self._compiled:
+      self._compiled[key] = jax.jit(lambda v, b: fn(*self.apply(v, b), b))
+    f = self._compiled[key]
+    sums: dict[str, float] = {}
+    total = 0.0
+    for batch in self.batches(split):
+      n = float(multihost_utils.process_allgather(
+          np.asarray(batch['valid'].sum())).sum())
+      res = jax.device_get(f(variables, self._put(batch)))
+      for k, v in res.items():
+        sums[k] = sums.get(k, 0.0) + float(v) * n
+      total += n
+    return {k: v / max(total, 1.0) for k, v in sums.items()}
+
+
+def build(name: str, cfg: Mapping[str, Any], ctx: EvalContext):
+  """Builds evaluator `name` from its config dict."""
+  kw = dict(cfg)
+  etype = kw.pop('type', None)
+  if etype is None:
+    raise ValueError(f"config.evals.{name} has no 'type' (choices: "
+                     f'{", ".join(EVALUATORS.names())}).')
+  for k in ('every_steps', 'final'):
+    kw.pop(k, None)
+  cls = EVALUATORS.get(etype, key=f'evals.{name}.type')
+  try:
+    return cls(ctx, **kw)
+  except TypeError as e:
+    raise TypeError(f'config.evals.{name}: {e}') from e

@@ -1,0 +1,46 @@
+"""Saliency metrics of predicted gaze maps against the radiologists' maps."""
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+
+from cxr_jax.metrics import saliency as sal
+from cxr_jax.registry import check_choice
+
+
+class Evaluator:
+  """`saliency` evaluator: KL, CC, HS (authors' or MIT definitions), NSS and
+  AUC-Judd (from the fixation maps) of `out['saliency_logp']`, averaged over
+  the split (the per-image values come from `predict`)."""
+
+  def __init__(self, ctx, *, split: str = 'test', variant: str = 'authors'):
+    self.ctx, self.split = ctx, split
+    self.variant = check_choice(variant, ('authors', 'mit'),
+                                'evals.*.variant')
+
+  def predict(self, variables) -> dict[str, np.ndarray]:
+    """Per-image predicted distributions, targets and fixation maps."""
+    def fn(logits, out, batch):
+      del logits
+      return {'pred': jnp.exp(out['saliency_logp'].astype(jnp.float32)),
+              'gaze': batch['gaze'], 'fixmap': batch['fixmap'],
+              'index': batch['index']}
+    return self.ctx.map(variables, self.split, fn, key=id(self))
+
+  def per_image(self, p: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return per_image_metrics(p['gaze'], p['pred'], p['fixmap'], self.variant)
+
+  def run(self, variables) -> dict[str, float]:
+    m = self.per_image(self.predict(variables))
+    return {k: float(np.mean(v)) for k, v in m.items()}
+
+
+def per_image_metrics(gaze, pred, fixmap, variant='authors'):
+  """KL, CC, HS, NSS, AUC-Judd per image for (N,H,W) maps."""
+  return {
+      'kl': sal.kl(gaze, pred, variant=variant),
+      'cc': sal.cc(gaze, pred),
+      'hs': sal.hs(gaze, pred, variant=variant),
+      'nss': sal.nss(pred, fixmap),
+      'auc_judd': sal.auc_judd(pred, fixmap),
+  }

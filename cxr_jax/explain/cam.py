@@ -1,0 +1,440 @@
+"""Class activation maps (Grad-CAM and relatives), batched and jitted.
+
+Contract with the models (see DESIGN.md): `model.apply(variables, x_BHWC,
+train=False, **model_kwargs)` returns `(logits_BK, out)` and the target
+activation `A` (B, h, w, C) passes through `x = self.perturb('features', x)`
+and is stored in `out` under the same name. The gradient of the selected
+logits w.r.t. the zero-valued perturbation equals the gradient w.r.t. `A`, so
+one `jax.vjp` over the perturbation gives activations and gradients from a
+single forward pass, never differentiating the parameters. Variables are
+applied with `train=False` and no mutable collections: explaining never
+changes `params` or `batch_stats`.
+
+Formulas follow pytorch-grad-cam (jacobgil) so maps are comparable:
+  gradcam    w_c = mean_hw(dS/dA_c);          cam = ReLU(sum_c w_c A_c)
+  hirescam   cam = ReLU(sum_c dS/dA_c * A_c)
+  gradcam++  a = g^2 / (2 g^2 + sum_hw(A) g^3 + 1e-6), a = 0 where g == 0,
+             w_c = sum_hw(ReLU(g) a);         cam = ReLU(sum_c w_c A_c)
+  xgradcam   w_c = sum_hw(g A / (sum_hw(A) + 1e-7)); cam = ReLU(sum_c w_c A_c)
+  layercam   cam = ReLU(sum_c ReLU(g) A_c)
+  scorecam   each channel, bilinearly upsampled (align_corners=True, as
+             torch's UpsamplingBilinear2d) and min-max scaled to [0, 1]
+             (+1e-8), masks the input; w = softmax_c(target logit of the
+             masked input); cam = ReLU(sum_c w_c A_c)
+  eigencam   projection of the centred activations (hw, C) on their first
+             right singular vector; the SVD sign is arbitrary, so the map is
+             flipped where |min| > |max| (the sign correction of
+             pytorch-grad-cam's `get_2d_projection_with_sign_correction`;
+             its `EigenCAM` class itself does not correct); cam = ReLU(.)
+
+Post-processing order (the same for every method): `raw` = the ReLU'd map on
+the feature grid (B, h, w); then bilinear `jax.image.resize` (half-pixel
+centres, as cv2.resize) to the input size; then per-image scaling
+(x - min) / (max(x - min) + 1e-7). pytorch-grad-cam scales first and resizes
+second; both orders give the same map up to interpolation at the extremes,
+ours guarantees that each upsampled map spans [0, 1] exactly (constant maps
+become all zeros).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+
+
+# ----------------------------------------------------------------- methods --
+def _spatial_sum(x_BhwC: Array) -> Array:
+  return jnp.sum(x_BhwC, axis=(1, 2), keepdims=True)
+
+
+def _weighted(acts_BhwC: Array, w_BC: Array) -> Array:
+  return jnp.einsum('bhwc,bc->bhw', acts_BhwC, w_BC)
+
+
+def gradcam(acts_BhwC: Array, grads_BhwC: Array) -> Array:
+  """Grad-CAM (Selvaraju et al. 2017), before ReLU."""
+  return _weighted(acts_BhwC, jnp.mean(grads_BhwC, axis=(1, 2)))
+
+
+def hirescam(acts_BhwC: Array, grads_BhwC: Array) -> Array:
+  """HiResCAM (Draelos & Carin 2020): element-wise gradient x activation."""
+  return jnp.sum(grads_BhwC * acts_BhwC, axis=-1)
+
+
+def gradcam_pp(acts_BhwC: Array, grads_BhwC: Array) -> Array:
+  """Grad-CAM++ (Chattopadhyay et al. 2018), pytorch-grad-cam's eq. 19."""
+  g2 = grads_BhwC**2
+  g3 = g2 * grads_BhwC
+  aij = g2 / (2 * g2 + _spatial_sum(acts_BhwC) * g3 + 1e-6)
+  aij = jnp.where(grads_BhwC != 0, aij, 0.0)
+  w_BC = jnp.sum(jax.nn.relu(grads_BhwC) * aij, axis=(1, 2))
+  return _weighted(acts_BhwC, w_BC)
+
+
+def xgradcam(acts_BhwC: Array, grads_BhwC: Array) -> Array:
+  """XGrad-CAM (Fu et al. 2020)."""
+  w_BC = jnp.sum(grads_BhwC * acts_BhwC / (_spatial_sum(acts_BhwC) + 1e-7),
+                 axis=(1, 2))
+  return _weighted(acts_BhwC, w_BC)
+
+
+def layercam(acts_BhwC: Array, grads_BhwC: Array) -> Array:
+  """LayerCAM (Jiang et al. 2021)."""
+  return jnp.sum(jax.nn.relu(grads_BhwC) * acts_BhwC, axis=-1)
+
+
+def eigencam(acts_BhwC: Array, grads_BhwC: Array | None = None) -> Array:
+  """Eigen-CAM (Muhammad & Yeasin 2020): first principal component, signed."""
+  del grads_BhwC
+  b, h, w, c = acts_BhwC.shape
+  x_BNC = jnp.nan_to_num(acts_BhwC.reshape(b, h * w, c))
+  x_BNC = x_BNC - jnp.mean(x_BNC, axis=1, keepdims=True)
+  _, _, vt_BCC = jnp.linalg.svd(x_BNC, full_matrices=False)
+  proj_BN = jnp.einsum('bnc,bc->bn', x_BNC, vt_BCC[:, 0, :])
+  flip_B = jnp.abs(proj_BN.min(-1)) > jnp.abs(proj_BN.max(-1))
+  proj_BN = jnp.where(flip_B[:, None], -proj_BN, proj_BN)
+  return proj_BN.reshape(b, h, w)
+
+
+@dataclasses.dataclass(frozen=True)
+class CamMethod:
+  """A CAM method: `fn(acts, grads) -> map` or, for `scorecam`, None."""
+  fn: Callable[..., Array] | None
+  uses_grads: bool
+  class_specific: bool = True
+
+
+METHODS: dict[str, CamMethod] = {
+    'gradcam': CamMethod(gradcam, True),
+    'hirescam': CamMethod(hirescam, True),
+    'gradcam++': CamMethod(gradcam_pp, True),
+    'xgradcam': CamMethod(xgradcam, True),
+    'layercam': CamMethod(layercam, True),
+    'eigencam': CamMethod(eigencam, False, class_specific=False),
+    'scorecam': CamMethod(None, False),
+}
+
+
+def get_method(name: str) -> CamMethod:
+  """Looks up a CAM method by name, with a clear error for unknown names."""
+  if name not in METHODS:
+    raise ValueError(f'Unknown CAM method {name!r}. Valid choices: '
+                     f"{', '.join(sorted(METHODS))}.")
+  return METHODS[name]
+
+
+# ------------------------------------------------------------ primitives --
+def normalize_maps(cam_BHW: Array) -> Array:
+  """Per-map (x - min) / (max(x - min) + 1e-7) over the last two axes."""
+  lo = jnp.min(cam_BHW, axis=(-2, -1), keepdims=True)
+  x = cam_BHW - lo
+  return x / (jnp.max(x, axis=(-2, -1), keepdims=True) + 1e-7)
+
+
+def upsample_maps(cam_Bhw: Array, hw: tuple[int, int]) -> Array:
+  """Bilinear resize (half-pixel centres) of the last two axes to `hw`."""
+  shape = cam_Bhw.shape[:-2] + tuple(hw)
+  return jax.image.resize(cam_Bhw, shape, method='bilinear')
+
+
+def _align_corners_matrix(n_out: int, n_in: int) -> np.ndarray:
+  """(n_out, n_in) bilinear interpolation with align_corners=True."""
+  if n_in == 1:
+    return np.ones((n_out, 1), np.float32)
+  pos = np.arange(n_out) * (n_in - 1) / max(n_out - 1, 1)
+  lo = np.clip(np.floor(pos).astype(int), 0, n_in - 2)
+  frac = pos - lo
+  m = np.zeros((n_out, n_in), np.float32)
+  m[np.arange(n_out), lo] = 1 - frac
+  m[np.arange(n_out), lo + 1] += frac
+  return m
+
+
+# ------------------------------------------------------- model plumbing --
+class _Static:
+  """Hashable-by-identity wrapper for static jit args that do not hash."""
+
+  def __init__(self, value: Any):
+    self.value = value
+
+  def __hash__(self) -> int:
+    return id(self.value)
+
+  def __eq__(self, other: Any) -> bool:
+    return isinstance(other, _Static) and other.value is self.value
+
+
+def _static(model: nn.Module) -> Any:
+  try:
+    hash(model)
+    return model
+  except TypeError:
+    return _Static(model)
+
+
+def _unwrap(model: Any) -> nn.Module:
+  return model.value if isinstance(model, _Static) else model
+
+
+def _paths(tree: Mapping[str, Any], prefix: tuple = ()) -> list[tuple]:
+  out = []
+  for k, v in tree.items():
+    if isinstance(v, Mapping):
+      out += _paths(v, prefix + (k,))
+    else:
+      out.append(prefix + (k,))
+  return out
+
+
+def _get(tree: Mapping[str, Any], path: tuple) -> Any:
+  for k in path:
+    tree = tree[k]
+  return tree
+
+
+def _set(tree: Mapping[str, Any], path: tuple, value: Any) -> dict:
+  tree = dict(tree)
+  if len(path) == 1:
+    tree[path[0]] = value
+  else:
+    tree[path[0]] = _set(tree[path[0]], path[1:], value)
+  return tree
+
+
+def resolve_layer(available: list[tuple], target_layer: str | tuple) -> tuple:
+  """Finds the perturbation path named by `target_layer`.
+
+  `target_layer` is a path tuple (`('densenet', 'features')`), a '/'-joined
+  string, or a suffix of exactly one registered path (`'features'` finds
+  `('densenet', 'features')` when it is the only one).
+  """
+  want = (tuple(target_layer.split('/')) if isinstance(target_layer, str)
+          else tuple(target_layer))
+  if want in available:
+    return want
+  hits = [p for p in available if p[-len(want):] == want]
+  if len(hits) == 1:
+    return hits[0]
+  raise ValueError(
+      f'Target layer {target_layer!r} matches {len(hits)} perturbation paths; '
+      f"registered with self.perturb(...): {['/'.join(p) for p in available]}.")
+
+
+def _find_activation(out: Any, path: tuple, shape: tuple) -> Array:
+  """Reads the activation that passed through `perturb` from `out`."""
+  candidates = []
+  try:
+    candidates.append(_get(out, path))
+  except (KeyError, TypeError):
+    pass
+  if isinstance(out, Mapping):
+    candidates += [out.get('/'.join(path)), out.get(path[-1])]
+  for c in candidates:
+    if c is not None and hasattr(c, 'shape') and tuple(c.shape) == shape:
+      return c
+  raise ValueError(
+      f"The model's `out` dict has no activation {'/'.join(path)!r} of shape "
+      f'{shape}; store the perturbed array in `out` under the same path or '
+      'its last name.')
+
+
+def _split_kwargs(model_kwargs: Mapping[str, Any] | None):
+  """Array-valued kwargs are traced; everything else is static."""
+  arrays, static = {}, []
+  for k, v in (model_kwargs or {}).items():
+    if isinstance(v, (np.ndarray, jax.Array)):
+      arrays[k] = v
+    else:
+      static.append((k, v))
+  return arrays, tuple(sorted(static))
+
+
+def _forward_with_grads(model, variables, images_BHWC, kwargs, path):
+  """One forward; returns logits, activation and a vjp over the logits."""
+  base = {k: v for k, v in variables.items() if k != 'perturbations'}
+  pert_shapes = jax.eval_shape(
+      lambda v, x: model.apply(v, x, train=False, mutable=['perturbations'],
+                               **kwargs)[1], base, images_BHWC)
+  if 'perturbations' not in pert_shapes:
+    raise ValueError('The model registers no self.perturb(...) activation.')
+  pert = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                      pert_shapes['perturbations'])
+  path = resolve_layer(_paths(pert), path)
+
+  def f(p_leaf):
+    logits, out = model.apply({**base, 'perturbations': _set(pert, path, p_leaf)},
+                              images_BHWC, train=False, **kwargs)
+    act = _find_activation(out, path, p_leaf.shape)
+    return logits.astype(jnp.float32), act
+
+  logits_BK, vjp_fn, acts_BhwC = jax.vjp(f, _get(pert, path), has_aux=True)
+  return logits_BK, acts_BhwC.astype(jnp.float32), vjp_fn
+
+
+def _scorecam_logits(model, variables, images_BHWC, kwargs, acts_BhwC,
+                     chunk_size):
+  """Logits (B, C, K) of the input masked by each activation channel."""
+  b, h, w, c = acts_BhwC.shape
+  H, W = images_BHWC.shape[1:3]
+  rh = jnp.asarray(_align_corners_matrix(H, h))
+  rw = jnp.asarray(_align_corners_matrix(W, w))
+  base = {k: v for k, v in variables.items() if k != 'perturbations'}
+  n = b * c
+  n_chunks = -(-n // chunk_size)
+  per_example = {k: v for k, v in kwargs.items()
+                 if hasattr(v, 'shape') and v.ndim and v.shape[0] == b}
+
+  def chunk(i):
+    idx = jnp.minimum(i * chunk_size + jnp.arange(chunk_size), n - 1)
+    bi, ci = idx // c, idx % c
+    a_Nhw = acts_BhwC[bi, :, :, ci]
+    up_NHW = jnp.einsum('Hh,nhw,Ww->nHW', rh, a_Nhw, rw)
+    lo = up_NHW.min((1, 2), keepdims=True)
+    hi = up_NHW.max((1, 2), keepdims=True)
+    up_NHW = (up_NHW - lo) / (hi - lo + 1e-8)
+    x = images_BHWC[bi] * up_NHW[..., None]
+    kw = {**kwargs, **{k: v[bi] for k, v in per_example.items()}}
+    return model.apply(base, x, train=False, **kw)[0].astype(jnp.float32)
+
+  logits = jax.lax.map(chunk, jnp.arange(n_chunks))
+  logits = logits.reshape(n_chunks * chunk_size, -1)[:n]
+  return logits.reshape(b, c, -1)
+
+
+# Three jitted stages: the model's forward + backward (compiled once per
+# model, layer and shapes, shared by every gradient method and Eigen-CAM),
+# Score-CAM's masked forwards, and a small method-specific post-processing.
+@functools.partial(jax.jit, static_argnames=('model', 'path', 'all_classes',
+                                             'static_kwargs'))
+def _acts_and_grads(model, variables, images_BHWC, targets_B, use_pred,
+                    array_kwargs, *, path, all_classes, static_kwargs):
+  """Activations (B,h,w,C), grads ((K,)B,h,w,C), logits and targets."""
+  kwargs = {**array_kwargs, **dict(static_kwargs)}
+  logits_BK, acts_BhwC, vjp_fn = _forward_with_grads(
+      _unwrap(model), variables, images_BHWC, kwargs, path)
+  b, k = logits_BK.shape
+  targets_B = jnp.where(use_pred, jnp.argmax(logits_BK, axis=-1), targets_B)
+  grad = lambda onehot_BK: vjp_fn(onehot_BK)[0].astype(jnp.float32)
+  if all_classes:
+    onehots_KBK = jnp.broadcast_to(jnp.eye(k)[:, None, :], (k, b, k))
+    grads = jax.vmap(grad)(onehots_KBK.astype(logits_BK.dtype))
+  else:
+    grads = grad(jax.nn.one_hot(targets_B, k, dtype=logits_BK.dtype))
+  return acts_BhwC, grads, logits_BK, targets_B.astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames=('model', 'chunk_size',
+                                             'static_kwargs'))
+def _scorecam_scores(model, variables, images_BHWC, acts_BhwC, array_kwargs,
+                     *, chunk_size, static_kwargs):
+  kwargs = {**array_kwargs, **dict(static_kwargs)}
+  return _scorecam_logits(_unwrap(model), variables, images_BHWC, kwargs,
+                          acts_BhwC, chunk_size)
+
+
+@functools.partial(jax.jit, static_argnames=('method', 'all_classes', 'hw',
+                                             'upsample', 'normalize'))
+def _finish(acts_BhwC, grads, scores_BCK, targets_B, *, method, all_classes,
+            hw, upsample, normalize):
+  """Method formula, ReLU, upsampling and scaling."""
+  spec = METHODS[method]
+  if spec.uses_grads:
+    if all_classes:
+      raw = jnp.moveaxis(jax.vmap(lambda g: spec.fn(acts_BhwC, g))(grads), 0, 1)
+    else:
+      raw = spec.fn(acts_BhwC, grads)
+  elif method == 'scorecam':
+    w_BCK = jax.nn.softmax(scores_BCK, axis=1)
+    if all_classes:
+      raw = jnp.einsum('bhwc,bck->bkhw', acts_BhwC, w_BCK)
+    else:
+      w_BC = jnp.take_along_axis(w_BCK, targets_B[:, None, None], axis=2)[..., 0]
+      raw = _weighted(acts_BhwC, w_BC)
+  else:
+    raw = spec.fn(acts_BhwC, None)
+    if all_classes:
+      k = scores_BCK.shape[-1]
+      raw = jnp.broadcast_to(raw[:, None], (raw.shape[0], k) + raw.shape[1:])
+  raw = jax.nn.relu(raw)
+  cam = upsample_maps(raw, hw) if upsample else raw
+  if normalize:
+    cam = normalize_maps(cam)
+  return cam, raw
+
+
+def compute_cams(model: nn.Module, variables: Mapping[str, Any],
+                 images_BHWC: Any, *, method: str = 'gradcam',
+                 target_layer: str | tuple = 'features',
+                 targets: str | Any = 'label', labels: Any = None,
+                 upsample: bool = True, normalize: bool = True,
+                 model_kwargs: Mapping[str, Any] | None = None,
+                 chunk_size: int = 32) -> dict[str, jax.Array]:
+  """Class activation maps for a batch.
+
+  Args:
+    model: flax module; `apply(v, x, train=False, **model_kwargs)` returns
+      `(logits, out)` and registers the activation with `self.perturb`.
+    variables: `{'params': ..., 'batch_stats': ...}`; never modified.
+    images_BHWC: input batch.
+    method: a key of `METHODS` ('gradcam', 'hirescam', 'gradcam++',
+      'xgradcam', 'layercam', 'scorecam', 'eigencam').
+    target_layer: perturbation name or path, e.g. ('densenet', 'features').
+    targets: 'label' (use `labels`), 'pred' (argmax of the logits), 'all'
+      (every class: maps (B, K, ...)) or an int array (B,) of classes.
+    labels: (B,) int, required for targets='label'.
+    upsample: resize to the input's (H, W) (bilinear, half-pixel centres).
+    normalize: per-map (x - min) / (max(x - min) + 1e-7) after upsampling.
+    model_kwargs: extra inputs for `apply` (e.g. `gaze=`); arrays are traced
+      (for Score-CAM an array with leading dim B is taken per example),
+      other values are static (hashable).
+    chunk_size: Score-CAM masked forwards per `lax.map` step (bounds memory).
+
+  Returns:
+    dict with 'cam' (B, H, W) float32 in [0, 1] (or (B, K, H, W) for 'all'),
+    'raw' (B, h, w) (or (B, K, h, w)) = ReLU'd map before upsampling and
+    scaling, 'targets' (B,) int32 (or (B, K)) and 'logits' (B, K).
+  """
+  spec = get_method(method)
+  images_BHWC = jnp.asarray(images_BHWC)
+  b = images_BHWC.shape[0]
+  use_pred = False
+  if isinstance(targets, str):
+    if targets == 'label':
+      if labels is None:
+        raise ValueError("targets='label' needs `labels`.")
+      t = jnp.asarray(labels, jnp.int32).reshape(b)
+    elif targets in ('pred', 'all'):
+      t, use_pred = jnp.zeros((b,), jnp.int32), targets == 'pred'
+    else:
+      raise ValueError(f"targets must be 'label', 'pred', 'all' or an int "
+                       f'array (B,), got {targets!r}.')
+  else:
+    t = jnp.asarray(targets, jnp.int32).reshape(b)
+  all_classes = isinstance(targets, str) and targets == 'all'
+  path = (tuple(target_layer.split('/')) if isinstance(target_layer, str)
+          else tuple(target_layer))
+  array_kwargs, static_kwargs = _split_kwargs(model_kwargs)
+  model = _static(model)
+  acts, grads, logits, t = _acts_and_grads(
+      model, variables, images_BHWC, t, jnp.asarray(use_pred), array_kwargs,
+      path=path, all_classes=all_classes and spec.uses_grads,
+      static_kwargs=static_kwargs)
+  scores = logits[:, None, :]
+  if method == 'scorecam':
+    scores = _scorecam_scores(model, variables, images_BHWC, acts,
+                              array_kwargs, chunk_size=chunk_size,
+                              static_kwargs=static_kwargs)
+  cam, raw = _finish(acts, grads, scores, t, method=method,
+                     all_classes=all_classes, hw=tuple(images_BHWC.shape[1:3]),
+                     upsample=upsample, normalize=normalize)
+  if all_classes:
+    t = jnp.broadcast_to(jnp.arange(logits.shape[-1], dtype=jnp.int32),
+                         logits.shape)
+  return dict(cam=cam, raw=raw, targets=t, logits=logits)

@@ -1,0 +1,84 @@
+"""What `main.py` runs: `config.job` names a job, each `fn(config, workdir)`.
+
+- `train`: one training run (`cxr_jax.train.run`).
+- `sequence`: several training runs in order, each a full train config in
+  `config.stages.<name>`, run in `workdir/<name>` in the order of
+  `config.sequence`; `config.data` and `config.seed` are shared by every
+  stage; a stage whose `init.from_stage` names an earlier stage starts from
+  that stage's best checkpoint. A finished stage (`done.json`) is skipped and
+  an interrupted one resumes, so re-running the same command continues the
+  sequence. `config.report` then names a report (`REPORTS`) written to
+  `workdir/report/`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from absl import logging
+
+from cxr_jax import ckpt
+from cxr_jax.registry import Registry
+
+JOBS = Registry('job', {
+    'train': 'cxr_jax.train:run',
+    'sequence': 'cxr_jax.jobs:run_sequence',
+})
+
+REPORTS = Registry('report', {
+    'gradcam_benchmark': 'cxr_jax.studies.gradcam_benchmark:report',
+    'cooperative': 'cxr_jax.studies.cooperative:report',
+})
+
+SHARED = ('data', 'seed')
+
+
+def run(config, workdir: str):
+  """Runs the job `config.job` names."""
+  return JOBS.get(config.job, key='job')(config, workdir)
+
+
+def stage_config(config, name: str, workdir: str):
+  """The train config of stage `name` with the shared fields and init path."""
+  if name not in config.stages:
+    raise ValueError(f'config.sequence names stage {name!r}, which is not in '
+                     f'config.stages ({", ".join(config.stages)}).')
+  sub = config.stages[name].copy_and_resolve_references()
+  with sub.unlocked():
+    for key in SHARED:
+      sub[key] = config[key]
+    if sub.init.from_stage:
+      if sub.init.from_stage not in config.sequence[:config.sequence.index(
+          name)]:
+        raise ValueError(f'config.stages.{name}.init.from_stage = '
+                         f'{sub.init.from_stage!r} is not an earlier stage.')
+      sub.init.path = os.path.join(workdir, sub.init.from_stage)
+  return sub
+
+
+def run_sequence(config, workdir: str) -> dict:
+  """Runs `config.sequence`'s stages, then `config.report`."""
+  os.makedirs(workdir, exist_ok=True)
+  ckpt.write_json(os.path.join(workdir, 'config.json'), config.to_dict())
+  from cxr_jax import train  # pylint: disable=g-import-not-at-top
+  summaries = {}
+  for i, name in enumerate(config.sequence):
+    sub_dir = os.path.join(workdir, name)
+    done = os.path.join(sub_dir, 'done.json')
+    if os.path.exists(done):
+      with open(done) as f:
+        summaries[name] = json.load(f)
+      logging.info('[%d/%d] %s: already done, skipped.', i + 1,
+                   len(config.sequence), name)
+      continue
+    logging.info('[%d/%d] %s: training in %s', i + 1, len(config.sequence),
+                 name, sub_dir)
+    t0 = time.time()
+    summary = train.run(stage_config(config, name, workdir), sub_dir)
+    summary['wall_s'] = time.time() - t0
+    ckpt.write_json(done, summary)
+    summaries[name] = summary
+  if config.report:
+    REPORTS.get(config.report, key='report')(config, workdir)
+  return summaries

@@ -1,0 +1,134 @@
+"""The dual-encoder multi-task UNet of Study B (thesis chapter 4).
+
+Three top-level submodules, named so that freezing patterns read naturally
+(`'densenet/.*'`, `'unet/.*'`, `'fusion/.*'`):
+
+* `densenet`: DenseNet-201 ('tiny' for tests) with its own 3-class head,
+  trained in stage 1 (triplet pretraining then cross-entropy);
+* `unet`: a Res_SE-UNet whose first decoder level also receives a DenseNet
+  feature map (`densenet_feature`, default `'denseblock4'`, 1/32 of the input,
+  as in the authors' released code: nearest x2 up-conv to 512 channels, then
+  concatenated with the 1/16 bottleneck); trained in stage 2 on gaze maps;
+* `fusion`: the multi-scale feature-fusion classifier on
+  concat[GAP(ReLU(DenseNet norm5)), GAP(last decoder map)] -> Dense 64 ->
+  Dropout 0.25 -> ReLU -> Dense 3 (the authors' head); trained in stage 3.
+
+`densenet_feature='denseblock3'` is the thesis's text reading ("all layers
+before the last dense block"); it sits at 1/16 already and is only passed
+through the injection conv.
+
+`frozen` names submodules that run in inference mode even when `train=True`
+(running BatchNorm statistics, no dropout), so a frozen encoder's statistics
+do not drift while others train; the trainer fills it from the freezing
+schedule. Parameter freezing itself is the optimizer's job.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from cxr_jax.models import densenet
+from cxr_jax.models import unet
+
+Dtype = Any
+
+# variant -> (DenseNet variant, UNet variant)
+VARIANTS = {'full': ('201', 'res_se'), 'tiny': ('tiny', 'res_se_tiny')}
+SUBMODULES = ('densenet', 'unet', 'fusion')
+DENSENET_FEATURES = ('denseblock3', 'denseblock4')
+
+
+class FusionClassifier(nn.Module):
+  """concat of pooled vectors -> Dense -> Dropout -> ReLU -> Dense.
+
+  The layer order (dropout before the ReLU) follows the MT-UNet / authors'
+  `classification_head`.
+  """
+  num_classes: int = 3
+  hidden: int = 64
+  dropout_rate: float = 0.25
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, *vectors_BC: jax.Array, train: bool = False) -> jax.Array:
+    x = jnp.concatenate([v.astype(self.dtype) for v in vectors_BC], axis=-1)
+    x = nn.Dense(self.hidden, dtype=self.dtype, name='hidden')(x)
+    x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
+    x = nn.relu(x)
+    return nn.Dense(self.num_classes, dtype=self.dtype, name='head')(x)
+
+
+class Model(nn.Module):
+  """DenseNet + Res_SE-UNet + fusion classifier returning `(logits, out)`.
+
+  Attributes:
+    num_classes: classes of both the fusion classifier and the DenseNet head.
+    variant: 'full' (DenseNet-201 + Res_SE-UNet) or 'tiny'.
+    in_chans: input channels, for both encoders (1 for CXRs).
+    dtype: compute dtype.
+    densenet_feature: DenseNet intermediate injected into the UNet decoder,
+      'denseblock4' (authors' code, default) or 'denseblock3' (thesis text).
+    frozen: top-level submodule names (of `SUBMODULES`) run with train=False.
+    dropout_rate: dropout of the fusion classifier.
+
+  `out`: 'saliency_logp' (B, H, W) log-softmax over pixels, 'densenet_logits'
+  (B, num_classes), 'features' (the DenseNet's Grad-CAM target, perturbed
+  inside the `densenet` submodule), 'embedding' (GAP of ReLU(norm5), for the
+  triplet loss), 'pre_logits' (the fusion classifier input), plus 'densenet'
+  and 'unet' (the submodules' own `out` dicts).
+  """
+  num_classes: int = 3
+  variant: str = 'full'
+  in_chans: int = 1
+  dtype: Dtype = jnp.float32
+  densenet_feature: str = 'denseblock4'
+  frozen: tuple[str, ...] = ()
+  dropout_rate: float = 0.25
+
+  @nn.compact
+  def __call__(self, x_BHWC: jax.Array, *, train: bool = False
+               ) -> tuple[jax.Array, dict[str, Any]]:
+    if self.variant not in VARIANTS:
+      raise ValueError(f'Unknown cooperative variant {self.variant!r}; '
+                       f'valid: {sorted(VARIANTS)}')
+    if self.densenet_feature not in DENSENET_FEATURES:
+      raise ValueError(f'densenet_feature={self.densenet_feature!r}; valid: '
+                       f'{DENSENET_FEATURES}')
+    unknown = set(self.frozen) - set(SUBMODULES)
+    if unknown:
+      raise ValueError(f'frozen names unknown submodules {sorted(unknown)}; '
+                       f'valid: {SUBMODULES}')
+    dn_variant, unet_variant = VARIANTS[self.variant]
+    mode = {n: train and n not in self.frozen for n in SUBMODULES}
+
+    dn_logits, dn_out = densenet.Model(
+        num_classes=self.num_classes, variant=dn_variant,
+        in_chans=self.in_chans, dtype=self.dtype, name='densenet')(
+            x_BHWC, train=mode['densenet'])
+    inject = dn_out[self.densenet_feature]
+    sal_logp, unet_out = unet.Model(
+        variant=unet_variant, in_chans=self.in_chans, dtype=self.dtype,
+        inject_channels=inject.shape[-1], name='unet')(
+            x_BHWC, train=mode['unet'], inject=inject)
+
+    # GAP(ReLU(norm5)): the DenseNet's pooled vector, computed from its
+    # (perturbed) Grad-CAM target so that CAMs of these logits see it.
+    embedding_BC = dn_out['pre_logits']
+    decoder_BC = jnp.mean(unet_out['decoder'][-1], axis=(1, 2))
+    logits = FusionClassifier(self.num_classes, dropout_rate=self.dropout_rate,
+                              dtype=self.dtype, name='fusion')(
+                                  embedding_BC, decoder_BC,
+                                  train=mode['fusion'])
+    out = {
+        'saliency_logp': sal_logp,
+        'densenet_logits': dn_logits,
+        'features': dn_out['features'],
+        'embedding': embedding_BC,
+        'pre_logits': jnp.concatenate([embedding_BC, decoder_BC], axis=-1),
+        'densenet': dn_out,
+        'unet': unet_out,
+    }
+    return logits, out

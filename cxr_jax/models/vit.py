@@ -1,0 +1,310 @@
+"""Vision Transformer (timm `vit_{small,base,large}_patch16_224` layout).
+
+Variants: 's16' (dim 384, depth 12, 6 heads), 'b16' (768, 12, 12),
+'l16' (1024, 24, 16) and 'tiny' (dim 32, depth 2, 2 heads, a 4x4 patch grid:
+patch 8 at 32 px, patch 16 at 64 px) for tests.
+
+The layout mirrors timm exactly so that `convert_torch` is a renaming:
+patch-embedding conv -> prepend the class token -> add `pos_embed` (which has
+an entry for the class token) -> pre-norm blocks (`norm1`, attention with
+separate `query`/`key`/`value` kernels of shape (D, heads, head_dim) split
+from timm's fused `qkv`, `proj`, `norm2`, MLP `fc1`-GELU(erf)-`fc2`) -> final
+`norm` -> `head` on the class token. LayerNorm epsilon 1e-6.
+
+Grad-CAM target (`out['features']`). The thesis says "output of the final
+transformer block, patch tokens reshaped to the 14x14 grid". With a class
+token head that activation carries no gradient: the final `norm` and the head
+read only the class token, and the last block's output patch tokens are not
+seen by anything after them, so Grad-CAM on it is identically zero. We
+therefore follow pytorch-grad-cam's ViT recipe and target the *input* side of
+the last block's attention: the patch tokens of `blocks[-1].norm1`'s output
+(class token dropped), reshaped to the (gh, gw) patch grid. That grid is
+registered with `self.perturb('features', ...)` and reshaped back into the
+token sequence inside the block, so CAM gradients flow through the final
+attention into the class token. The literal reading of the thesis is kept as
+`out['block_out']` (the final block's output patch tokens on the grid).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cxr_jax.models import layers
+
+Dtype = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class _Cfg:
+  dim: int
+  depth: int
+  heads: int
+  patch: int | None  # None: derived from img_size (tiny: img_size // 4)
+  img_size: int
+
+
+VARIANTS = {
+    's16': _Cfg(dim=384, depth=12, heads=6, patch=16, img_size=224),
+    'b16': _Cfg(dim=768, depth=12, heads=12, patch=16, img_size=224),
+    'l16': _Cfg(dim=1024, depth=24, heads=16, patch=16, img_size=224),
+    'tiny': _Cfg(dim=32, depth=2, heads=2, patch=None, img_size=32),
+}
+LN_EPS = 1e-6
+
+
+def _cfg(variant: str) -> _Cfg:
+  if variant not in VARIANTS:
+    raise ValueError(f'Unknown ViT variant {variant!r}; valid: '
+                     f'{sorted(VARIANTS)}')
+  return VARIANTS[variant]
+
+
+def grid_to_tokens(x_BHWD: jax.Array) -> jax.Array:
+  """(B, gh, gw, D) -> (B, gh*gw, D), row-major: cell (r, c) -> token r*gw+c."""
+  b, h, w, d = x_BHWD.shape
+  return x_BHWD.reshape(b, h * w, d)
+
+
+def tokens_to_grid(x_BND: jax.Array, grid: tuple[int, int]) -> jax.Array:
+  """(B, gh*gw, D) -> (B, gh, gw, D); token i lands at (i // gw, i % gw)."""
+  b, n, d = x_BND.shape
+  if n != grid[0] * grid[1]:
+    raise ValueError(f'{n} tokens do not fill a {grid} grid')
+  return x_BND.reshape(b, grid[0], grid[1], d)
+
+
+class DropPath(nn.Module):
+  """Stochastic depth: drops the whole residual branch per sample."""
+  rate: float
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    if not train or self.rate == 0.:
+      return x
+    keep = 1. - self.rate
+    mask = jax.random.bernoulli(self.make_rng('dropout'), keep,
+                                (x.shape[0],) + (1,) * (x.ndim - 1))
+    return jnp.where(mask, x / keep, 0.).astype(x.dtype)
+
+
+class Attention(nn.Module):
+  """Multi-head self-attention with timm's parameterisation, split q/k/v."""
+  heads: int
+  attn_dropout_rate: float = 0.
+  dropout_rate: float = 0.
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_BND: jax.Array, *, train: bool
+               ) -> tuple[jax.Array, jax.Array]:
+    d = x_BND.shape[-1]
+    head_dim = d // self.heads
+    dense = lambda name: nn.DenseGeneral(
+        (self.heads, head_dim), dtype=self.dtype, name=name)
+    q_BNHK = dense('query')(x_BND)
+    k_BNHK = dense('key')(x_BND)
+    v_BNHK = dense('value')(x_BND)
+    q_BNHK = q_BNHK * jnp.asarray(head_dim ** -0.5, q_BNHK.dtype)
+    logits_BHNN = jnp.einsum('bqhk,bnhk->bhqn', q_BNHK, k_BNHK)
+    attn_BHNN = jax.nn.softmax(logits_BHNN.astype(jnp.float32), axis=-1)
+    attn_BHNN = attn_BHNN.astype(self.dtype)
+    probs = nn.Dropout(self.attn_dropout_rate)(attn_BHNN, deterministic=not train)
+    y_BNHK = jnp.einsum('bhqn,bnhk->bqhk', probs, v_BNHK)
+    y_BND = y_BNHK.reshape(y_BNHK.shape[:2] + (d,))
+    y_BND = nn.Dense(d, dtype=self.dtype, name='proj')(y_BND)
+    y_BND = nn.Dropout(self.dropout_rate)(y_BND, deterministic=not train)
+    return y_BND, attn_BHNN
+
+
+class Mlp(nn.Module):
+  """fc1 -> GELU (exact, erf) -> fc2, as timm's `Mlp`."""
+  hidden: int
+  dropout_rate: float = 0.
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    d = x.shape[-1]
+    x = nn.Dense(self.hidden, dtype=self.dtype, name='fc1')(x)
+    x = nn.gelu(x, approximate=False)
+    x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
+    x = nn.Dense(d, dtype=self.dtype, name='fc2')(x)
+    return nn.Dropout(self.dropout_rate)(x, deterministic=not train)
+
+
+class Block(nn.Module):
+  """Pre-norm transformer block; `norm1_hook` edits the norm1 output."""
+  heads: int
+  mlp_ratio: float = 4.
+  dropout_rate: float = 0.
+  attn_dropout_rate: float = 0.
+  drop_path_rate: float = 0.
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_BND: jax.Array, *, train: bool,
+               norm1_hook: Callable[[jax.Array], jax.Array] | None = None
+               ) -> tuple[jax.Array, jax.Array]:
+    d = x_BND.shape[-1]
+    y = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name='norm1')(x_BND)
+    if norm1_hook is not None:
+      y = norm1_hook(y)
+    y, attn_BHNN = Attention(self.heads, self.attn_dropout_rate,
+                             self.dropout_rate, self.dtype, name='attn')(
+                                 y, train=train)
+    x_BND = x_BND + DropPath(self.drop_path_rate)(y, train=train)
+    y = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name='norm2')(x_BND)
+    y = Mlp(int(d * self.mlp_ratio), self.dropout_rate, self.dtype,
+            name='mlp')(y, train=train)
+    x_BND = x_BND + DropPath(self.drop_path_rate)(y, train=train)
+    return x_BND, attn_BHNN
+
+
+class Model(nn.Module):
+  """timm-compatible ViT classifier returning `(logits, out)`.
+
+  Attributes:
+    num_classes: head size; None (or 0) returns the pre-logits as `logits`.
+    variant: 's16', 'b16', 'l16' or 'tiny'.
+    in_chans: input channels.
+    dtype: compute dtype (parameters stay float32).
+    img_size: square input size the position embedding is built for; None =
+      the variant's (224; tiny 32). The patch grid is img_size // patch.
+    patch_size: None = the variant's (16; tiny img_size // 4).
+    dropout_rate, attn_dropout_rate, drop_path_rate: timm's `drop_rate`,
+      `attn_drop_rate`, `drop_path_rate` (linearly increasing over depth).
+    return_attn: also return every block's attention probabilities in
+      `out['attn']` (list of (B, heads, N, N), N = 1 + gh*gw), for rollout.
+  """
+  num_classes: int | None = 1000
+  variant: str = 'b16'
+  in_chans: int = 3
+  dtype: Dtype = jnp.float32
+  img_size: int | None = None
+  patch_size: int | None = None
+  dropout_rate: float = 0.
+  attn_dropout_rate: float = 0.
+  drop_path_rate: float = 0.
+  return_attn: bool = False
+
+  def geometry(self) -> tuple[int, int, int]:
+    """Returns (img_size, patch_size, grid side)."""
+    cfg = _cfg(self.variant)
+    img = self.img_size or cfg.img_size
+    patch = self.patch_size or cfg.patch or img // 4
+    if img % patch:
+      raise ValueError(f'img_size {img} is not a multiple of patch {patch}')
+    return img, patch, img // patch
+
+  @nn.compact
+  def __call__(self, x_BHWC: jax.Array, *, train: bool = False
+               ) -> tuple[jax.Array, dict[str, Any]]:
+    cfg = _cfg(self.variant)
+    img, patch, g = self.geometry()
+    if x_BHWC.shape[1:3] != (img, img):
+      raise ValueError(f'ViT built for {img}x{img} inputs (field img_size) '
+                       f'got {x_BHWC.shape[1:3]}')
+    out: dict[str, Any] = {}
+    b = x_BHWC.shape[0]
+    x = nn.Conv(cfg.dim, (patch, patch), strides=(patch, patch),
+                padding='VALID', dtype=self.dtype, name='patch_embed')(
+                    x_BHWC.astype(self.dtype))
+    x_BND = grid_to_tokens(x)
+    cls = self.param('cls_token', nn.initializers.normal(1e-6),
+                     (1, 1, cfg.dim), jnp.float32)
+    pos = self.param('pos_embed', nn.initializers.normal(0.02),
+                     (1, g * g + 1, cfg.dim), jnp.float32)
+    x_BND = jnp.concatenate(
+        [jnp.broadcast_to(cls.astype(self.dtype), (b, 1, cfg.dim)), x_BND], 1)
+    x_BND = x_BND + pos.astype(self.dtype)
+    x_BND = nn.Dropout(self.dropout_rate)(x_BND, deterministic=not train)
+
+    def features_hook(y_BND: jax.Array) -> jax.Array:
+      grid = tokens_to_grid(y_BND[:, 1:], (g, g))
+      grid = self.perturb('features', grid)
+      out['features'] = grid
+      return jnp.concatenate([y_BND[:, :1], grid_to_tokens(grid)], 1)
+
+    dpr = np.linspace(0., self.drop_path_rate, cfg.depth)
+    attns = []
+    for i in range(cfg.depth):
+      last = i == cfg.depth - 1
+      x_BND, attn = Block(
+          cfg.heads, dropout_rate=self.dropout_rate,
+          attn_dropout_rate=self.attn_dropout_rate,
+          drop_path_rate=float(dpr[i]), dtype=self.dtype,
+          name=f'blocks_{i}')(x_BND, train=train,
+                              norm1_hook=features_hook if last else None)
+      attns.append(attn)
+    out['block_out'] = tokens_to_grid(x_BND[:, 1:], (g, g))
+    if self.return_attn:
+      out['attn'] = attns
+    x_BND = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name='norm')(x_BND)
+    out['pre_logits'] = pre = x_BND[:, 0]
+    if self.num_classes:
+      logits = nn.Dense(self.num_classes, dtype=self.dtype, name='head')(pre)
+    else:
+      logits = pre
+    return logits, out
+
+
+def convert_torch(state_dict: Mapping[str, np.ndarray], *,
+                  variant: str) -> dict[str, Any]:
+  """timm ViT state dict -> {'params': ...} for `Model(variant=variant)`.
+
+  The head is converted when present (any size). Every torch key must be
+  consumed; a missing or extra key raises `KeyError` naming it, a tensor of
+  the wrong size for the variant raises `ValueError`.
+  """
+  cfg = _cfg(variant)
+  sd = layers.StateDict(state_dict)
+  d, h = cfg.dim, cfg.heads
+  hd = d // h
+
+  def get(key: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
+    v = sd(key)
+    if shape is not None and v.shape != shape:
+      raise ValueError(f'{key}: shape {v.shape}, expected {shape} for ViT '
+                       f'variant {variant!r}')
+    return v
+
+  def ln(prefix: str) -> dict[str, np.ndarray]:
+    return {'scale': get(f'{prefix}.weight', (d,)),
+            'bias': get(f'{prefix}.bias', (d,))}
+
+  def dense(prefix: str) -> dict[str, np.ndarray]:
+    return {'kernel': layers.torch_dense(get(f'{prefix}.weight')),
+            'bias': get(f'{prefix}.bias')}
+
+  params: dict[str, Any] = {
+      'cls_token': get('cls_token', (1, 1, d)),
+      'pos_embed': get('pos_embed'),
+      'patch_embed': {
+          'kernel': layers.torch_conv(get('patch_embed.proj.weight')),
+          'bias': get('patch_embed.proj.bias', (d,))},
+      'norm': ln('norm'),
+  }
+  if params['pos_embed'].ndim != 3 or params['pos_embed'].shape[-1] != d:
+    raise ValueError(f'pos_embed: shape {params["pos_embed"].shape}')
+  for i in range(cfg.depth):
+    p = f'blocks.{i}'
+    qkv_w = get(f'{p}.attn.qkv.weight', (3 * d, d))  # rows: (3, heads, hd)
+    qkv_b = get(f'{p}.attn.qkv.bias', (3 * d,))
+    w = qkv_w.reshape(3, h, hd, d).transpose(0, 3, 1, 2)  # (3, D, heads, hd)
+    bias = qkv_b.reshape(3, h, hd)
+    attn = {n: {'kernel': np.ascontiguousarray(w[j]), 'bias': bias[j]}
+            for j, n in enumerate(('query', 'key', 'value'))}
+    attn['proj'] = dense(f'{p}.attn.proj')
+    params[f'blocks_{i}'] = {
+        'norm1': ln(f'{p}.norm1'), 'attn': attn, 'norm2': ln(f'{p}.norm2'),
+        'mlp': {'fc1': dense(f'{p}.mlp.fc1'), 'fc2': dense(f'{p}.mlp.fc2')}}
+  if sd.has('head.weight'):
+    params['head'] = dense('head')
+  sd.finish()
+  return {'params': params}

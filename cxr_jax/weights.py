@@ -1,0 +1,93 @@
+"""Initialise a model's variables from converted weights or an earlier stage.
+
+`config.init = dict(path=..., rules=((target_regex, source_template), ...),
+dont_load=(regex, ...))`. Every parameter and batch statistic of the new model
+is looked up in the loaded tree under its own name, or under the name the
+first matching rule gives (`re.sub` on the '/'-joined path, e.g.
+`('densenet/(.*)', r'\\1')` loads a stage-1 DenseNet into the dual encoder).
+Names matching `dont_load` keep their fresh initialisation (a new classifier
+head). Anything else that is missing or mis-shaped is an error listing every
+such name. A 3-channel first convolution loaded into a 1-channel model is
+summed over its input channels: for a grey image replicated to RGB this gives
+the same output, so ImageNet features carry over to 1-channel CXRs.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Sequence
+
+import flax
+import numpy as np
+from absl import logging
+
+from cxr_jax import ckpt
+
+
+def _flat(tree) -> dict[str, Any]:
+  return {'/'.join(k): v for k, v in flax.traverse_util.flatten_dict(
+      flax.core.unfreeze(tree)).items()}
+
+
+def _adapt(name: str, src: np.ndarray, shape: tuple[int, ...]):
+  """Returns src reshaped for `shape`, or None if it cannot be adapted."""
+  if src.shape == tuple(shape):
+    return src
+  if (src.ndim == 4 and len(shape) == 4 and src.shape[:2] == shape[:2] and
+      src.shape[3] == shape[3] and shape[2] == 1 and src.shape[2] == 3):
+    logging.info('weights: %s summed over 3 input channels for 1-channel '
+                 'input.', name)
+    return src.sum(axis=2, keepdims=True)
+  return None
+
+
+def merge(init_vars, loaded, *, rules: Sequence = (),
+          dont_load: Sequence[str] = ()) -> dict:
+  """Returns `init_vars` with every leaf replaced by its loaded counterpart."""
+  target = _flat(init_vars)
+  source = _flat(loaded)
+  rules = [(re.compile(t), s) for t, s in rules]
+  skip = [re.compile(p) for p in dont_load]
+  out, missing, misshaped, used = {}, [], [], set()
+  for key, init in target.items():
+    coll, _, name = key.partition('/')
+    if any(p.fullmatch(name) for p in skip):
+      out[key] = init
+      continue
+    src_name = name
+    for pattern, template in rules:
+      if pattern.fullmatch(name):
+        src_name = pattern.sub(template, name)
+        break
+    src_key = f'{coll}/{src_name}'
+    if src_key not in source:
+      missing.append(f'{key} (looked for {src_key})' if src_key != key else key)
+      continue
+    value = _adapt(key, np.asarray(source[src_key]), np.shape(init))
+    if value is None:
+      misshaped.append(f'{key}: model {tuple(np.shape(init))} vs loaded '
+                       f'{tuple(np.shape(source[src_key]))}')
+      continue
+    used.add(src_key)
+    out[key] = value.astype(np.asarray(init).dtype)
+  if missing or misshaped:
+    lines = [f'  missing: {m}' for m in missing] + [
+        f'  mis-shaped: {m}' for m in misshaped]
+    raise ValueError(
+        f'config.init: {len(missing)} missing and {len(misshaped)} mis-shaped '
+        'variables (use config.init.dont_load for parts to keep freshly '
+        'initialised, e.g. a new head, or config.init.rules to rename):\n' +
+        '\n'.join(lines[:50]))
+  unused = sorted(set(source) - used)
+  if unused:
+    logging.info('weights: %d loaded variables not used (e.g. %s).',
+                 len(unused), ', '.join(unused[:5]))
+  return flax.traverse_util.unflatten_dict(
+      {tuple(k.split('/')): v for k, v in out.items()})
+
+
+def init_from(init_cfg, init_vars) -> dict:
+  """Loads `init_cfg.path` into `init_vars` (see module docstring)."""
+  loaded = ckpt.restore_variables(init_cfg.path)
+  logging.info('Initialising from %s', init_cfg.path)
+  return merge(init_vars, loaded, rules=init_cfg.rules,
+               dont_load=init_cfg.dont_load)

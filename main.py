@@ -1,0 +1,48 @@
+r"""cxr_jax entry point.
+
+  python main.py --config=configs/cooperative.py:demo --workdir=/tmp/coop
+  python main.py --config=configs/stage2.py --config.optim.lr=3e-4 \
+      --config.init.path=/tmp/coop/stage1_finetune --workdir=/tmp/s2
+
+Every config key can be overridden with --config.<key>=<value>; the config is
+locked, so an unknown key or a wrong type is an error naming it.
+"""
+import os
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from cxr_jax import distributed
+from cxr_jax import jobs
+
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Config file (configs/NAME.py[:preset]).',
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string(
+    'workdir', None, 'Output folder (default: workdirs/<config name>).')
+flags.mark_flags_as_required(['config'])
+
+
+class _QuietLibraries:
+  """Drops orbax's per-save INFO chatter; warnings and errors still show."""
+
+  def filter(self, record) -> bool:
+    return record.levelno >= 30 or 'orbax' not in record.pathname
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  logging.get_absl_handler().addFilter(_QuietLibraries())
+  distributed.initialize()
+  workdir = _WORKDIR.value or os.path.join(
+      'workdirs', os.path.splitext(os.path.basename(
+          flags.FLAGS['config'].config_filename))[0])
+  logging.info('Config:\n%s', _CONFIG.value)
+  jobs.run(_CONFIG.value, workdir)
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,349 @@
+"""Tests of the eye-gaze dataset: gaze recipes, splits, reader and phantom."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+
+import numpy as np
+import pytest
+import scipy.ndimage
+
+from cxr_jax.data import dicom
+from cxr_jax.data import egd
+from cxr_jax.data import gaze
+from cxr_jax.data import preprocess
+from cxr_jax.data.phantom import gaze as phantom_gaze
+
+SIZE_HW = (50, 60)
+
+
+def _argmax_yx(m: np.ndarray) -> tuple[int, int]:
+  return tuple(int(v) for v in np.unravel_index(np.argmax(m), m.shape))
+
+
+# ------------------------------------------------------------ gaze recipes
+
+
+@pytest.mark.parametrize('recipe', ['authors', 'fixations', 'duration'])
+def test_recipe_peak_at_point(recipe):
+  pts = np.array([[30.2, 20.4]])  # x, y -> pixel (row 20, col 30)
+  m = gaze.gaze_map(recipe, pts, np.array([0.4]), SIZE_HW, sigma_px=3.0)
+  assert m.shape == SIZE_HW and m.dtype == np.float32
+  assert m.max() == pytest.approx(1.0)
+  assert _argmax_yx(m) == (20, 30)
+
+
+def test_recipe_defaults_and_registry():
+  assert gaze.RECIPES['authors'].sigma == 75.5
+  assert gaze.RECIPES['authors'].source == 'eye_gaze'
+  assert gaze.RECIPES['fixations'].sigma == 150.0
+  assert gaze.RECIPES['duration'].weighting == 'duration'
+  with pytest.raises(KeyError, match='known'):
+    gaze.get_recipe('nope')
+  assert gaze.scaled_sigma(75.5, (600, 500), 3000) == pytest.approx(15.1)
+
+
+@pytest.mark.parametrize('recipe', ['authors', 'fixations', 'duration'])
+def test_no_points_gives_zero_map(recipe):
+  m = gaze.gaze_map(recipe, np.zeros((0, 2)), np.zeros(0), SIZE_HW)
+  assert m.shape == SIZE_HW and m.dtype == np.float32 and not m.any()
+
+
+def test_fixation_durations_last_is_median():
+  d = gaze.fixation_durations(np.array([0.0, 0.8, 0.9]))
+  np.testing.assert_allclose(d, [0.8, 0.1, 0.45])
+  d = gaze.fixation_durations(np.array([0.9, 0.0, 0.8]))  # unsorted input
+  np.testing.assert_allclose(d, [0.45, 0.8, 0.1])
+  np.testing.assert_allclose(gaze.fixation_durations(np.array([3.0])), [1.0])
+
+
+def test_duration_weighting_moves_peak_to_long_fixation():
+  # A long fixation at x=10, two short ones at x=40: counting favours x=40,
+  # duration weighting x=10.
+  pts = np.array([[10.0, 25.0], [40.0, 25.0], [40.0, 25.0]])
+  w = gaze.fixation_durations(np.array([0.0, 0.8, 0.9]))  # 0.8, 0.1, 0.45
+  by_count = gaze.gaze_map('fixations', pts, None, SIZE_HW, sigma_px=3.0)
+  by_dur = gaze.gaze_map('duration', pts, w, SIZE_HW, sigma_px=3.0)
+  assert _argmax_yx(by_count) == (25, 40)
+  assert _argmax_yx(by_dur) == (25, 10)
+  # With overlapping blobs the peak shifts towards the long fixation.
+  wide_c = gaze.gaze_map('fixations', pts, None, SIZE_HW, sigma_px=12.0)
+  wide_d = gaze.gaze_map('duration', pts, w, SIZE_HW, sigma_px=12.0)
+  assert _argmax_yx(wide_d)[1] < _argmax_yx(wide_c)[1]
+  with pytest.raises(ValueError, match='durations'):
+    gaze.gaze_map('duration', pts, None, SIZE_HW)
+
+
+def test_separable_blur_equals_gaussian_filter():
+  rng = np.random.default_rng(0)
+  pix = np.stack([rng.integers(0, 60, 40), rng.integers(0, 50, 40)], 1)
+  pix[:5] = pix[0]  # repeated pixels are merged
+  w = rng.uniform(0.1, 1.0, 40)
+  for sigma in (0.8, 4.0, 20.0):
+    fast = gaze.blur_points(pix, w, SIZE_HW, sigma)
+    img = np.zeros(SIZE_HW)
+    np.add.at(img, (pix[:, 1], pix[:, 0]), w)
+    ref = scipy.ndimage.gaussian_filter(img, sigma, mode='constant')
+    np.testing.assert_allclose(fast, ref, atol=1e-12)
+
+
+def test_points_outside_raise_or_skip():
+  pts = np.array([[10.0, 10.0], [59.4, 49.4], [60.0, 5.0], [5.0, -0.6]])
+  rows = np.array([2, 3, 4, 5])
+  with pytest.raises(ValueError, match=r"abc-123.*row 4"):
+    gaze.gaze_map('authors', pts, None, SIZE_HW, sigma_px=2.0,
+                  dicom_id='abc-123', rows=rows)
+  ok = gaze.inside(pts, SIZE_HW, on_error='skip')
+  np.testing.assert_array_equal(ok, [True, True, False, False])
+  skipped = gaze.gaze_map('authors', pts, None, SIZE_HW, sigma_px=2.0,
+                          on_error='skip')
+  clean = gaze.gaze_map('authors', pts[:2], None, SIZE_HW, sigma_px=2.0)
+  np.testing.assert_array_equal(skipped, clean)
+
+
+def test_fixation_map_binary():
+  pts = np.array([[3.4, 7.6], [3.2, 7.9], [59.0, 49.0], [70.0, 1.0]])
+  f = gaze.fixation_map(pts, SIZE_HW)
+  assert f.dtype == np.uint8 and f.shape == SIZE_HW
+  assert f[8, 3] == 1 and f[49, 59] == 1 and f.sum() == 2
+
+
+# ------------------------------------------------------------------ splits
+
+
+def _split_cfg(split: str, **kw):
+  cfg = egd.default_config()
+  cfg.split = split
+  cfg.update(kw)
+  return cfg
+
+
+def _check_partition(parts: dict, n: int) -> None:
+  allidx = np.concatenate([parts[s] for s in egd.SPLITS])
+  assert allidx.size == n and np.unique(allidx).size == n  # disjoint, cover
+
+
+def test_thesis_split():
+  labels = np.arange(1083) % 3
+  parts = egd.split_indices(labels, [str(i) for i in range(1083)],
+                            _split_cfg('thesis'))
+  _check_partition(parts, 1083)
+  assert parts['test'].size == 100
+  assert parts['val'].size == round(0.1 * 983)
+  for c in range(3):  # val stratified
+    assert abs((labels[parts['val']] == c).sum() - parts['val'].size / 3) <= 1
+  again = egd.split_indices(labels, [''] * 1083, _split_cfg('thesis'))
+  np.testing.assert_array_equal(parts['test'], again['test'])
+  other = egd.split_indices(labels, [''] * 1083,
+                            _split_cfg('thesis', split_seed=1))
+  assert not np.array_equal(parts['test'], other['test'])
+  with pytest.raises(ValueError, match='num_test'):
+    egd.split_indices(labels[:50], [''] * 50, _split_cfg('thesis'))
+
+
+def test_mtunet_split_is_70_10_20_per_class():
+  rng = np.random.default_rng(0)
+  labels = rng.choice(3, 1083, p=[0.4, 0.35, 0.25])
+  parts = egd.split_indices(labels, [''] * 1083, _split_cfg('mtunet'))
+  _check_partition(parts, 1083)
+  for c in range(3):
+    n_c = int((labels == c).sum())
+    tens, r = divmod(n_c, 10)
+    # MT-UNet's counter: each full ten gives 2 test, 1 val, 7 train; the
+    # remainder r fills test first (counter 0, 1), then val (2), then train.
+    want = {'test': 2 * tens + min(r, 2), 'val': tens + (r > 2),
+            'train': 7 * tens + max(r - 3, 0)}
+    for s, frac in (('train', 0.7), ('val', 0.1), ('test', 0.2)):
+      got = int((labels[parts[s]] == c).sum())
+      assert got == want[s]
+      # So each split is 70/10/20 up to that remainder: within +-1 for
+      # test/val, within 2.1 (r = 3) for train.
+      assert abs(got - frac * n_c) <= (1 if s != 'train' else 2.1)
+
+
+def test_patient_split_groups_patients():
+  rng = np.random.default_rng(0)
+  pids = [f'p{v}' for v in rng.integers(0, 300, 1083)]
+  labels = rng.integers(0, 3, 1083)
+  parts = egd.split_indices(labels, pids, _split_cfg('patient'))
+  _check_partition(parts, 1083)
+  sets = {s: {pids[i] for i in parts[s]} for s in egd.SPLITS}
+  assert not sets['train'] & sets['val']
+  assert not sets['train'] & sets['test']
+  assert not sets['val'] & sets['test']
+  assert parts['test'].size >= 100 and parts['val'].size > 0
+
+
+# -------------------------------------------------------- phantom + build
+
+
+@pytest.fixture(scope='module')
+def phantom_root(tmp_path_factory) -> str:
+  root = str(tmp_path_factory.mktemp('egd_phantom'))
+  phantom_gaze.write_gaze(root, num=12, seed=0, size=64)
+  return root
+
+
+def _cfg(root: str, cache_dir: str, **kw):
+  cfg = egd.default_config()
+  cfg.root = root
+  cfg.cache_dir = cache_dir
+  cfg.image_size = (32, 32)
+  cfg.num_test = 3
+  cfg.gaze_reference_px = 3000.0  # the phantom's 64 px stand for ~3000 px
+  cfg.update(kw)
+  return cfg
+
+
+def _rows(path: str) -> list[dict[str, str]]:
+  with open(path, newline='') as f:
+    return list(csv.DictReader(f))
+
+
+def _write_rows(path: str, rows: list[dict[str, str]], drop: str = '') -> None:
+  header = [k for k in rows[0] if k != drop]
+  with open(path, 'w', newline='') as f:
+    wr = csv.DictWriter(f, header, extrasaction='ignore')
+    wr.writeheader()
+    wr.writerows(rows)
+
+
+def test_phantom_files(phantom_root):
+  master = _rows(os.path.join(phantom_root, 'master_sheet.csv'))
+  assert len(master) == 12
+  assert sorted(sum(int(r[c]) for r in master) for c in egd.CLASS_NAMES) == [
+      4, 4, 4]
+  for r in master:
+    parts = r['path'].split('/')
+    assert parts[0] == 'files' and parts[1] == 'p' + r['patient_id'][:2]
+    assert parts[2] == 'p' + r['patient_id'] and parts[3].startswith('s')
+    assert parts[4] == r['dicom_id'] + '.dcm'
+    img = dicom.read_image(os.path.join(phantom_root, r['path']))
+    assert img.shape[0] == 64 and img.shape[1] < 60  # portrait, not square
+  samples = _rows(os.path.join(phantom_root, 'eye_gaze.csv'))
+  t = np.array([float(s['Time (in secs)']) for s in samples[:50]])
+  np.testing.assert_allclose(np.diff(t), 1 / 60, atol=1e-4)  # 60 Hz
+  for s in samples:  # inside the (64, ~53) image
+    assert 0 <= float(s['X_ORIGINAL']) <= 63
+    assert 0 <= float(s['Y_ORIGINAL']) <= 63
+  fix = _rows(os.path.join(phantom_root, 'fixations.csv'))
+  dur = np.array([float(f['FPOGD']) for f in fix])
+  assert dur.min() >= 0.09 and dur.max() <= 1.25
+  boxes = egd.read_boxes(os.path.join(phantom_root, 'bounding_boxes.csv'))
+  assert set(boxes) == {r['dicom_id'] for r in master}
+  for r in master:
+    names = [b[0] for b in boxes[r['dicom_id']]]
+    assert 'heart' in names and ('opacity' in names) == (r['pneumonia'] == '1')
+
+
+def _key_dwell_xy(fixations: list[dict[str, str]], radius: float
+                  ) -> np.ndarray:
+  """The fixation with the most dwell time within `radius` (native px)."""
+  xy = np.array([[float(f['X_ORIGINAL']), float(f['Y_ORIGINAL'])]
+                 for f in fixations])
+  dur = np.array([float(f['FPOGD']) for f in fixations])
+  near = np.linalg.norm(xy[:, None] - xy[None], axis=-1) < radius
+  return xy[np.argmax(near @ dur)]
+
+
+def test_build_shapes_and_alignment(phantom_root, tmp_path):
+  cfg = _cfg(phantom_root, str(tmp_path))
+  out = egd.build(cfg)
+  assert set(out) == {'train', 'val', 'test'}
+  assert out['test']['image'].shape[0] == 3
+  idx = np.concatenate([out[s]['index'] for s in out])
+  np.testing.assert_array_equal(np.sort(idx), np.arange(12))
+  master = egd.read_master(os.path.join(phantom_root, 'master_sheet.csv'))
+  fix = _rows(os.path.join(phantom_root, 'fixations.csv'))
+  for s, d in out.items():
+    n = d['index'].shape[0]
+    assert d['image'].shape == (n, 32, 32, 1) and d['image'].dtype == np.float32
+    assert d['gaze'].shape == (n, 32, 32) and d['gaze'].dtype == np.float32
+    assert d['fixmap'].shape == (n, 32, 32) and d['fixmap'].dtype == np.uint8
+    assert d['label'].dtype == np.int32 and d['index'].dtype == np.int32
+    assert d['image'].min() >= 0 and d['image'].max() <= 1
+    np.testing.assert_array_equal(d['label'], master['label'][d['index']])
+    for j, i in enumerate(d['index']):
+      assert d['gaze'][j].max() == pytest.approx(1.0)
+      assert d['fixmap'][j].sum() >= 5
+      # The gaze peak lies where the phantom put its longest dwell, after
+      # the pad/resize geometry.
+      native = dicom.read_image(os.path.join(phantom_root, master['path'][i]))
+      _, pads = preprocess.pad_to_aspect(native, 1.0)
+      assert pads[2] > 0  # the padding path is exercised
+      rows = [f for f in fix if f['DICOM_ID'] == master['dicom_id'][i]]
+      key = _key_dwell_xy(rows, phantom_gaze.KEY_RADIUS * 64)
+      kx, ky = egd.map_points(key[None], native.shape, pads, (32, 32))[0]
+      py, px = _argmax_yx(d['gaze'][j])
+      assert np.hypot(px - kx, py - ky) <= 2.5, (s, j)
+      # Padding columns hold no image and no gaze.
+      left = int(pads[2] * 32 / 64)
+      if left >= 2:
+        assert d['gaze'][j][:, :left - 1].max() < 0.05
+  again = egd.build(cfg)  # from the cache
+  np.testing.assert_array_equal(again['train']['gaze'], out['train']['gaze'])
+
+
+def test_build_phantom_from_empty_root(tmp_path):
+  cfg = _cfg('', str(tmp_path), phantom_num=6, phantom_size=48,
+             image_size=(24, 20), gaze_recipe='duration', gaze_sigma=150.0,
+             gaze_reference_px=-1.0, split='mtunet', num_test=2)
+  out = egd.build(cfg)
+  n = sum(out[s]['index'].shape[0] for s in out)
+  assert n == 6 and out['train']['image'].shape[1:] == (24, 20, 1)
+  assert any(name.startswith('phantom-egd') for name in os.listdir(tmp_path))
+
+
+def _copy(phantom_root: str, tmp_path) -> str:
+  root = str(tmp_path / 'egd')
+  shutil.copytree(phantom_root, root)
+  return root
+
+
+def test_missing_column_names_column_and_file(phantom_root, tmp_path):
+  root = _copy(phantom_root, tmp_path)
+  path = os.path.join(root, 'master_sheet.csv')
+  _write_rows(path, _rows(path), drop='CHF')
+  with pytest.raises(ValueError, match=r"master_sheet\.csv.*'CHF'"):
+    egd.build(_cfg(root, str(tmp_path / 'cache')))
+  path = os.path.join(root, 'fixations.csv')
+  with pytest.raises(ValueError, match=r"fixations\.csv.*'X_ORIGINAL'"):
+    _write_rows(path, _rows(path), drop='X_ORIGINAL')
+    egd.read_gaze_csv(path)
+
+
+def test_missing_image_names_path(phantom_root, tmp_path):
+  root = _copy(phantom_root, tmp_path)
+  master = _rows(os.path.join(root, 'master_sheet.csv'))
+  gone = master[4]
+  os.remove(os.path.join(root, gone['path']))
+  with pytest.raises(FileNotFoundError) as e:
+    egd.build(_cfg(root, str(tmp_path / 'cache')))
+  assert gone['path'] in str(e.value) and gone['dicom_id'] in str(e.value)
+  out = egd.build(_cfg(root, str(tmp_path / 'cache'), on_error='skip'))
+  idx = np.concatenate([out[s]['index'] for s in out])
+  assert idx.size == 11 and 4 not in idx
+
+
+def test_bad_one_hot_label(phantom_root, tmp_path):
+  root = _copy(phantom_root, tmp_path)
+  path = os.path.join(root, 'master_sheet.csv')
+  rows = _rows(path)
+  rows[2]['Normal'], rows[2]['CHF'], rows[2]['pneumonia'] = '1', '1', '0'
+  _write_rows(path, rows)
+  with pytest.raises(ValueError, match=rf"line 4 .*{rows[2]['dicom_id']}"):
+    egd.build(_cfg(root, str(tmp_path / 'cache')))
+
+
+def test_gaze_outside_image_raises_with_dicom_id(phantom_root, tmp_path):
+  root = _copy(phantom_root, tmp_path)
+  path = os.path.join(root, 'eye_gaze.csv')
+  rows = _rows(path)
+  rows[7]['X_ORIGINAL'] = '500.0'
+  _write_rows(path, rows)
+  with pytest.raises(ValueError, match=rf"{rows[7]['DICOM_ID']}.*row 9"):
+    egd.build(_cfg(root, str(tmp_path / 'cache')))
+  out = egd.build(_cfg(root, str(tmp_path / 'cache'), on_error='skip'))
+  assert sum(out[s]['index'].shape[0] for s in out) == 12

@@ -1,0 +1,148 @@
+"""Heatmap-vs-mask metrics and deletion/insertion curves: known answers."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from cxr_jax.metrics import faithfulness as F
+from cxr_jax.metrics import heatmap as H
+
+
+def _mask(h=20, w=20, box=(5, 10, 4, 12)):
+  m = np.zeros((h, w), np.float32)
+  m[box[0]:box[1], box[2]:box[3]] = 1
+  return m
+
+
+def test_diff_gradcam_known_values():
+  m = _mask()
+  assert H.diff_gradcam(m, m) == 1.0
+  assert H.diff_gradcam(np.full_like(m, 0.3), m) == pytest.approx(0.0)
+  assert H.diff_gradcam(1 - m, m) == -1.0
+  cam = np.random.default_rng(0).random(m.shape)
+  want = cam[m > 0].mean() - cam[m == 0].mean()
+  assert H.diff_gradcam(cam, m) == pytest.approx(want)
+  assert np.isnan(H.diff_gradcam(cam, np.zeros_like(m)))
+  assert np.isnan(H.diff_gradcam(cam, np.ones_like(m)))
+
+
+def _ehr_thesis_reference(cam, mask, n=101):
+  t = np.linspace(0, 1, n)
+  r = []
+  for ti in t:
+    sel = cam >= ti
+    r.append((sel & (mask > 0)).sum() / sel.sum() if sel.sum() else 0.0)
+  return sum((r[i] + r[i + 1]) / 2 * (t[i + 1] - t[i]) for i in range(n - 1))
+
+
+def _ehr_inputiba_reference(cam, mask):
+  heat = cam.copy()
+  poi = heat >= 0.1
+  heat[~poi] = 0
+  vals = heat[poi]
+  qs = np.linspace(0, 1, 11)
+  r = []
+  for q in qs:
+    t = min(np.quantile(vals, q), heat.max() * 0.99)
+    b = heat >= t
+    r.append(heat[b & (mask > 0)].sum() / (b.sum() + 1e-8))
+  return sum((r[i] + r[i + 1]) / 2 * 0.1 for i in range(10))
+
+
+def test_ehr_known_values_and_references():
+  m = _mask()
+  frac = m.mean()
+  # cam == mask: EHR = 1 for every t > 0, |mask|/N at t = 0.
+  assert H.ehr_auc(m, m) == pytest.approx(1 - (1 - frac) / 200)
+  assert H.ehr_auc(m, m) > 0.99
+  assert H.ehr_auc(1 - m, m) == pytest.approx(frac / 200)
+  # A constant map: EHR = |mask|/N up to t = c, then 0.
+  assert H.ehr_auc(np.full_like(m, 0.5), m) == pytest.approx(frac * 0.5,
+                                                             abs=1e-12)
+  rng = np.random.default_rng(1)
+  for _ in range(3):
+    cam = rng.random(m.shape) * (0.5 + m)
+    cam /= cam.max()
+    assert H.ehr_auc(cam, m) == pytest.approx(_ehr_thesis_reference(cam, m))
+    assert H.ehr_auc(cam, m, variant='inputiba') == pytest.approx(
+        _ehr_inputiba_reference(cam, m))
+  x, r = H.ehr_curve(m, m)
+  assert x.shape == r.shape == (101,) and r[0] == pytest.approx(frac)
+  assert np.isnan(H.ehr_auc(np.full_like(m, 0.05), m, variant='inputiba'))
+  with pytest.raises(ValueError, match='variant'):
+    H.ehr_auc(m, m, variant='x')
+  with pytest.raises(ValueError, match=r'\[0, 1\]'):
+    H.ehr_auc(m * 255, m)
+
+
+def test_localisation_metrics():
+  m = _mask()
+  rng = np.random.default_rng(2)
+  cam = rng.random(m.shape) * 0.5
+  cam[7, 6] = 1.0
+  assert H.pointing_game(cam, m)
+  cam2 = cam.copy()
+  cam2[7, 13] = 2.0  # one pixel right of the mask
+  assert not H.pointing_game(cam2, m)
+  assert H.pointing_game(cam2, m, tolerance=1)
+  assert H.relevance_mass_accuracy(m, m) == 1.0
+  assert H.relevance_mass_accuracy(cam, m) == pytest.approx(
+      cam[m > 0].sum() / cam.sum())
+  assert H.attribution_localisation(cam - 0.25, m) == pytest.approx(
+      np.clip(cam - 0.25, 0, None)[m > 0].sum() / np.clip(cam - 0.25, 0, None).sum())
+  assert H.relevance_rank_accuracy(m + 0.01 * cam, m) == 1.0
+  assert H.relevance_rank_accuracy(1 - m, m) == 0.0
+  k = int(m.sum())
+  top = np.argsort(-cam.ravel(), kind='stable')[:10]
+  assert H.top_k_intersection(cam, m, k=10) == pytest.approx(m.ravel()[top].mean())
+  assert H.top_k_intersection(m, m, k=k) == 1.0
+  assert H.pixel_auc(cam, m) == pytest.approx(roc_auc_score(m.ravel(), cam.ravel()))
+  assert H.pixel_auc(m, m) == 1.0
+  assert np.isnan(H.pixel_auc(cam, np.zeros_like(m)))
+
+
+def test_per_image_and_summarize():
+  m = np.stack([_mask(), _mask(box=(0, 4, 0, 4)), np.zeros((20, 20))])
+  cams = np.stack([_mask(), np.full((20, 20), 0.3), np.ones((20, 20))])
+  d = H.per_image(H.diff_gradcam, cams, m)
+  np.testing.assert_allclose(d[:2], [1.0, 0.0], atol=1e-12)
+  assert np.isnan(d[2])
+  s = H.summarize(d)
+  assert s['n'] == 2 and s['n_nan'] == 1
+  assert s['mean'] == pytest.approx(0.5) and s['max'] == 1.0
+  assert s['std'] == pytest.approx(np.std([1.0, 0.0], ddof=1))
+  assert H.per_image(H.ehr_auc, cams[:1], m[:1], variant='inputiba').shape == (1,)
+
+
+def _region_classifier(images):
+  """P(class 1) rises with the mean intensity of the top-left quadrant."""
+  z = 8.0 * (images[:, :8, :8, 0].mean((1, 2)) - 0.25)
+  p1 = 1 / (1 + np.exp(-z))
+  return np.stack([1 - p1, p1], 1)
+
+
+def test_deletion_insertion_rank_good_over_bad_maps():
+  rng = np.random.default_rng(3)
+  x = rng.random((2, 16, 16, 1)).astype(np.float32) * 0.2
+  x[:, :8, :8] += 0.8
+  good = np.zeros((2, 16, 16))
+  good[:, :8, :8] = 1
+  bad = 1 - good
+  kw = dict(steps=8, baseline='zero')
+  dg = F.deletion(_region_classifier, x, good, [1, 1], **kw)
+  db = F.deletion(_region_classifier, x, bad, [1, 1], **kw)
+  assert dg['probs'].shape == (2, 9) and dg['fractions'][-1] == 1.0
+  np.testing.assert_allclose(dg['probs'][:, 0], _region_classifier(x)[:, 1])
+  assert (dg['auc'] < db['auc']).all()
+  ig = F.insertion(_region_classifier, x, good, [1, 1], **kw)
+  ib = F.insertion(_region_classifier, x, bad, [1, 1], **kw)
+  assert (ig['auc'] > ib['auc']).all()
+  # Deletion ends at the baseline's prediction; insertion ends at the image.
+  base = F.make_baseline(x, 'zero')
+  np.testing.assert_allclose(dg['probs'][:, -1], _region_classifier(base)[:, 1])
+  np.testing.assert_allclose(ig['probs'][:, -1], _region_classifier(x)[:, 1])
+  for kind in ('blur', 'mean'):
+    assert F.make_baseline(x, kind).shape == x.shape
+  with pytest.raises(ValueError, match='mode'):
+    F.perturbation_curve(_region_classifier, x, good, [1, 1], mode='x')

@@ -1,0 +1,164 @@
+"""Study B composites: the dual-encoder cooperative model and MT-UNet."""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cxr_jax.models import cooperative
+from cxr_jax.models import mtunet
+
+jax.config.update('jax_numpy_rank_promotion', 'raise')
+
+
+def np_init(model, *args, seed: int = 0, **kwargs):
+  """Variables with `model.init`'s tree, filled in numpy (no XLA compile).
+
+  Kernels ~ N(0, 2 / fan_in), BN scale/var 1, everything else 0; `model.init`
+  is still traced (by `jax.eval_shape`).
+  """
+  shapes = jax.eval_shape(functools.partial(model.init, **kwargs),
+                          jax.random.key(0), *args)
+  rng = np.random.default_rng(seed)
+
+  def fill(path, s):
+    name = getattr(path[-1], 'key', '')
+    if name == 'kernel':
+      fan_in = int(np.prod(s.shape[:-1]))
+      return rng.normal(0., np.sqrt(2. / fan_in), s.shape).astype(s.dtype)
+    if name in ('scale', 'var'):
+      return np.ones(s.shape, s.dtype)
+    return np.zeros(s.shape, s.dtype)
+  return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
+X64 = jax.random.normal(jax.random.key(0), (2, 64, 64, 1))
+
+
+@pytest.fixture(scope='module')
+def coop():
+  model = cooperative.Model(variant='tiny')
+  return model, np_init(model, X64)
+
+
+def _changed(a, b) -> list[bool]:
+  return jax.tree.leaves(jax.tree.map(lambda u, v: bool(jnp.any(u != v)), a, b))
+
+
+def test_cooperative_outputs(coop):
+  model, variables = coop
+  assert set(variables['params']) == {'densenet', 'unet', 'fusion'}
+  logits, out = model.apply(variables, X64)
+  assert logits.shape == (2, 3) and out['densenet_logits'].shape == (2, 3)
+  assert out['saliency_logp'].shape == (2, 64, 64)
+  np.testing.assert_allclose(jnp.exp(out['saliency_logp']).sum((1, 2)), 1.,
+                             rtol=1e-5)
+  c = out['densenet']['norm5'].shape[-1]
+  assert out['embedding'].shape == (2, c)
+  np.testing.assert_allclose(out['embedding'], out['densenet']['pre_logits'],
+                             rtol=1e-6)
+  assert out['features'].shape == (2, 2, 2, c)  # DenseNet at 1/32
+  # Fusion input = DenseNet channels + last decoder width (tiny: 8).
+  hidden = variables['params']['fusion']['hidden']['kernel']
+  assert hidden.shape == (c + 8, 64)
+  assert out['pre_logits'].shape == (2, c + 8)
+
+  # Grad-CAM of the fusion logits w.r.t. the DenseNet target is non-zero.
+  def score(pert):
+    lg, _ = model.apply({**variables, 'perturbations': pert}, X64)
+    return lg[:, 0].sum()
+  g = jax.grad(score)(variables['perturbations'])['densenet']['features']
+  assert g.shape == out['features'].shape and float(jnp.abs(g).max()) > 0
+
+
+def test_full_size_fusion_width():
+  model = cooperative.Model(variant='full')
+  x = jax.ShapeDtypeStruct((1, 320, 256, 1), jnp.float32)
+  shapes = jax.eval_shape(model.init, jax.random.key(0), x)
+  assert shapes['params']['fusion']['hidden']['kernel'].shape == (1920 + 64, 64)
+  # denseblock4 (1920 ch, 10x8) -> up-conv to 512 at the 20x16 bottleneck.
+  assert shapes['params']['unet']['inject']['conv']['kernel'].shape == (
+      3, 3, 1920, 512)
+  assert shapes['params']['unet']['decoder']['up4']['conv']['conv'][
+      'kernel'].shape == (3, 3, 1024 + 512, 512)
+
+
+def test_frozen_densenet_keeps_its_batch_stats(coop):
+  model, variables = coop
+  frozen = model.clone(frozen=('densenet',))
+  _, state = frozen.apply(variables, X64, train=True, mutable=['batch_stats'],
+                          rngs={'dropout': jax.random.key(3)})
+  stats0, stats1 = variables['batch_stats'], state['batch_stats']
+  assert not any(_changed(stats0['densenet'], stats1['densenet']))
+  assert all(_changed(stats0['unet'], stats1['unet']))
+  # Without freezing, both update.
+  _, state = model.apply(variables, X64, train=True, mutable=['batch_stats'],
+                         rngs={'dropout': jax.random.key(3)})
+  assert all(_changed(stats0['densenet'], state['batch_stats']['densenet']))
+  with pytest.raises(ValueError, match='frozen'):
+    model.clone(frozen=('decoder',)).apply(variables, X64)
+
+
+@pytest.mark.parametrize('feature', ['denseblock4', 'denseblock3'])
+def test_injection_features(feature: str):
+  model = cooperative.Model(variant='tiny', densenet_feature=feature)
+  variables = np_init(model, X64)
+  logits, out = model.apply(variables, X64)
+  inj = out['densenet'][feature]
+  assert variables['params']['unet']['inject']['conv']['kernel'].shape[2] == (
+      inj.shape[-1])
+  assert inj.shape[1:3] == ((2, 2) if feature == 'denseblock4' else (4, 4))
+  assert out['unet']['inject'].shape[1:3] == out['unet']['bottleneck'].shape[1:3]
+  assert logits.shape == (2, 3) and out['saliency_logp'].shape == (2, 64, 64)
+
+
+def test_mtunet_tiny_and_uncertainty_gradients():
+  model = mtunet.Model(variant='tiny')
+  x = X64[:, :32, :32]
+  variables = np_init(model, x)
+  params = variables['params']
+  assert params['log_sigma_cls'].shape == () and params['log_sigma_sal'].shape == ()
+  assert params['classifier']['hidden']['kernel'].shape == (128 + 8, 64)
+  logits, out = model.apply(variables, x)
+  assert logits.shape == (2, 3) and out['saliency_logp'].shape == (2, 32, 32)
+  assert out['features'].shape == (2, 2, 2, 128)
+  np.testing.assert_allclose(jnp.exp(out['saliency_logp']).sum((1, 2)), 1.,
+                             rtol=1e-5)
+  target = jnp.full((2, 32, 32), 1. / (32 * 32))
+  labels = jnp.array([0, 2])
+
+  def loss(p):
+    lg, o = model.apply({**variables, 'params': p}, x, train=True,
+                        rngs={'dropout': jax.random.key(0)},
+                        mutable=['batch_stats'])[0]
+    ls_c, ls_s = o['log_sigmas']
+    ce = -jnp.mean(jax.nn.log_softmax(lg)[jnp.arange(2), labels])
+    kl = jnp.mean(jnp.sum(target * (jnp.log(target) - o['saliency_logp']),
+                          (1, 2)))
+    s_c, s_s = jnp.exp(ls_c), jnp.exp(ls_s)
+    return ce / s_c ** 2 + jnp.log(s_c + 1) + kl / (2 * s_s ** 2) + jnp.log(
+        s_s + 1)
+  g = jax.grad(loss)(params)
+  assert float(jnp.abs(g['log_sigma_cls'])) > 0
+  assert float(jnp.abs(g['log_sigma_sal'])) > 0
+
+  # Grad-CAM target: the bottleneck, perturbed.
+  def score(pert):
+    lg, _ = model.apply({**variables, 'perturbations': pert}, x)
+    return lg[:, 1].sum()
+  gf = jax.grad(score)(variables['perturbations'])['features']
+  assert gf.shape == (2, 2, 2, 128) and float(jnp.abs(gf).max()) > 0
+
+
+def test_mtunet_full_size_shapes():
+  model = mtunet.Model(variant='full')
+  x = jax.ShapeDtypeStruct((1, 640, 512, 1), jnp.float32)
+  variables = jax.eval_shape(model.init, jax.random.key(0), x)
+  logits, out = jax.eval_shape(lambda v, x: model.apply(v, x), variables, x)
+  assert logits.shape == (1, 3) and out['saliency_logp'].shape == (1, 640, 512)
+  assert out['features'].shape == (1, 40, 32, 1024)
+  assert variables['params']['classifier']['hidden']['kernel'].shape == (
+      1024 + 64, 64)

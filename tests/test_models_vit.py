@@ -1,0 +1,127 @@
+"""ViT: parity with timm (logits and the Grad-CAM target), token grid, attn."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import timm
+import torch
+
+from cxr_jax.models import layers
+from cxr_jax.models import vit
+
+jax.config.update('jax_numpy_rank_promotion', 'raise')
+
+TIMM_NAMES = {'s16': 'vit_small_patch16_224', 'b16': 'vit_base_patch16_224',
+              'l16': 'vit_large_patch16_224'}
+
+
+@pytest.mark.parametrize('variant,batch', [('s16', 2), ('b16', 2), ('l16', 1)])
+def test_parity_with_timm(variant: str, batch: int):
+  torch.manual_seed(0)
+  tm = timm.create_model(TIMM_NAMES[variant], pretrained=False).eval()
+  sd = {k: v.numpy() for k, v in tm.state_dict().items()}
+  variables = vit.convert_torch(sd, variant=variant)
+  model = vit.Model(1000, variant=variant)
+  x = np.random.RandomState(0).randn(batch, 3, 224, 224).astype(np.float32)
+
+  hooked = {}
+  handle = tm.blocks[-1].norm1.register_forward_hook(
+      lambda mod, inp, outp: hooked.__setitem__('norm1', outp))
+  with torch.no_grad():
+    t_logits = tm(torch.from_numpy(x)).numpy()
+  handle.remove()
+  t_feat = hooked['norm1'][:, 1:].numpy().reshape(batch, 14, 14, -1)
+
+  expected = jax.eval_shape(model.init, jax.random.key(0),
+                            jnp.zeros((1, 224, 224, 3)))
+  layers.check_tree(variables, {'params': expected['params']})
+
+  logits, out = jax.jit(model.apply)(variables, jnp.asarray(
+      x.transpose(0, 2, 3, 1)))
+  tol = 1e-4 * max(1., float(np.abs(t_logits).max()))
+  d_logits = float(np.abs(np.asarray(logits) - t_logits).max())
+  d_feat = float(np.abs(np.asarray(out['features']) - t_feat).max())
+  print(f'{variant}: max|dlogits|={d_logits:.2e} max|dfeatures|={d_feat:.2e}'
+        f' tol={tol:.2e}')
+  assert d_logits <= tol
+  assert d_feat <= 1e-4 * max(1., float(np.abs(t_feat).max()))
+  assert out['features'].shape == (batch, 14, 14, tm.embed_dim)
+  assert out['block_out'].shape == (batch, 14, 14, tm.embed_dim)
+
+
+def test_convert_names_bad_keys():
+  tm = timm.create_model('vit_small_patch16_224', pretrained=False)
+  sd = {k: v.numpy() for k, v in tm.state_dict().items()}
+  with pytest.raises(KeyError, match='extra.key'):
+    vit.convert_torch({**sd, 'extra.key': np.zeros(1)}, variant='s16')
+  del sd['blocks.3.mlp.fc1.bias']
+  with pytest.raises(KeyError, match='blocks.3.mlp.fc1.bias'):
+    vit.convert_torch(sd, variant='s16')
+  with pytest.raises(ValueError, match='cls_token'):
+    vit.convert_torch(sd, variant='b16')
+
+
+def test_token_grid_order():
+  gh, gw = 3, 5
+  tok = jnp.arange(gh * gw, dtype=jnp.float32).reshape(1, gh * gw, 1)
+  grid = vit.tokens_to_grid(tok, (gh, gw))
+  for i in range(gh * gw):
+    assert grid[0, i // gw, i % gw, 0] == i
+  np.testing.assert_array_equal(vit.grid_to_tokens(grid), tok)
+
+
+def test_marked_patch_lands_on_its_cell():
+  """A marked image patch changes exactly one token, at its grid cell."""
+  model = vit.Model(2, variant='tiny', img_size=32)  # patch 8 -> 4x4 grid
+  x = jnp.zeros((1, 32, 32, 3))
+  variables = model.init(jax.random.key(0), x)
+  r, c = 1, 3
+  x_marked = x.at[:, 8 * r:8 * r + 8, 8 * c:8 * c + 8].set(1.)
+
+  def norm1_tokens(xx):
+    _, state = model.apply(
+        variables, xx, capture_intermediates=lambda m, _: m.name == 'norm1',
+        mutable=['intermediates'])
+    return state['intermediates']['blocks_0']['norm1']['__call__'][0]
+
+  diff = jnp.abs(norm1_tokens(x_marked) - norm1_tokens(x)).sum(-1)[0]  # (N,)
+  assert int(jnp.argmax(diff)) == 1 + r * 4 + c
+  assert int((diff > 1e-6).sum()) == 1
+  grid = vit.tokens_to_grid(diff[None, 1:, None], (4, 4))[0, ..., 0]
+  assert grid[r, c] > 0 and int((grid > 1e-6).sum()) == 1
+
+
+@pytest.mark.parametrize('img_size,patch', [(32, 8), (64, 16)])
+def test_tiny_shapes_attn_and_features_gradient(img_size: int, patch: int):
+  model = vit.Model(3, variant='tiny', img_size=img_size, return_attn=True)
+  assert model.geometry() == (img_size, patch, 4)
+  x = jax.random.normal(jax.random.key(1), (2, img_size, img_size, 1))
+  variables = model.init(jax.random.key(0), x)
+  assert variables['params']['blocks_0']['attn']['query']['kernel'].shape == (
+      32, 2, 16)
+  logits, out = model.apply(variables, x)
+  assert logits.shape == (2, 3)
+  assert out['features'].shape == (2, 4, 4, 32)
+  assert out['pre_logits'].shape == (2, 32)
+  assert len(out['attn']) == 2 and out['attn'][0].shape == (2, 2, 17, 17)
+  np.testing.assert_allclose(out['attn'][1].sum(-1), 1., atol=1e-5)
+
+  # The Grad-CAM target carries gradient from the class logits.
+  def score(pert):
+    lg, _ = model.apply({**variables, 'perturbations': pert}, x)
+    return lg[:, 1].sum()
+  g = jax.grad(score)(variables['perturbations'])['features']
+  assert g.shape == out['features'].shape and float(jnp.abs(g).max()) > 0
+
+
+def test_other_img_size_and_mismatch():
+  model = vit.Model(None, variant='tiny', img_size=48, patch_size=8)
+  x = jnp.zeros((1, 48, 48, 3))
+  variables = model.init(jax.random.key(0), x)
+  assert variables['params']['pos_embed'].shape == (1, 37, 32)
+  logits, out = model.apply(variables, x)
+  assert logits.shape == (1, 32) and out['features'].shape == (1, 6, 6, 32)
+  with pytest.raises(ValueError, match='img_size'):
+    model.apply(variables, jnp.zeros((1, 32, 32, 3)))

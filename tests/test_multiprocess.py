@@ -1,0 +1,236 @@
+"""Two JAX processes on localhost (gloo CPU collectives), like two hosts.
+
+1. `cxr_jax.distributed.initialize` from the explicit flags: both processes
+   join, see 2 global devices and agree on a cross-process sum.
+2. The trainer through `main.py` on 2 processes x 1 CPU device: a run that
+   crashes right after its step-4 checkpoint (every process exits hard, as a
+   preempted job would), then the same command resumes to step 6. Its final
+   parameters, its per-step training losses and its validation losses equal a
+   single-process run's with the same global batch (1e-5).
+
+Everything binds to 127.0.0.1 and every subprocess has a timeout.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import jax
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TIMEOUT_S = 300  # per phase; a phase takes ~30-60 s on 2 idle CPU cores
+
+_PSUM = textwrap.dedent('''
+    import numpy as np
+    from absl import app
+    from cxr_jax import distributed
+
+    def main(argv):
+      distributed.initialize()
+      import jax
+      from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+      mesh = Mesh(np.asarray(jax.devices()), ('data',))
+      x = jax.make_array_from_process_local_data(
+          NamedSharding(mesh, P('data')),
+          np.full((2,), jax.process_index() + 1.0, np.float32))
+      total = jax.jit(lambda x: x.sum(), out_shardings=NamedSharding(
+          mesh, P()))(x)
+      print('RESULT', jax.process_index(), jax.process_count(),
+            jax.device_count(), float(total), distributed.is_main(),
+            flush=True)
+
+    app.run(main)
+''')
+
+# main.py, except that the process exits hard (no clean-up, like a kill)
+# right after saving the checkpoint of step $CXR_TEST_CRASH_AFTER_STEP.
+_CRASHING_MAIN = textwrap.dedent('''
+    import os
+    import sys
+    from absl import app
+    import main
+    from cxr_jax import ckpt
+
+    _AT = int(os.environ['CXR_TEST_CRASH_AFTER_STEP'])
+    _save_latest = ckpt.Checkpointer.save_latest
+
+    def save_latest(self, step, *args, **kwargs):
+      _save_latest(self, step, *args, **kwargs)
+      if step >= _AT:
+        print(f'CRASHING after the step-{step} checkpoint', flush=True)
+        sys.stderr.flush()
+        os._exit(75)
+
+    ckpt.Checkpointer.save_latest = save_latest
+    app.run(main.main)
+''')
+
+# Builds the demo dataset cache first: several processes generating the SIIM
+# phantom into one folder at once race (see the report / siim.phantom_root).
+_BUILD_DATA = textwrap.dedent('''
+    from configs import siim_classifier
+    from cxr_jax.data import build_dataset
+    build_dataset(siim_classifier.get_config('demo').data)
+''')
+
+_RUN_FLAGS = ('--config=configs/siim_classifier.py:demo',
+              '--config.total_steps=6', '--config.checkpoint_every_steps=2',
+              '--config.eval_every_steps=3', '--config.log_every_steps=1',
+              '--config.evals.test.final=false')
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def _env(cache_dir: str, port: int | None = None, **extra) -> dict[str, str]:
+  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='',
+             CXR_JAX_CACHE=cache_dir, PYTHONPATH=ROOT, **extra)
+  for k in ('CXR_COORDINATOR', 'CXR_NUM_PROCESSES', 'CXR_PROCESS_ID',
+            'CXR_DISTRIBUTED', 'JAX_COORDINATOR_ADDRESS'):
+    env.pop(k, None)
+  if port is not None:  # the coordinator service listens on loopback only
+    env['JAX_COORDINATOR_BIND_ADDRESS'] = f'127.0.0.1:{port}'
+  return env
+
+
+def _start(args, env, log_path):
+  log = open(log_path, 'w')
+  proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env,
+                          stdout=log, stderr=subprocess.STDOUT)
+  proc.log_file = log
+  proc.log_path = log_path
+  return proc
+
+
+def _wait(procs, timeout_s=TIMEOUT_S) -> list[int]:
+  """Waits for all; on timeout kills every one and fails with the logs."""
+  deadline = time.monotonic() + timeout_s
+  codes = []
+  try:
+    for p in procs:
+      codes.append(p.wait(timeout=max(deadline - time.monotonic(), 1)))
+  except subprocess.TimeoutExpired:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+    pytest.fail(f'timed out after {timeout_s}s:\n' + _tails(procs))
+  finally:
+    for p in procs:
+      p.log_file.close()
+  return codes
+
+
+def _tails(procs, n=30) -> str:
+  out = []
+  for p in procs:
+    with open(p.log_path) as f:
+      lines = f.read().splitlines()
+    out.append(f'--- {p.log_path} (exit {p.poll()}):\n' +
+               '\n'.join(lines[-n:]))
+  return '\n'.join(out)
+
+
+def _two_processes(script_args, env, log_prefix):
+  port = _free_port()
+  procs = [
+      _start([*script_args, f'--coordinator_address=127.0.0.1:{port}',
+              '--num_processes=2', f'--process_id={i}',
+              '--distributed_timeout_s=120'],
+             {**env, 'JAX_COORDINATOR_BIND_ADDRESS': f'127.0.0.1:{port}'},
+             f'{log_prefix}{i}.log')
+      for i in range(2)]
+  return procs
+
+
+def test_two_processes_agree_on_a_sum(tmp_path):
+  procs = _two_processes(['-c', _PSUM], _env(str(tmp_path / 'cache')),
+                         str(tmp_path / 'psum'))
+  codes = _wait(procs, 120)
+  assert codes == [0, 0], _tails(procs)
+  results = []
+  for p in procs:
+    with open(p.log_path) as f:
+      results += [l.split()[1:] for l in f if l.startswith('RESULT')]
+  # Process i contributes 2 x (i + 1): 2 + 4 = 6, seen by both.
+  assert sorted(results) == [['0', '2', '2', '6.0', 'True'],
+                             ['1', '2', '2', '6.0', 'False']], _tails(procs)
+
+
+def _latest(workdir):
+  """(step, params as numpy) of a workdir's latest checkpoint."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  mngr = ocp.CheckpointManager(os.path.join(workdir, 'ckpt'),
+                               item_names=('state',))
+  step = mngr.latest_step()
+  r = mngr.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore()))
+  mngr.close()
+  return step, jax.tree.map(np.asarray, r['state']['params'])
+
+
+def _metrics(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    rows = [json.loads(l) for l in f if l.strip()]
+  train = {r['step']: r['train/loss'] for r in rows if 'train/loss' in r}
+  val = {r['step']: r['val/loss'] for r in rows if 'val/loss' in r}
+  return rows, train, val
+
+
+def test_two_process_training_crash_resume_matches_one_process(tmp_path):
+  cache = os.environ.get('CXR_JAX_CACHE', str(tmp_path / 'cache'))
+  one, two = str(tmp_path / 'one'), str(tmp_path / 'two')
+
+  data = _start(['-c', _BUILD_DATA], _env(cache), str(tmp_path / 'data.log'))
+  assert _wait([data]) == [0], _tails([data])
+  # The single-process reference runs while the two processes crash.
+  ref = _start(['main.py', *_RUN_FLAGS, f'--workdir={one}'], _env(cache),
+               str(tmp_path / 'one.log'))
+  crash = _two_processes(['-c', _CRASHING_MAIN, *_RUN_FLAGS,
+                          f'--workdir={two}'],
+                         _env(cache, CXR_TEST_CRASH_AFTER_STEP='4'),
+                         str(tmp_path / 'crash'))
+  codes = _wait([ref, *crash])
+  assert codes == [0, 75, 75], _tails([ref, *crash])
+  assert sorted(os.listdir(os.path.join(two, 'ckpt'))) == ['4'], (
+      os.listdir(os.path.join(two, 'ckpt')))
+
+  resume = _two_processes(['main.py', *_RUN_FLAGS, f'--workdir={two}'],
+                          _env(cache), str(tmp_path / 'resume'))
+  codes = _wait(resume)
+  assert codes == [0, 0], _tails(resume)
+  with open(resume[0].log_path) as f:
+    assert 'at step 4' in f.read(), _tails(resume)
+
+  step1, params1 = _latest(one)
+  step2, params2 = _latest(two)
+  assert step1 == step2 == 6
+  flat1 = jax.tree_util.tree_leaves_with_path(params1)
+  flat2 = jax.tree_util.tree_leaves_with_path(params2)
+  assert [p for p, _ in flat1] == [p for p, _ in flat2]
+  for (path, a), (_, b) in zip(flat1, flat2):
+    np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5,
+                               err_msg=jax.tree_util.keystr(path))
+
+  rows1, train1, val1 = _metrics(one)
+  rows2, train2, val2 = _metrics(two)
+  assert sorted(train1) == sorted(train2) == [1, 2, 3, 4, 5, 6]
+  np.testing.assert_allclose([train2[s] for s in sorted(train2)],
+                             [train1[s] for s in sorted(train1)],
+                             atol=1e-5, rtol=1e-5)
+  assert sorted(val1) == sorted(val2) == [3, 6]
+  np.testing.assert_allclose([val2[3], val2[6]], [val1[3], val1[6]],
+                             atol=1e-5, rtol=1e-5)
+  # Process 0 alone writes metrics: one row per logged step, no duplicates.
+  train_rows = [r['step'] for r in rows2 if 'train/loss' in r]
+  assert train_rows == [1, 2, 3, 4, 5, 6], train_rows

@@ -1,0 +1,145 @@
+"""The trainer: demo runs, resume, freezing, config errors, non-finite loss."""
+import json
+import os
+
+import flax
+import jax
+import numpy as np
+import pytest
+
+from cxr_jax import ckpt as ckpt_lib
+from cxr_jax import optim
+from cxr_jax import train
+from cxr_jax.data import pipeline
+from configs import siim_classifier
+
+
+def _tiny(total_steps=4, **over):
+  c = siim_classifier.get_config('demo')
+  c.total_steps = total_steps
+  c.eval_every_steps = 2
+  c.log_every_steps = 1
+  c.evals.test.final = False
+  for k, v in over.items():
+    c[k] = v
+  return c
+
+
+def _params(workdir):
+  c = ckpt_lib.Checkpointer(workdir)
+  step = c.latest_step()
+  import orbax.checkpoint as ocp
+  r = c.latest.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore()))
+  c.close()
+  return jax.tree.map(np.asarray, r['state']['params']), step
+
+
+def test_demo_run_writes_metrics_and_checkpoints(tmp_path):
+  wd = str(tmp_path / 'run')
+  out = train.run(_tiny(4), wd)
+  assert out['step'] == 4
+  rows = [json.loads(l) for l in open(os.path.join(wd, 'metrics.jsonl'))]
+  assert any('train/loss' in r for r in rows)
+  assert any('val/loss' in r for r in rows)
+  assert all(np.isfinite(r['train/loss']) for r in rows if 'train/loss' in r)
+  assert os.path.isdir(os.path.join(wd, 'ckpt', '4'))
+  assert os.listdir(os.path.join(wd, 'best'))
+  cfg = json.load(open(os.path.join(wd, 'config.json')))
+  assert cfg['model']['name'] == 'resnet_tiny'
+  assert os.listdir(os.path.join(wd, 'tb'))
+
+
+class _Crash(RuntimeError):
+  pass
+
+
+def test_resume_after_crash_is_bitwise_identical(tmp_path, monkeypatch):
+  ref_dir, crash_dir = str(tmp_path / 'ref'), str(tmp_path / 'crash')
+  train.run(_tiny(6, checkpoint_every_steps=2), ref_dir)
+  ref, _ = _params(ref_dir)
+
+  real = pipeline.train_iterator
+
+  def crashing(*a, **k):
+    it = real(*a, **k)
+
+    class It:
+      n = 0
+
+      def __next__(self):
+        It.n += 1
+        if It.n == 4:  # dies while fetching step 4's batch (after ckpt 2)
+          raise _Crash()
+        return next(it)
+
+      def get_state(self):
+        return it.get_state()
+
+      def set_state(self, s):
+        return it.set_state(s)
+    return It()
+
+  monkeypatch.setattr(pipeline, 'train_iterator', crashing)
+  with pytest.raises(_Crash):
+    train.run(_tiny(6, checkpoint_every_steps=2), crash_dir)
+  monkeypatch.setattr(pipeline, 'train_iterator', real)
+  _, step = _params(crash_dir)
+  assert step == 2
+  train.run(_tiny(6, checkpoint_every_steps=2), crash_dir)
+  got, step = _params(crash_dir)
+  assert step == 6
+  for a, b in zip(jax.tree.leaves(ref), jax.tree.leaves(got)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_frozen_parameters_do_not_change(tmp_path):
+  c = _tiny(3, schedule=(('fc/.*', {}), ('.*', None)))
+  wd = str(tmp_path / 'frozen')
+  model = train.build_model(c.model)
+  example = {'image': np.zeros((2, 64, 64, 1), np.float32)}
+  init, _ = train.init_state(c, model, example, jax.random.key(c.seed))
+  train.run(c, wd)
+  after, _ = _params(wd)
+  flat0 = optim.flat_paths(init.params)
+  flat1 = optim.flat_paths(after)
+  changed = [k for k in flat0 if not np.array_equal(flat0[k], flat1[k])]
+  assert changed and all(k.startswith('fc/') for k in changed)
+
+
+def test_schedule_must_cover_every_parameter():
+  params = {'a': {'kernel': np.zeros(2)}, 'b': {'kernel': np.zeros(2)}}
+  with pytest.raises(ValueError, match='b/kernel'):
+    optim.schedule_labels(params, (('a/.*', {}),))
+  labels, groups = optim.schedule_labels(params, (('a/.*', None), ('.*', {})))
+  assert labels == {'a': {'kernel': 'frozen'}, 'b': {'kernel': 'g1'}}
+  assert optim.frozen_top_level(labels) == ('a',)
+
+
+def test_unknown_model_name_lists_choices(tmp_path):
+  c = _tiny(2)
+  c.model.name = 'resnet5O'
+  with pytest.raises(ValueError, match="model.name.*resnet50"):
+    train.run(c, str(tmp_path / 'x'))
+
+
+def test_unknown_config_key_is_an_error():
+  c = _tiny(2)
+  c.lock()
+  with pytest.raises(AttributeError, match='no_such_key'):
+    c.no_such_key = 1
+
+
+def test_non_finite_loss_names_the_step(tmp_path):
+  c = _tiny(6, checkpoint_every_steps=2)
+  c.optim.lr = 1e30  # diverges within a few steps
+  c.optim.name = 'sgd'
+  wd = str(tmp_path / 'nan')
+  with pytest.raises(FloatingPointError, match='at step'):
+    train.run(c, wd)
+  ckpt = ckpt_lib.Checkpointer(wd)
+  step = ckpt.latest_step()
+  ckpt.close()
+  if step is not None:  # whatever was saved holds finite parameters
+    params, _ = _params(wd)
+    assert all(np.isfinite(l).all() for l in jax.tree.leaves(params))
