@@ -36,7 +36,8 @@ _BATCHES = flags.DEFINE_integer('batches', 16, 'Timed batches per setting.')
 
 
 def synthetic_arrays(n: int, h: int, w: int, *, mask: bool = False,
-                     gaze: bool = False, seed: int = 0) -> dict[str, np.ndarray]:
+                     gaze: bool = False,
+                     seed: int = 0) -> dict[str, np.ndarray]:
   """Random arrays with the dataset builders' fields, shapes and dtypes."""
   rng = np.random.default_rng(seed)
   out = dict(image=rng.normal(size=(n, h, w, 1)).astype(np.float32),

@@ -23,6 +23,7 @@ def data(a) -> ml_collections.ConfigDict:
   d = egd.default_config()
   h, w = (int(v) for v in a.res.split('x'))
   d.image_size = (h, w)
+  d.phantom_num = 600  # used only when data.root is empty (no real data)
   if a.demo:
     d.image_size = (128, 96)
     d.phantom_num = 100
@@ -32,7 +33,9 @@ def data(a) -> ml_collections.ConfigDict:
 
 
 def _name(base: str, a) -> str:
-  return f'{base}_tiny' if a.demo else base
+  if not a.demo:
+    return base
+  return 'densenet_tiny' if base.startswith('densenet') else f'{base}_tiny'
 
 
 def _base(a, model: str, loss: str, *, evals=('classification',)):

@@ -277,7 +277,7 @@ def test_build_shapes_and_alignment(phantom_root, tmp_path):
       key = _key_dwell_xy(rows, phantom_gaze.KEY_RADIUS * 64)
       kx, ky = egd.map_points(key[None], native.shape, pads, (32, 32))[0]
       py, px = _argmax_yx(d['gaze'][j])
-      assert np.hypot(px - kx, py - ky) <= 2.5, (s, j)
+      assert np.hypot(px - kx, py - ky) <= 3.0, (s, j)
       # Padding columns hold no image and no gaze.
       left = int(pads[2] * 32 / 64)
       if left >= 2:

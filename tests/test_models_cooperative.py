@@ -162,3 +162,28 @@ def test_mtunet_full_size_shapes():
   assert out['features'].shape == (1, 40, 32, 1024)
   assert variables['params']['classifier']['hidden']['kernel'].shape == (
       1024 + 64, 64)
+
+
+def test_convert_torch_fills_the_densenet_subtree():
+  import torch  # pylint: disable=g-import-not-at-top
+  import torchvision  # pylint: disable=g-import-not-at-top
+  torch.manual_seed(0)
+  tm = torchvision.models.DenseNet(growth_rate=4, block_config=(1, 1, 1, 1),
+                                   num_init_features=8, bn_size=4,
+                                   num_classes=3).eval()
+  converted = cooperative.convert_torch(
+      {k: v.numpy() for k, v in tm.state_dict().items()}, variant='tiny')
+  assert set(converted['params']) == {'densenet'}
+  model = cooperative.Model(variant='tiny', in_chans=3)
+  x = np.random.RandomState(0).randn(1, 64, 64, 3).astype(np.float32)
+  variables = np_init(model, x)
+  for col, tree in converted.items():
+    assert jax.tree.structure(tree['densenet']) == jax.tree.structure(
+        variables[col]['densenet'])
+    variables[col] = {**variables[col], 'densenet': tree['densenet']}
+  _, out = model.apply(variables, x)
+  with torch.no_grad():
+    t_logits = tm(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
+  np.testing.assert_allclose(out['densenet_logits'], t_logits, atol=1e-4)
+  with pytest.raises(ValueError, match='variant'):
+    cooperative.convert_torch({}, variant='nope')

@@ -6,7 +6,12 @@
    crashes right after its step-4 checkpoint (every process exits hard, as a
    preempted job would), then the same command resumes to step 6. Its final
    parameters, its per-step training losses and its validation losses equal a
-   single-process run's with the same global batch (1e-5).
+   single-process run's with the same global batch (1e-5). The reference
+   process has 2 (forced) CPU devices, so both runs split the batch the same
+   way and differ only in who owns the devices; against a 1-device run the
+   parameters differ by ~2e-5 after 6 Adam steps (float32 summation order,
+   which Adam's normalisation amplifies; tests/test_sharding.py compares
+   1 and 8 devices by their losses).
 
 Everything binds to 127.0.0.1 and every subprocess has a timeout.
 """
@@ -168,15 +173,22 @@ def test_two_processes_agree_on_a_sum(tmp_path):
 
 
 def _latest(workdir):
-  """(step, params as numpy) of a workdir's latest checkpoint."""
+  """(step, params as numpy) of a workdir's latest checkpoint.
+
+  Restored onto this (single-device) process whatever topology saved it.
+  """
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  mngr = ocp.CheckpointManager(os.path.join(workdir, 'ckpt'),
-                               item_names=('state',))
-  step = mngr.latest_step()
-  r = mngr.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore()))
-  mngr.close()
-  return step, jax.tree.map(np.asarray, r['state']['params'])
+  ckpt_dir = os.path.join(workdir, 'ckpt')
+  step = max(int(s) for s in os.listdir(ckpt_dir) if s.isdigit())
+  path = os.path.join(ckpt_dir, str(step), 'state')
+  ckptr = ocp.StandardCheckpointer()
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  abstract = jax.tree.map(
+      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+      ckptr.metadata(path).item_metadata)
+  state = ckptr.restore(path, abstract)
+  ckptr.close()
+  return step, jax.tree.map(np.asarray, state['params'])
 
 
 def _metrics(workdir):
@@ -194,7 +206,9 @@ def test_two_process_training_crash_resume_matches_one_process(tmp_path):
   data = _start(['-c', _BUILD_DATA], _env(cache), str(tmp_path / 'data.log'))
   assert _wait([data]) == [0], _tails([data])
   # The single-process reference runs while the two processes crash.
-  ref = _start(['main.py', *_RUN_FLAGS, f'--workdir={one}'], _env(cache),
+  ref = _start(['main.py', *_RUN_FLAGS, f'--workdir={one}'],
+               {**_env(cache),
+                'XLA_FLAGS': '--xla_force_host_platform_device_count=2'},
                str(tmp_path / 'one.log'))
   crash = _two_processes(['-c', _CRASHING_MAIN, *_RUN_FLAGS,
                           f'--workdir={two}'],

@@ -46,7 +46,8 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 def rotation_transform(
-    shape_hw: tuple[int, int], angle_deg: float) -> tuple[np.ndarray, np.ndarray]:
+    shape_hw: tuple[int, int],
+    angle_deg: float) -> tuple[np.ndarray, np.ndarray]:
   """Output->input map of a rotation about the image centre.
 
   Args:

@@ -52,7 +52,8 @@ from cxr_jax.data import augment
 _STATE_VERSION = 1
 
 
-def num_batches(n: int, batch_size: int, *, drop_remainder: bool = False) -> int:
+def num_batches(n: int, batch_size: int, *,
+                drop_remainder: bool = False) -> int:
   """Batches needed for `n` examples (rounded down with `drop_remainder`)."""
   return n // batch_size if drop_remainder else -(-n // batch_size)
 

@@ -31,9 +31,9 @@ Post-processing order (the same for every method): `raw` = the ReLU'd map on
 the feature grid (B, h, w); then bilinear `jax.image.resize` (half-pixel
 centres, as cv2.resize) to the input size; then per-image scaling
 (x - min) / (max(x - min) + 1e-7). pytorch-grad-cam scales first and resizes
-second; both orders give the same map up to interpolation at the extremes,
-ours guarantees that each upsampled map spans [0, 1] exactly (constant maps
-become all zeros).
+second; both orders give the same map up to interpolation at the extremes;
+ours makes each upsampled map span [0, 1] (up to the 1e-7, which matters
+only for maps of tiny magnitude; constant maps become all zeros).
 """
 from __future__ import annotations
 
@@ -308,21 +308,25 @@ def _scorecam_logits(model, variables, images_BHWC, kwargs, acts_BhwC,
   return logits.reshape(b, c, -1)
 
 
-# Three jitted stages: the model's forward + backward (compiled once per
-# model, layer and shapes, shared by every gradient method and Eigen-CAM),
-# Score-CAM's masked forwards, and a small method-specific post-processing.
+# Three jitted stages: the model's forward (+ backward), compiled once per
+# model, layer, shapes and targets mode and shared by every gradient method
+# (gradient-free methods skip the backward); Score-CAM's masked forwards; and
+# a small method-specific post-processing.
 @functools.partial(jax.jit, static_argnames=('model', 'path', 'all_classes',
-                                             'static_kwargs'))
+                                             'need_grads', 'static_kwargs'))
 def _acts_and_grads(model, variables, images_BHWC, targets_B, use_pred,
-                    array_kwargs, *, path, all_classes, static_kwargs):
-  """Activations (B,h,w,C), grads ((K,)B,h,w,C), logits and targets."""
+                    array_kwargs, *, path, all_classes, need_grads,
+                    static_kwargs):
+  """Activations (B,h,w,C), grads ((K,)B,h,w,C) or None, logits, targets."""
   kwargs = {**array_kwargs, **dict(static_kwargs)}
   logits_BK, acts_BhwC, vjp_fn = _forward_with_grads(
       _unwrap(model), variables, images_BHWC, kwargs, path)
   b, k = logits_BK.shape
   targets_B = jnp.where(use_pred, jnp.argmax(logits_BK, axis=-1), targets_B)
   grad = lambda onehot_BK: vjp_fn(onehot_BK)[0].astype(jnp.float32)
-  if all_classes:
+  if not need_grads:  # vjp_fn is never called: no backward pass is traced.
+    grads = None
+  elif all_classes:
     onehots_KBK = jnp.broadcast_to(jnp.eye(k)[:, None, :], (k, b, k))
     grads = jax.vmap(grad)(onehots_KBK.astype(logits_BK.dtype))
   else:
@@ -425,7 +429,7 @@ def compute_cams(model: nn.Module, variables: Mapping[str, Any],
   acts, grads, logits, t = _acts_and_grads(
       model, variables, images_BHWC, t, jnp.asarray(use_pred), array_kwargs,
       path=path, all_classes=all_classes and spec.uses_grads,
-      static_kwargs=static_kwargs)
+      need_grads=spec.uses_grads, static_kwargs=static_kwargs)
   scores = logits[:, None, :]
   if method == 'scorecam':
     scores = _scorecam_scores(model, variables, images_BHWC, acts,

@@ -24,11 +24,13 @@ schedule. Parameter freezing itself is the optimizer's job.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from cxr_jax.models import densenet
 from cxr_jax.models import unet
@@ -132,3 +134,20 @@ class Model(nn.Module):
         'unet': unet_out,
     }
     return logits, out
+
+
+def convert_torch(state_dict: Mapping[str, np.ndarray], *,
+                  variant: str) -> dict[str, Any]:
+  """torchvision DenseNet state dict -> the `densenet` subtree of this model.
+
+  Only the DenseNet encoder has public torch weights (ImageNet DenseNet-201);
+  the Res_SE-UNet and the fusion classifier start from scratch. The result is
+  `{'params': {'densenet': ...}, 'batch_stats': {'densenet': ...}}`, to be
+  merged into an initialised tree (the other submodules keep their values).
+  Unmatched or mis-shaped tensors raise as in `densenet.convert_torch`.
+  """
+  if variant not in VARIANTS:
+    raise ValueError(f'Unknown cooperative variant {variant!r}; valid: '
+                     f'{sorted(VARIANTS)}')
+  tree = densenet.convert_torch(state_dict, variant=VARIANTS[variant][0])
+  return {collection: {'densenet': sub} for collection, sub in tree.items()}

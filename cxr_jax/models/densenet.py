@@ -12,11 +12,10 @@ head sees (the gradient of the logits w.r.t. the pre-ReLU `norm5` output is the
 same on the positive part and zero elsewhere, so the CAMs agree up to the
 ReLU mask). The pre-ReLU map is `out['norm5']`.
 
-BatchNorm in train mode: Flax updates the running variance with the *biased*
-batch variance, torch with the unbiased one (factor n/(n-1), n = B*H*W). For
-the sizes we train at (n >= 2*7*7) this is a relative difference below 1%
-in a running statistic; `tests/test_models_densenet_irv2.py` checks the exact
-relation against torch.
+BatchNorm is `layers.BatchNorm` (eps 1e-5, momentum 0.9 == torch 0.1): unlike
+`nn.BatchNorm` it stores the *unbiased* batch variance in the running average,
+as torch does, so converted models keep evolving their statistics exactly as
+in torch (`tests/test_models_densenet_irv2.py` checks train mode).
 """
 from __future__ import annotations
 
@@ -28,6 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cxr_jax.models.layers import BatchNorm
+
 # variant -> (block_config, growth_rate, num_init_features, bn_size)
 VARIANTS = {
     '121': ((6, 12, 24, 16), 32, 64, 4),
@@ -38,8 +39,8 @@ VARIANTS = {
 
 
 def _bn(train: bool, dtype: Any, name: str, epsilon: float = 1e-5) -> nn.Module:
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9,
-                      epsilon=epsilon, dtype=dtype, name=name)
+  return BatchNorm(use_running_average=not train, momentum=0.9,
+                   epsilon=epsilon, dtype=dtype, name=name)
 
 
 class DenseLayer(nn.Module):
@@ -184,8 +185,10 @@ def torch_to_flax(state_dict: Mapping[str, Any],
   for key, value in state_dict.items():
     if key.endswith('num_batches_tracked'):
       continue
-    arr = np.asarray(value.detach().cpu().numpy() if hasattr(value, 'detach')
-                     else value, dtype=np.float32)
+    # Always a copy: a view would alias the torch buffers, which a later
+    # torch forward in train mode updates in place.
+    arr = np.array(value.detach().cpu().numpy() if hasattr(value, 'detach')
+                   else value, dtype=np.float32, copy=True)
     module, _, leaf = key.rpartition('.')
     path = rename(module) if module else ''
     if leaf == 'weight' and arr.ndim == 4:

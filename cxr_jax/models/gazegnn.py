@@ -20,7 +20,8 @@ What this module does as the authors' code does (read from their release):
     of the k*d nearest; constant k over the blocks (GazeGNN's choice);
   * MRConv: [x_i, max_j(x_j - x_i)] interleaved channel-wise, 1x1 conv with 4
     groups to 2C, BN, GELU (exact erf GELU, like torch's nn.GELU);
-  * the head on the pooled vector, BN eps 1e-5, momentum 0.9.
+  * the head on the pooled vector; BatchNorm = `layers.BatchNorm` (torch-exact
+    running statistics), eps 1e-5, momentum 0.9 (= torch 0.1).
 
 Where we simplify (documented choices, not the paper's):
   * Isotropic ViG instead of the authors' pyramid ViG-Ti (4 stages with
@@ -54,6 +55,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cxr_jax.models.densenet import expected_variables, torch_to_flax
+from cxr_jax.models.layers import BatchNorm
 
 # variant -> (depth, width, k, patch, head hidden width)
 VARIANTS = {
@@ -67,8 +69,8 @@ def _gelu(x: jax.Array) -> jax.Array:
 
 
 def _bn(train: bool, dtype: Any, name: str) -> nn.Module:
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9,
-                      epsilon=1e-5, dtype=dtype, name=name)
+  return BatchNorm(use_running_average=not train, momentum=0.9,
+                   epsilon=1e-5, dtype=dtype, name=name)
 
 
 def knn_graph(x_BNC: jax.Array, k: int, dilation: int = 1) -> jax.Array:

@@ -6,7 +6,8 @@ The module tree mirrors timm's names one to one (`conv2d_1a/conv`,
 rename of '.' to '/'. Like timm (a port of the TF-slim model) the stem and
 the reduction blocks use unpadded ('VALID') convolutions and pools; the full
 model needs inputs of at least 75 px and is meant for 299 px (8x8 final grid).
-BatchNorm: epsilon 1e-3 (timm's `norm_eps`), momentum 0.9 (= torch 0.1).
+BatchNorm: `layers.BatchNorm` (torch-exact running variance in train mode),
+epsilon 1e-3 (timm's `norm_eps`), momentum 0.9 (= torch 0.1).
 
 The 'tiny' variant keeps the topology (every block type, one repeat each) with
 1/8 of the widths and 'SAME' padding instead of 'VALID' in the stem and the
@@ -26,6 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from cxr_jax.models.densenet import expected_variables, torch_to_flax
+from cxr_jax.models.layers import BatchNorm
 
 # variant -> (width multiplier, (repeats of Block35, Block17, Block8), same pad)
 VARIANTS = {
@@ -50,8 +52,8 @@ class BasicConv2d(nn.Module):
     x = nn.Conv(self.features, self.kernel, strides=self.strides,
                 padding=self.padding, use_bias=False, dtype=self.dtype,
                 name='conv')(x_BHWC)
-    x = nn.BatchNorm(use_running_average=not train, momentum=0.9,
-                     epsilon=BN_EPS, dtype=self.dtype, name='bn')(x)
+    x = BatchNorm(use_running_average=not train, momentum=0.9,
+                  epsilon=BN_EPS, dtype=self.dtype, name='bn')(x)
     return nn.relu(x)
 
 

@@ -2,7 +2,8 @@
 
 Variants: 's16' (dim 384, depth 12, 6 heads), 'b16' (768, 12, 12),
 'l16' (1024, 24, 16) and 'tiny' (dim 32, depth 2, 2 heads, a 4x4 patch grid:
-patch 8 at 32 px, patch 16 at 64 px) for tests.
+patch 8 at 32 px, patch 16 at 64 px; it adapts to its input unless `img_size`
+is set) for tests.
 
 The layout mirrors timm exactly so that `convert_torch` is a renaming:
 patch-embedding conv -> prepend the class token -> add `pos_embed` (which has
@@ -175,8 +176,9 @@ class Model(nn.Module):
     in_chans: input channels.
     dtype: compute dtype (parameters stay float32).
     img_size: square input size the position embedding is built for; None =
-      the variant's (224; tiny 32). The patch grid is img_size // patch.
-    patch_size: None = the variant's (16; tiny img_size // 4).
+      the variant's 224 ('tiny': the input's own size). The patch grid is
+      img_size // patch; converted 224 weights need 224 inputs.
+    patch_size: None = the variant's (16; 'tiny': img_size // 4).
     dropout_rate, attn_dropout_rate, drop_path_rate: timm's `drop_rate`,
       `attn_drop_rate`, `drop_path_rate` (linearly increasing over depth).
     return_attn: also return every block's attention probabilities in
@@ -193,22 +195,32 @@ class Model(nn.Module):
   drop_path_rate: float = 0.
   return_attn: bool = False
 
-  def geometry(self) -> tuple[int, int, int]:
-    """Returns (img_size, patch_size, grid side)."""
+  def geometry(self, hw: tuple[int, int] | None = None
+               ) -> tuple[tuple[int, int], int, tuple[int, int]]:
+    """Returns ((H, W) built for, patch size, (gh, gw) patch grid).
+
+    `hw` (the input's size) is used only by 'tiny' with `img_size=None`,
+    which adapts to its input (patch = H // 4, so a 4x4 grid at 32 or 64 px).
+    """
     cfg = _cfg(self.variant)
-    img = self.img_size or cfg.img_size
-    patch = self.patch_size or cfg.patch or img // 4
-    if img % patch:
+    if self.img_size:
+      img = (self.img_size, self.img_size)
+    elif cfg.patch is None and hw is not None:
+      img = (int(hw[0]), int(hw[1]))
+    else:
+      img = (cfg.img_size, cfg.img_size)
+    patch = self.patch_size or cfg.patch or max(1, img[0] // 4)
+    if img[0] % patch or img[1] % patch:
       raise ValueError(f'img_size {img} is not a multiple of patch {patch}')
-    return img, patch, img // patch
+    return img, patch, (img[0] // patch, img[1] // patch)
 
   @nn.compact
   def __call__(self, x_BHWC: jax.Array, *, train: bool = False
                ) -> tuple[jax.Array, dict[str, Any]]:
     cfg = _cfg(self.variant)
-    img, patch, g = self.geometry()
-    if x_BHWC.shape[1:3] != (img, img):
-      raise ValueError(f'ViT built for {img}x{img} inputs (field img_size) '
+    img, patch, (gh, gw) = self.geometry(x_BHWC.shape[1:3])
+    if tuple(x_BHWC.shape[1:3]) != img:
+      raise ValueError(f'ViT built for {img} inputs (field img_size), '
                        f'got {x_BHWC.shape[1:3]}')
     out: dict[str, Any] = {}
     b = x_BHWC.shape[0]
@@ -219,14 +231,14 @@ class Model(nn.Module):
     cls = self.param('cls_token', nn.initializers.normal(1e-6),
                      (1, 1, cfg.dim), jnp.float32)
     pos = self.param('pos_embed', nn.initializers.normal(0.02),
-                     (1, g * g + 1, cfg.dim), jnp.float32)
+                     (1, gh * gw + 1, cfg.dim), jnp.float32)
     x_BND = jnp.concatenate(
         [jnp.broadcast_to(cls.astype(self.dtype), (b, 1, cfg.dim)), x_BND], 1)
     x_BND = x_BND + pos.astype(self.dtype)
     x_BND = nn.Dropout(self.dropout_rate)(x_BND, deterministic=not train)
 
     def features_hook(y_BND: jax.Array) -> jax.Array:
-      grid = tokens_to_grid(y_BND[:, 1:], (g, g))
+      grid = tokens_to_grid(y_BND[:, 1:], (gh, gw))
       grid = self.perturb('features', grid)
       out['features'] = grid
       return jnp.concatenate([y_BND[:, :1], grid_to_tokens(grid)], 1)
@@ -242,7 +254,7 @@ class Model(nn.Module):
           name=f'blocks_{i}')(x_BND, train=train,
                               norm1_hook=features_hook if last else None)
       attns.append(attn)
-    out['block_out'] = tokens_to_grid(x_BND[:, 1:], (g, g))
+    out['block_out'] = tokens_to_grid(x_BND[:, 1:], (gh, gw))
     if self.return_attn:
       out['attn'] = attns
     x_BND = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name='norm')(x_BND)

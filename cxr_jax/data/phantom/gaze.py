@@ -16,9 +16,11 @@ pattern (sweeps down the image-left lung, then the image-right lung, the
 heart and hila, a costophrenic angle), made of fixations of 100-600 ms with
 small jitter and drift, joined by 2-3-sample saccades. Findings draw more
 and longer fixations: the opacity in pneumonia, the heart border and hila in
-CHF. Each image has one "key" dwell (the longest fixation, 0.7-1.2 s): on the
-finding, or on the heart or a hilum in normals. All samples lie inside the
-image (pixel coordinates of the native image, `X_ORIGINAL`, `Y_ORIGINAL`).
+CHF. Each image has one "key" dwell (the longest fixation, 0.7-1.2 s, with
+revisits so that the most dwell time lies around it): on the finding, or on
+a spot that drew attention in normals (and in missed subtle pneumonias).
+All samples lie inside the image (pixel coordinates of the native image,
+`X_ORIGINAL`, `Y_ORIGINAL`).
 """
 
 from __future__ import annotations
@@ -138,45 +140,57 @@ def _lung_points(mask: np.ndarray, rng: np.random.Generator, n: int
 
 def plan_fixations(rng: np.random.Generator, geom: dict, label: int,
                    info: dict) -> list[tuple[float, float, float]]:
-  """Ordered fixations (y, x, dwell seconds) of one reading."""
+  """Ordered fixations (y, x, dwell seconds) of one reading.
+
+  Every reading sweeps both lungs, checks the heart (centre and border) and
+  often the hila. Then it returns to "spots": the opacity in pneumonia (a
+  subtle one is missed half of the time and read like a normal), mostly the
+  heart border, else the hila or a lung base in CHF, and in normals a spot
+  that drew attention without being a finding (heart, border, a hilum or any
+  lung point). The key (longest) dwell is on one spot, so gaze tells where
+  the reader looked hard, which helps but does not give the class away.
+  """
   dwell = lambda: float(np.clip(rng.lognormal(np.log(0.25), 0.45), 0.1, 0.6))
   long_dwell = lambda: float(rng.uniform(0.35, 0.6))
   y0, x0, y1, x1 = geom['heart_bbox']
   hy, hx = (y0 + y1) / 2, (x0 + x1) / 2
   hila = [geom['hila']['right'], geom['hila']['left']]
   border = (hy + rng.uniform(-0.1, 0.2) * (y1 - y0), float(x1 - 1))
+  sweeps = {side: _lung_points(geom[side], rng, int(rng.integers(4, 7)))
+            for side in ('right_lung', 'left_lung')}
+  lung_pts = sweeps['right_lung'] + sweeps['left_lung']
+  missed = label == 2 and info['contrast'] < 0.1 and rng.uniform() < 0.5
+  if label == 2 and not missed:
+    spots, pick, k_extra = [info['centre']], [1.0], int(rng.integers(1, 4))
+  elif label == 1:
+    base = max(lung_pts, key=lambda p: p[0]) if lung_pts else border
+    spots = [border, (hy, float(x0)), hila[0], hila[1], base]
+    pick, k_extra = [0.45, 0.1, 0.15, 0.15, 0.15], int(rng.integers(2, 5))
+  else:
+    spot = lung_pts[int(rng.integers(len(lung_pts)))] if lung_pts else border
+    spots = [(hy, hx), border, hila[0], hila[1], spot]
+    pick, k_extra = [0.2, 0.2, 0.15, 0.15, 0.3], int(rng.integers(1, 4))
+  key = spots[rng.choice(len(spots), p=np.asarray(pick) / sum(pick))]
+  jit = 0.3 * info.get('radius', 0.02 * max(geom['heart'].shape))
   fix: list[tuple[float, float, float]] = []
-  finding: list[tuple[float, float]] = []
-  if label == 1:
-    finding = [border, (hy, float(x0)), hila[0], hila[1]]
-  elif label == 2:
-    finding = [info['centre']]
 
-  # CHF: mostly the heart border (cardiothoracic ratio), then the hila.
-  pick = np.asarray([0.5, 0.2, 0.15, 0.15][:len(finding)])
-
-  def add_finding(k: int) -> None:
-    for _ in range(k):
-      fy, fx = finding[rng.choice(len(finding), p=pick / pick.sum())]
-      j = 0.3 * (info.get('radius', 0.02 * max(geom['heart'].shape)))
-      fix.append((fy + rng.normal(0, j), fx + rng.normal(0, j), long_dwell()))
+  def add_spots(k: int) -> None:
+    for _ in range(k):  # revisits: the key spot or another one
+      fy, fx = key if rng.uniform() < 0.6 else spots[rng.integers(len(spots))]
+      fix.append((fy + rng.normal(0, jit), fx + rng.normal(0, jit),
+                  long_dwell()))
 
   for side in ('right_lung', 'left_lung'):  # image left, then image right
-    for p in _lung_points(geom[side], rng, int(rng.integers(4, 7))):
-      fix.append((p[0], p[1], dwell()))
-    if label == 2 and rng.uniform() < 0.7:
-      add_finding(int(rng.integers(1, 3)))
+    fix.extend((p[0], p[1], dwell()) for p in sweeps[side])
+    if label == 2 and not missed and rng.uniform() < 0.7:
+      add_spots(int(rng.integers(1, 3)))
   fix.append((hy, hx, dwell()))
+  if rng.uniform() < 0.7:
+    fix.append((border[0], border[1], dwell()))
   for h in hila:
-    if label == 1 or rng.uniform() < 0.6:
+    if rng.uniform() < 0.7:
       fix.append((h[0], h[1], dwell()))
-  if label == 1:
-    add_finding(int(rng.integers(3, 6)))
-  elif label == 2:
-    add_finding(int(rng.integers(1, 4)))
-  # The key (longest) dwell: the finding, else the heart or a hilum.
-  key = (finding[0] if finding else
-         [(hy, hx), hila[0], hila[1]][int(rng.integers(3))])
+  add_spots(k_extra)
   at = int(rng.integers(len(fix) // 2, len(fix) + 1))
   fix.insert(at, (key[0], key[1], float(rng.uniform(0.7, 1.2))))
   return _dominate(fix, at, KEY_RADIUS * max(geom['heart'].shape), rng)

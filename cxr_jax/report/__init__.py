@@ -1,0 +1,1 @@
+"""Report building blocks: tables (CSV + Markdown) and figures (PNG)."""

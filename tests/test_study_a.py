@@ -1,0 +1,134 @@
+"""Study A end to end in demo size: config, training sequence, report."""
+from __future__ import annotations
+
+import os
+
+import jax
+import numpy as np
+import pytest
+from scipy import stats as sp_stats
+
+from configs import gradcam_benchmark
+from cxr_jax import ckpt
+from cxr_jax import evaluators
+from cxr_jax import jobs
+from cxr_jax import train
+from cxr_jax.data import build_dataset
+from cxr_jax.evaluators import cam_localization
+from cxr_jax.report import tables
+
+OUTPUTS = ['table_3_1.csv', 'table_3_1.md', 'table_3_2.csv', 'table_3_2.md',
+           'localisation.csv', 'localisation.md', 'anova_diff.csv',
+           'anova_diff.md', 'tukey_diff.csv', 'tukey_diff.md',
+           'anova_ehr.csv', 'anova_ehr.md', 'tukey_ehr.csv', 'tukey_ehr.md',
+           'per_image.csv', 'fig_3_1_heatmaps.png', 'fig_3_2_ehr_auc.png',
+           'fig_cam_methods.png', 'report.md']
+
+
+def test_config_stages_follow_the_thesis():
+  c = gradcam_benchmark.get_config()
+  assert c.job == 'sequence' and c.report == 'gradcam_benchmark'
+  assert tuple(c.sequence) == gradcam_benchmark.MODELS
+  for name in c.sequence:
+    s = jobs.stage_config(c, name, '/w')
+    assert s.model.name == name and s.data == c.data and s.init.path == ''
+    if name.startswith('vit'):
+      assert (s.optim.name, s.optim.lr, s.total_epochs) == ('sgd', 1e-4, 300)
+    else:
+      assert (s.optim.name, s.optim.lr, s.total_epochs) == ('adam', 1e-4, 50)
+  c.lock()
+  c.init_dir = '/weights'  # what --config.init_dir=/weights does
+  assert jobs.stage_config(c, 'vit_l16', '/w').init.path == '/weights/vit_l16'
+  assert c.to_dict()['stages']['vgg16']['init']['path'] == '/weights/vgg16'
+  d = gradcam_benchmark.get_config('demo')
+  assert len(d.sequence) == 9
+  assert {d.stages[n].model.name for n in d.sequence} == {
+      'vgg_tiny', 'resnet_tiny', 'vit_tiny'}
+  assert tuple(d.data.image_size) == (64, 64)
+  assert d.cam.targets == 'label' and d.cam.ehr_variant == 'thesis'
+
+
+def test_sweep_one_point_per_model():
+  points = []
+  gradcam_benchmark.sweep(lambda **kw: points.append(kw))
+  assert [p['name'] for p in points] == list(gradcam_benchmark.MODELS)
+  assert all(p['sequence'] == (p['name'],) for p in points)
+
+
+@pytest.fixture(scope='module')
+def demo(tmp_path_factory):
+  """Two demo models (a CNN and a ViT), 6 steps each, then the report."""
+  c = gradcam_benchmark.get_config('demo')
+  c.sequence = ('resnet18', 'vit_b16')
+  for name in c.sequence:
+    s = c.stages[name]
+    s.total_steps = 6
+    s.eval_every_steps = 3
+    s.log_every_steps = 3
+    s.evals.test.final = False
+  c.cam.bootstrap = 50
+  c.lock()
+  wd = str(tmp_path_factory.mktemp('study_a'))
+  jobs.run(c, wd)
+  return c, wd
+
+
+def test_report_writes_every_output(demo):
+  _, wd = demo
+  out = os.path.join(wd, 'report')
+  for name in OUTPUTS:
+    path = os.path.join(out, name)
+    assert os.path.getsize(path) > 0, name
+  t31 = tables.read_csv(os.path.join(out, 'table_3_1.csv'))
+  assert [r['model'] for r in t31] == ['resnet18', 'vit_b16']
+  assert float(t31[0]['thesis_auc']) == 0.942
+  for r in t31:
+    assert float(r['auc_ci_low']) <= float(r['auc']) <= float(r['auc_ci_high'])
+  md = open(os.path.join(out, 'report.md')).read()
+  assert "EHR variant: `thesis`" in md and 'policy `label`' in md
+  assert 'from scratch' in md and 'fig_3_1_heatmaps.png' in md
+  assert 'resnet18' in md  # compare_model resnet50 absent: first CNN used
+
+
+def test_anova_matches_scipy_on_per_image_values(demo):
+  _, wd = demo
+  out = os.path.join(wd, 'report')
+  rows = tables.read_csv(os.path.join(out, 'per_image.csv'))
+  assert {r['ehr_variant'] for r in rows} == {'thesis'}
+  assert {r['cam_targets'] for r in rows} == {'label'}
+  for metric, stem in (('diff_gradcam', 'anova_diff'), ('ehr_auc', 'anova_ehr')):
+    groups = {}
+    for r in rows:
+      groups.setdefault(r['model'], []).append(float(r[metric]))
+    vals = [np.asarray(v)[np.isfinite(v)] for v in groups.values()]
+    ref = sp_stats.f_oneway(*vals)
+    got = tables.read_csv(os.path.join(out, stem + '.csv'))[0]
+    np.testing.assert_allclose(float(got['F']), ref.statistic, rtol=1e-10)
+    np.testing.assert_allclose(float(got['p']), ref.pvalue, rtol=1e-8)
+
+
+def test_cam_evaluator_on_trained_cnn_gives_finite_diff(demo):
+  c, wd = demo
+  splits = build_dataset(c.data)
+  stage = jobs.stage_config(c, 'resnet18', wd)
+  model = train.build_model(stage.model)
+  variables = ckpt.restore_variables(os.path.join(wd, 'resnet18'))
+  ctx = evaluators.EvalContext(model=model, splits=splits, batch_size=8,
+                               mesh=train.make_mesh())
+  ev = evaluators.build('cam', dict(type='cam_localization', split='test'),
+                        ctx)
+  per = ev.per_image(variables)
+  n_masked = len(cam_localization.with_masks(splits['test'])['label'])
+  assert n_masked > 2 and len(per['diff_gradcam']) == n_masked
+  assert np.all(np.isfinite(per['diff_gradcam']))
+  assert np.all((per['ehr_auc'] >= 0) & (per['ehr_auc'] <= 1))
+  res = ev.run(variables)
+  assert res['n'] == n_masked
+  assert set(res) >= {'diff_gradcam', 'ehr_auc', 'pointing_game', 'n'}
+  # The report scored the same images with the same maps.
+  rows = [r for r in tables.read_csv(os.path.join(wd, 'report',
+                                                  'per_image.csv'))
+          if r['model'] == 'resnet18']
+  np.testing.assert_allclose([float(r['diff_gradcam']) for r in rows],
+                             per['diff_gradcam'], atol=1e-5)
+  assert jax.process_index() == 0
