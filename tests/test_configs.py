@@ -1,0 +1,111 @@
+"""Two-step demo runs of every config, and Study B's freezing guarantees."""
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from cxr_jax import ckpt
+from cxr_jax import jobs
+from cxr_jax import optim
+from configs import cooperative
+from configs import siim_classifier
+from configs import stage1
+from configs import stage2
+from configs import stage3
+
+STEPS = 2
+
+
+def _short(c):
+  """Two training steps per run, one evaluation at the end."""
+  subs = [c.stages[n] for n in c.sequence] if c.job == 'sequence' else [c]
+  for s in subs:
+    s.total_steps = STEPS
+    s.eval_every_steps = STEPS
+    s.log_every_steps = 1
+  return c
+
+
+def _assert_run(workdir):
+  rows = [json.loads(l) for l in open(os.path.join(workdir, 'metrics.jsonl'))]
+  assert any('train/loss' in r for r in rows), rows
+  assert all(np.isfinite(r['train/loss']) for r in rows if 'train/loss' in r)
+  assert os.path.isdir(os.path.join(workdir, 'ckpt', str(STEPS)))
+  assert os.listdir(os.path.join(workdir, 'best'))
+
+
+def test_siim_classifier_demo(tmp_path):
+  wd = str(tmp_path / 'siim')
+  jobs.run(_short(siim_classifier.get_config('demo')), wd)
+  _assert_run(wd)
+  assert 'test/auc' in json.load(open(os.path.join(wd, 'final_metrics.json')))
+
+
+def test_stage_configs_chain_by_init_path(tmp_path):
+  s1, s2, s3 = (str(tmp_path / n) for n in ('stage1', 'stage2', 'stage3'))
+  jobs.run(_short(stage1.get_config('demo')), s1)
+  for name in ('contrastive', 'finetune'):
+    _assert_run(os.path.join(s1, name))
+  c2 = _short(stage2.get_config('demo'))
+  c2.init.path = os.path.join(s1, 'finetune')
+  jobs.run(c2, s2)
+  _assert_run(s2)
+  c3 = _short(stage3.get_config('demo'))
+  c3.init.path = s2
+  jobs.run(c3, s3)
+  _assert_run(s3)
+
+
+def test_stage2_without_stage1_is_a_clear_error(tmp_path):
+  c = _short(stage2.get_config('demo'))
+  c.init.path = str(tmp_path / 'nowhere')
+  with pytest.raises(FileNotFoundError, match='init.path'):
+    jobs.run(c, str(tmp_path / 's2'))
+
+
+def _sub(tree, prefix):
+  flat = optim.flat_paths(tree)
+  return {k: v for k, v in flat.items() if k.startswith(prefix)}
+
+
+@pytest.fixture(scope='module')
+def coop_workdir(tmp_path_factory):
+  wd = str(tmp_path_factory.mktemp('coop'))
+  jobs.run(_short(cooperative.get_config('demo')), wd)
+  return wd
+
+
+def test_cooperative_demo_writes_the_report(coop_workdir):
+  rep = os.path.join(coop_workdir, 'report')
+  for f in ('table_4_1.csv', 'table_4_1.md', 'table_4_2.csv', 'table_4_2.md',
+            'ttests.csv', 'cam_vs_gaze.csv', 'fig_4_2_grid.png', 'report.md'):
+    assert os.path.getsize(os.path.join(rep, f)) > 0, f
+  for name in cooperative.get_config('demo').sequence:
+    _assert_run(os.path.join(coop_workdir, name))
+
+
+def test_stage2_leaves_the_densenet_bitwise_unchanged(coop_workdir):
+  s1 = ckpt.restore_variables(os.path.join(coop_workdir, 'stage1_finetune'))
+  s2 = ckpt.restore_variables(os.path.join(coop_workdir, 'stage2'))
+  for coll in ('params', 'batch_stats'):
+    before = optim.flat_paths(s1[coll])
+    after = _sub(s2[coll], 'densenet/')
+    assert len(after) == len(before) > 0
+    for k, v in after.items():
+      np.testing.assert_array_equal(v, before[k[len('densenet/'):]], k)
+
+
+def test_stage3_leaves_both_encoders_unchanged(coop_workdir):
+  s2 = ckpt.restore_variables(os.path.join(coop_workdir, 'stage2'))
+  s3 = ckpt.restore_variables(os.path.join(coop_workdir, 'stage3'))
+  for coll in ('params', 'batch_stats'):
+    for prefix in ('densenet/', 'unet/'):
+      before, after = _sub(s2[coll], prefix), _sub(s3[coll], prefix)
+      assert before.keys() == after.keys() and before
+      for k in before:
+        np.testing.assert_array_equal(before[k], after[k], k)
+  changed = [k for k, v in _sub(s3['params'], 'fusion/').items()
+             if not np.array_equal(v, _sub(s2['params'], 'fusion/')[k])]
+  assert changed  # the classifier did train
