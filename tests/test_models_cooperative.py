@@ -70,7 +70,8 @@ def test_cooperative_outputs(coop):
   def score(pert):
     lg, _ = model.apply({**variables, 'perturbations': pert}, X64)
     return lg[:, 0].sum()
-  g = jax.grad(score)(variables['perturbations'])['densenet']['features']
+  g = jax.jit(jax.grad(score))(variables['perturbations'])['densenet'][
+      'features']
   assert g.shape == out['features'].shape and float(jnp.abs(g).max()) > 0
 
 
@@ -141,7 +142,7 @@ def test_mtunet_tiny_and_uncertainty_gradients():
     s_c, s_s = jnp.exp(ls_c), jnp.exp(ls_s)
     return ce / s_c ** 2 + jnp.log(s_c + 1) + kl / (2 * s_s ** 2) + jnp.log(
         s_s + 1)
-  g = jax.grad(loss)(params)
+  g = jax.jit(jax.grad(loss))(params)
   assert float(jnp.abs(g['log_sigma_cls'])) > 0
   assert float(jnp.abs(g['log_sigma_sal'])) > 0
 
@@ -149,7 +150,7 @@ def test_mtunet_tiny_and_uncertainty_gradients():
   def score(pert):
     lg, _ = model.apply({**variables, 'perturbations': pert}, x)
     return lg[:, 1].sum()
-  gf = jax.grad(score)(variables['perturbations'])['features']
+  gf = jax.jit(jax.grad(score))(variables['perturbations'])['features']
   assert gf.shape == (2, 2, 2, 128) and float(jnp.abs(gf).max()) > 0
 
 
