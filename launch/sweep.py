@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import enum
 import importlib.util
 import json
 import math
@@ -126,6 +127,10 @@ def load(config_arg: str) -> tuple[ml_collections.ConfigDict, list[Point]]:
   points = collect(sweep_fn)
   for p in points:
     apply_overrides(config, p)  # validates keys and types
+    try:
+      override_flags(config, p)
+    except (TypeError, ValueError) as e:
+      raise ValueError(f'sweep point {p.name!r}: {e}') from None
   return config, points
 
 
@@ -204,8 +209,9 @@ def render(config: ml_collections.ConfigDict, key: str, value: Any) -> str:
   """The `--config.KEY=` value text config_flags parses back to `value`.
 
   config_flags picks its parser from the field's type in the config: str
-  fields take the text as is, bool/int/float fields absl's parsers, tuple
-  fields (and None/dict fields) `ast.literal_eval`.
+  fields take the text as is, bool/int/float fields absl's parsers, tuple,
+  dict and `object` fields `ast.literal_eval`. Fields it cannot override
+  (a plain `None` default, lists) are an error here rather than in main.py.
   """
   field_type = config_path.get_type(key, config)
   if field_type is str:
@@ -216,7 +222,18 @@ def render(config: ml_collections.ConfigDict, key: str, value: Any) -> str:
     return 'true' if value else 'false'
   if field_type in (int, float):
     return repr(value)
-  return literal(value)
+  if isinstance(field_type, type) and issubclass(field_type, enum.Enum):
+    return value.name if isinstance(value, enum.Enum) else str(value)
+  if field_type in (tuple, object) or (
+      isinstance(field_type, type) and issubclass(
+          field_type, config_dict.ConfigDict)):
+    return literal(value)
+  raise TypeError(
+      f'main.py cannot override {key} from the command line: ml_collections '
+      f'config_flags has no parser for its type {field_type.__name__} (e.g. a '
+      'plain None default). Give it a typed default, e.g. '
+      'ml_collections.config_dict.placeholder(str), or a tuple instead of a '
+      'list.')
 
 
 def override_flags(config: ml_collections.ConfigDict,
@@ -236,8 +253,13 @@ def repo_relative(path: str) -> str:
   return path if rel.startswith('..') else rel
 
 
+def _log(line: str) -> None:
+  print(line, flush=True)  # before the child's output, which is unbuffered
+
+
 def main_flags(config_arg: str, workdir: str, flags_: Sequence[str],
                extra: Sequence[str]) -> list[str]:
+  """main.py's arguments: config, workdir, the point's overrides, extras."""
   return [f'--config={config_arg}', f'--workdir={workdir}', *flags_, *extra]
 
 
@@ -290,7 +312,7 @@ def make_jobs(config_arg: str, root: str, *, mode: str,
 
 
 def run_jobs(jobs: Sequence[Job], *, mode: str, rerun: bool = False,
-             log: Callable[[str], None] = print) -> None:
+             log: Callable[[str], None] = _log) -> None:
   """Runs the jobs (local: in turn, stopping at the first failure)."""
   for i, job in enumerate(jobs):
     tag = f'[{i + 1}/{len(jobs)}] {job.name}'

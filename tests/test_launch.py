@@ -126,15 +126,16 @@ def test_dry_run_quotes_tuples_for_the_shell(dry_runs):
 
 def _parse_main_flags(argv: list[str]):
   """main.py's flag parsing (config_flags, locked) on a fresh FlagValues."""
-  i = argv.index('main.py')
+  args = ['main.py', *argv[argv.index('main.py') + 1:]]
   fv = flags.FlagValues()
+  # (config_flags defines the --config.KEY flags that sys_argv mentions.)
   config_flags.DEFINE_config_file('config', None, 'config', flag_values=fv,
-                                  lock_config=True)
+                                  lock_config=True, sys_argv=args)
   flags.DEFINE_string('workdir', None, 'workdir', flag_values=fv)
   cwd = os.getcwd()
   os.chdir(ROOT)  # config paths are relative to the repository root
   try:
-    fv(['main.py', *argv[i + 1:]])
+    fv(args)
     return fv.config, fv.workdir
   finally:
     os.chdir(cwd)
@@ -183,13 +184,13 @@ _TYPES_CONFIG = textwrap.dedent('''
 
     def get_config(arg=None):
       c = ml_collections.ConfigDict()
-      c.name = 'plain'
+      c.title = 'plain'
       c.flag = False
       c.steps = 1
       c.lr = 0.1
       c.names = ('a', 'b')
       c.empty = ()
-      c.maybe = None
+      c.maybe = ml_collections.FieldReference(None, field_type=object)
       c.nested = ml_collections.ConfigDict(dict(
           kw=dict(a=1), path='', pairs=(('x', 1),)))
       c.preset = arg or ''
@@ -197,14 +198,14 @@ _TYPES_CONFIG = textwrap.dedent('''
 
     def sweep(add):
       add(name='awkward', **{
-          'name': "it's a \\"test\\" $HOME; echo x",
+          'title': "it's a \\"test\\" $HOME; echo x",
           'flag': True, 'steps': 7, 'lr': 3e-4,
           'names': ('only one',), 'empty': ('x', 'y'), 'maybe': 'text',
           'nested.path': '/data/with space/(1)',
           'nested.pairs': (('y', 2), ('z', -1.5e-9)),
           'nested.kw': {'b': [1, 2], 'c': None}})
       add(name='back', **{'names': (), 'flag': False, 'maybe': (1, None),
-                          'empty': ('true',), 'name': ''})
+                          'empty': ('true',), 'title': ''})
 ''')
 
 
@@ -217,14 +218,14 @@ def test_awkward_values_round_trip(tmp_path):
   assert list(runs) == ['awkward', 'back']
   overrides = {
       'awkward': {
-          'name': "it's a \"test\" $HOME; echo x", 'flag': True,
+          'title': "it's a \"test\" $HOME; echo x", 'flag': True,
           'steps': 7, 'lr': 3e-4, 'names': ('only one',),
           'empty': ('x', 'y'), 'maybe': 'text',
           'nested.path': '/data/with space/(1)',
           'nested.pairs': (('y', 2), ('z', -1.5e-9)),
           'nested.kw': {'b': [1, 2], 'c': None}},
       'back': {'names': (), 'flag': False, 'maybe': (1, None),
-               'empty': ('true',), 'name': ''},
+               'empty': ('true',), 'title': ''},
   }
   for name, argv in runs.items():
     assert argv[2] == f'--config={arg}'
@@ -422,6 +423,17 @@ def test_bad_points_and_flags_are_clear_errors(tmp_path):
   out = _sweep(f'--config={cfg}', '--workdir=/w', '--dry_run', check=False)
   assert out.returncode == 1
   assert "sweep point 'typo': 'lrr' is not a key of the config" in out.stderr
+  cfg.write_text(textwrap.dedent('''
+      import ml_collections
+      def get_config(arg=None):
+        return ml_collections.ConfigDict(dict(path=None))
+      def sweep(add):
+        add(name='untyped', path='/x')
+  '''))
+  out = _sweep(f'--config={cfg}', '--workdir=/w', '--dry_run', check=False)
+  assert out.returncode == 1
+  assert ("sweep point 'untyped': main.py cannot override path from the "
+          'command line') in out.stderr, out.stderr
   out = _sweep(f'--config={COOP}', '--workdir=/w', '--dry_run',
                '--only=nope', check=False)
   assert out.returncode == 1 and "unknown points ['nope']" in out.stderr

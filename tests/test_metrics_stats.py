@@ -10,7 +10,8 @@ from cxr_jax.metrics import stats as S
 
 def _groups(seed=0):
   rng = np.random.default_rng(seed)
-  return {'vgg16': rng.normal(0.2, 0.2, 40), 'resnet50': rng.normal(0.1, 0.2, 35),
+  return {'vgg16': rng.normal(0.2, 0.2, 40),
+          'resnet50': rng.normal(0.1, 0.2, 35),
           'vit_b16': rng.normal(0.05, 0.2, 30)}
 
 

@@ -112,7 +112,8 @@ def test_injection_features(feature: str):
   assert variables['params']['unet']['inject']['conv']['kernel'].shape[2] == (
       inj.shape[-1])
   assert inj.shape[1:3] == ((2, 2) if feature == 'denseblock4' else (4, 4))
-  assert out['unet']['inject'].shape[1:3] == out['unet']['bottleneck'].shape[1:3]
+  unet_out = out['unet']
+  assert unet_out['inject'].shape[1:3] == unet_out['bottleneck'].shape[1:3]
   assert logits.shape == (2, 3) and out['saliency_logp'].shape == (2, 64, 64)
 
 
@@ -121,7 +122,8 @@ def test_mtunet_tiny_and_uncertainty_gradients():
   x = X64[:, :32, :32]
   variables = np_init(model, x)
   params = variables['params']
-  assert params['log_sigma_cls'].shape == () and params['log_sigma_sal'].shape == ()
+  assert params['log_sigma_cls'].shape == ()
+  assert params['log_sigma_sal'].shape == ()
   assert params['classifier']['hidden']['kernel'].shape == (128 + 8, 64)
   logits, out = model.apply(variables, x)
   assert logits.shape == (2, 3) and out['saliency_logp'].shape == (2, 32, 32)

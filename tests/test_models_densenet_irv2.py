@@ -75,7 +75,8 @@ def _tiny_torch_densenet() -> torch.nn.Module:
 
 @pytest.mark.parametrize('name,variant,ctor,size,batch', [
     ('densenet121', '121', torchvision.models.densenet121, 64, 2),
-    ('densenet201', '201', torchvision.models.densenet201, 224, 1),
+    pytest.param('densenet201', '201', torchvision.models.densenet201, 224, 1,
+                 marks=pytest.mark.slow),
 ])
 def test_densenet_parity(name, variant, ctor, size, batch):
   torch.manual_seed(0)
@@ -85,6 +86,7 @@ def test_densenet_parity(name, variant, ctor, size, batch):
                 variant, post=torch.relu)
 
 
+@pytest.mark.slow
 def test_irv2_parity_299():
   import timm  # pylint: disable=g-import-not-at-top
   torch.manual_seed(0)

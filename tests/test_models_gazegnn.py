@@ -151,6 +151,48 @@ def _to_torch_layout(variables) -> dict[str, np.ndarray]:
   return sd
 
 
+def _torch_grapher(sd, x_BCHW, k: int, dilation: int):
+  """ViG's Grapher (eval mode) in torch ops, as in Huawei's gcn_lib."""
+  import torch  # pylint: disable=g-import-not-at-top
+  import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
+  sd = {n: torch.from_numpy(np.asarray(v)) for n, v in sd.items()}
+
+  def conv_bn(x, pre, groups=1):
+    x = F.conv2d(x, sd[pre + '0.weight'], sd[pre + '0.bias'], groups=groups)
+    return F.batch_norm(x, sd[pre + '1.running_mean'],
+                        sd[pre + '1.running_var'], sd[pre + '1.weight'],
+                        sd[pre + '1.bias'], False, 0.0, 1e-5)
+
+  x = torch.from_numpy(x_BCHW)
+  b, c, h, w = x.shape
+  y = conv_bn(x, 'fc1.').reshape(b, c, -1, 1)
+  xn = F.normalize(y, p=2.0, dim=1).transpose(2, 1).squeeze(-1)
+  sq = (xn * xn).sum(-1, keepdim=True)
+  dist = sq - 2 * xn @ xn.transpose(2, 1) + sq.transpose(2, 1)
+  nn_idx = torch.topk(-dist, k=k * dilation)[1][:, :, ::dilation]
+  yf = y.squeeze(-1)
+  x_j = torch.stack([yf[i][:, nn_idx[i]] for i in range(b)])  # B, C, N, K
+  x_j = (x_j - yf[..., None]).max(-1, keepdim=True)[0]
+  z = torch.cat([y.unsqueeze(2), x_j.unsqueeze(2)], dim=2).reshape(
+      b, 2 * c, -1, 1)
+  z = F.gelu(conv_bn(z, 'graph_conv.gconv.nn.', groups=4)).reshape(b, -1, h, w)
+  return (conv_bn(z, 'fc2.') + x).numpy()
+
+
+def test_grapher_matches_torch_vig():
+  grapher = gazegnn.Grapher(k=3, dilation=2)
+  rs = np.random.RandomState(4)
+  x = rs.randn(2, 4, 4, 8).astype(np.float32)
+  variables = grapher.init(jax.random.PRNGKey(0), jnp.asarray(x))
+  variables = jax.tree_util.tree_map(
+      lambda a: np.asarray(a) + rs.rand(*a.shape).astype(np.float32) * 0.5,
+      variables)
+  got = grapher.apply(variables, jnp.asarray(x))
+  ref = _torch_grapher(_to_torch_layout(variables), x.transpose(0, 3, 1, 2),
+                       k=3, dilation=2).transpose(0, 2, 3, 1)
+  np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+
+
 def test_convert_torch_roundtrip(tiny):
   model, variables, apply, x, gaze = tiny
   rs = np.random.RandomState(3)

@@ -145,6 +145,9 @@ def test_upsample_and_bad_input():
   with pytest.raises(ValueError, match='divisible'):
     jax.eval_shape(unet.Model(variant='tiny').init, jax.random.key(0),
                    jnp.ones((1, 40, 32, 1)))
+  with pytest.raises(ValueError, match='in_chans'):
+    jax.eval_shape(unet.Model(variant='tiny').init, jax.random.key(0),
+                   jnp.ones((1, 32, 32, 3)))
   with pytest.raises(ValueError, match='variant'):
     jax.eval_shape(unet.Model(variant='nope').init, jax.random.key(0),
                    jnp.ones((1, 32, 32, 1)))

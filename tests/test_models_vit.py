@@ -142,3 +142,15 @@ def test_other_img_size_and_mismatch():
   assert logits.shape == (1, 32) and out['features'].shape == (1, 6, 6, 32)
   with pytest.raises(ValueError, match='img_size'):
     model.apply(variables, jnp.zeros((1, 32, 32, 3)))
+
+
+def test_train_mode_dropout_and_drop_path():
+  model = vit.Model(2, variant='tiny', dropout_rate=0.1, attn_dropout_rate=0.1,
+                    drop_path_rate=0.2)
+  x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
+  variables = np_init(model, x)
+  run = lambda seed: model.apply(variables, x, train=True,
+                                 rngs={'dropout': jax.random.key(seed)})[0]
+  assert float(jnp.abs(run(0) - run(1)).max()) > 0
+  np.testing.assert_array_equal(model.apply(variables, x)[0],
+                                model.apply(variables, x)[0])

@@ -5,13 +5,17 @@
 2. The trainer through `main.py` on 2 processes x 1 CPU device: a run that
    crashes right after its step-4 checkpoint (every process exits hard, as a
    preempted job would), then the same command resumes to step 6. Its final
-   parameters, its per-step training losses and its validation losses equal a
-   single-process run's with the same global batch (1e-5). The reference
+   parameters, its per-step training losses, its validation losses and its
+   final test metrics (the best checkpoint through the classification
+   evaluator) equal a single-process run's with the same global batch (1e-5). The reference
    process has 2 (forced) CPU devices, so both runs split the batch the same
    way and differ only in who owns the devices; against a 1-device run the
    parameters differ by ~2e-5 after 6 Adam steps (float32 summation order,
    which Adam's normalisation amplifies; tests/test_sharding.py compares
    1 and 8 devices by their losses).
+
+Also, in-process: what `distributed.initialize` would pass to
+`jax.distributed.initialize` for each flag combination.
 
 Everything binds to 127.0.0.1 and every subprocess has a timeout.
 """
@@ -28,6 +32,10 @@ import time
 import jax
 import numpy as np
 import pytest
+from absl import flags
+from absl.testing import flagsaver
+
+from cxr_jax import distributed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT_S = 300  # per phase; a phase takes ~30-60 s on 2 idle CPU cores
@@ -87,8 +95,48 @@ _BUILD_DATA = textwrap.dedent('''
 
 _RUN_FLAGS = ('--config=configs/siim_classifier.py:demo',
               '--config.total_steps=6', '--config.checkpoint_every_steps=2',
-              '--config.eval_every_steps=3', '--config.log_every_steps=1',
-              '--config.evals.test.final=false')
+              '--config.eval_every_steps=3', '--config.log_every_steps=1')
+
+
+@pytest.fixture
+def parsed_flags():
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+  with flagsaver.flagsaver():
+    yield flags.FLAGS
+
+
+def test_init_kwargs_per_mode(parsed_flags, monkeypatch):
+  for var in ('CXR_COORDINATOR', 'CXR_NUM_PROCESSES', 'CXR_PROCESS_ID'):
+    monkeypatch.delenv(var, raising=False)
+  fl = parsed_flags
+  fl.distributed, fl.coordinator_address = 'off', ''
+  assert distributed.init_kwargs() is None
+  # Auto: only what was given explicitly; jax detects the rest.
+  fl.distributed = 'auto'
+  assert distributed.init_kwargs() == dict(initialization_timeout=300)
+  fl.local_device_ids = '0,1,2,3'
+  fl['num_processes'].parse('4')  # as if on the command line (.present)
+  assert distributed.init_kwargs() == dict(
+      initialization_timeout=300, local_device_ids=[0, 1, 2, 3],
+      num_processes=4)
+  # A coordinator address alone switches 'off' to explicit.
+  fl.distributed, fl.local_device_ids = 'off', ''
+  fl.coordinator_address, fl.process_id = '10.0.0.1:1234', 3
+  assert distributed.init_kwargs() == dict(
+      initialization_timeout=300, coordinator_address='10.0.0.1:1234',
+      num_processes=4, process_id=3)
+  fl.process_id = 4
+  with pytest.raises(ValueError, match='must be in'):
+    distributed.init_kwargs()
+  fl.distributed, fl.coordinator_address = 'explicit', ''
+  with pytest.raises(ValueError, match='needs --coordinator_address'):
+    distributed.init_kwargs()
+  with pytest.raises(ValueError, match='comma-separated'):
+    distributed.parse_device_ids('0;1')
+  with pytest.raises(ValueError, match='distinct'):
+    distributed.parse_device_ids('1,1')
+  assert distributed.parse_device_ids(' ') is None
 
 
 def _free_port() -> int:
@@ -245,6 +293,13 @@ def test_two_process_training_crash_resume_matches_one_process(tmp_path):
   assert sorted(val1) == sorted(val2) == [3, 6]
   np.testing.assert_allclose([val2[3], val2[6]], [val1[3], val1[6]],
                              atol=1e-5, rtol=1e-5)
+  with open(os.path.join(one, 'final_metrics.json')) as f:
+    final1 = json.load(f)
+  with open(os.path.join(two, 'final_metrics.json')) as f:
+    final2 = json.load(f)
+  assert sorted(final1) == sorted(final2) and 'test/auc' in final1, final1
+  for k in final1:
+    np.testing.assert_allclose(final2[k], final1[k], atol=1e-5, err_msg=k)
   # Process 0 alone writes metrics: one row per logged step, no duplicates.
   train_rows = [r['step'] for r in rows2 if 'train/loss' in r]
   assert train_rows == [1, 2, 3, 4, 5, 6], train_rows

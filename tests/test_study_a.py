@@ -60,6 +60,9 @@ def demo(tmp_path_factory):
   """Two demo models (a CNN and a ViT), 6 steps each, then the report."""
   c = gradcam_benchmark.get_config('demo')
   c.sequence = ('resnet18', 'vit_b16')
+  # The small phantom of siim_classifier's demo (shared cache, quick).
+  c.data.phantom_num, c.data.num_per_class = 160, 80
+  c.data.split_sizes = (112, 24, 24)
   for name in c.sequence:
     s = c.stages[name]
     s.total_steps = 6

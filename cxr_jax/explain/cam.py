@@ -158,7 +158,7 @@ def _align_corners_matrix(n_out: int, n_in: int) -> np.ndarray:
 
 
 # ------------------------------------------------------- model plumbing --
-class _Static:
+class _ById:
   """Hashable-by-identity wrapper for static jit args that do not hash."""
 
   def __init__(self, value: Any):
@@ -168,19 +168,19 @@ class _Static:
     return id(self.value)
 
   def __eq__(self, other: Any) -> bool:
-    return isinstance(other, _Static) and other.value is self.value
+    return isinstance(other, _ById) and other.value is self.value
 
 
-def _static(model: nn.Module) -> Any:
+def hashable_model(model: nn.Module) -> Any:
   try:
     hash(model)
     return model
   except TypeError:
-    return _Static(model)
+    return _ById(model)
 
 
-def _unwrap(model: Any) -> nn.Module:
-  return model.value if isinstance(model, _Static) else model
+def unwrap_model(model: Any) -> nn.Module:
+  return model.value if isinstance(model, _ById) else model
 
 
 def _paths(tree: Mapping[str, Any], prefix: tuple = ()) -> list[tuple]:
@@ -269,8 +269,8 @@ def _forward_with_grads(model, variables, images_BHWC, kwargs, path):
   path = resolve_layer(_paths(pert), path)
 
   def f(p_leaf):
-    logits, out = model.apply({**base, 'perturbations': _set(pert, path, p_leaf)},
-                              images_BHWC, train=False, **kwargs)
+    v = {**base, 'perturbations': _set(pert, path, p_leaf)}
+    logits, out = model.apply(v, images_BHWC, train=False, **kwargs)
     act = _find_activation(out, path, p_leaf.shape)
     return logits.astype(jnp.float32), act
 
@@ -320,7 +320,7 @@ def _acts_and_grads(model, variables, images_BHWC, targets_B, use_pred,
   """Activations (B,h,w,C), grads ((K,)B,h,w,C) or None, logits, targets."""
   kwargs = {**array_kwargs, **dict(static_kwargs)}
   logits_BK, acts_BhwC, vjp_fn = _forward_with_grads(
-      _unwrap(model), variables, images_BHWC, kwargs, path)
+      unwrap_model(model), variables, images_BHWC, kwargs, path)
   b, k = logits_BK.shape
   targets_B = jnp.where(use_pred, jnp.argmax(logits_BK, axis=-1), targets_B)
   grad = lambda onehot_BK: vjp_fn(onehot_BK)[0].astype(jnp.float32)
@@ -339,7 +339,7 @@ def _acts_and_grads(model, variables, images_BHWC, targets_B, use_pred,
 def _scorecam_scores(model, variables, images_BHWC, acts_BhwC, array_kwargs,
                      *, chunk_size, static_kwargs):
   kwargs = {**array_kwargs, **dict(static_kwargs)}
-  return _scorecam_logits(_unwrap(model), variables, images_BHWC, kwargs,
+  return _scorecam_logits(unwrap_model(model), variables, images_BHWC, kwargs,
                           acts_BhwC, chunk_size)
 
 
@@ -359,7 +359,8 @@ def _finish(acts_BhwC, grads, scores_BCK, targets_B, *, method, all_classes,
     if all_classes:
       raw = jnp.einsum('bhwc,bck->bkhw', acts_BhwC, w_BCK)
     else:
-      w_BC = jnp.take_along_axis(w_BCK, targets_B[:, None, None], axis=2)[..., 0]
+      w_BC = jnp.take_along_axis(w_BCK, targets_B[:, None, None], axis=2)
+      w_BC = w_BC[..., 0]
       raw = _weighted(acts_BhwC, w_BC)
   else:
     raw = spec.fn(acts_BhwC, None)
@@ -425,7 +426,7 @@ def compute_cams(model: nn.Module, variables: Mapping[str, Any],
   path = (tuple(target_layer.split('/')) if isinstance(target_layer, str)
           else tuple(target_layer))
   array_kwargs, static_kwargs = _split_kwargs(model_kwargs)
-  model = _static(model)
+  model = hashable_model(model)
   acts, grads, logits, t = _acts_and_grads(
       model, variables, images_BHWC, t, jnp.asarray(use_pred), array_kwargs,
       path=path, all_classes=all_classes and spec.uses_grads,

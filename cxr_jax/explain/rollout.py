@@ -66,7 +66,7 @@ def rollout_from_attn(attn: Sequence[jax.Array], *, head_fusion: str = 'mean',
     'upsample', 'normalize'))
 def _rollout(model, variables, images_BHWC, model_kwargs, *, head_fusion,
              discard_ratio, num_prefix_tokens, grid_hw, upsample, normalize):
-  model = cam_lib._unwrap(model)  # pylint: disable=protected-access
+  model = cam_lib.unwrap_model(model)
   base = {k: v for k, v in variables.items() if k != 'perturbations'}
   logits, out = model.apply(base, images_BHWC, train=False, **model_kwargs)
   if 'attn' not in out:
@@ -95,7 +95,8 @@ def attention_rollout(model: nn.Module, variables: Mapping[str, Any],
   (x - min) / (max(x - min) + 1e-7), as `compute_cams`), 'raw' (B, h, w) the
   class-token rollout row on the patch grid, and 'logits' (B, K).
   """
-  return _rollout(cam_lib._static(model), variables, jnp.asarray(images_BHWC),  # pylint: disable=protected-access
+  return _rollout(cam_lib.hashable_model(model), variables,
+                  jnp.asarray(images_BHWC),
                   dict(model_kwargs or {}), head_fusion=head_fusion,
                   discard_ratio=float(discard_ratio),
                   num_prefix_tokens=num_prefix_tokens,

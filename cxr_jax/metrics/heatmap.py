@@ -66,7 +66,8 @@ def ehr_curve(cam_HW: Any, mask_HW: Any, *, variant: str = 'thesis',
     for i, qi in enumerate(q):
       thr = min(np.quantile(poi, qi), 0.99 * heat.max())
       binm = heat >= thr
-      inside = heat[binm & mask].sum() if weight_by_heat else (binm & mask).sum()
+      inside = (heat[binm & mask].sum() if weight_by_heat
+                else (binm & mask).sum())
       ratio[i] = inside / (binm.sum() + 1e-8)
     return q, ratio
   raise ValueError(f'EHR variant must be one of {EHR_VARIANTS}, got '

@@ -102,6 +102,10 @@ class Model(nn.Module):
     dtype: compute dtype (parameters stay float32).
     remat: rematerialise each dense layer in the backward pass (saves
       activation memory, like torchvision's `memory_efficient=True`).
+
+  `out`: 'denseblock1'..'denseblock4' (each block's output, before the
+  transition), 'norm5', 'features' = ReLU(norm5) (perturbed; the Grad-CAM
+  target), 'pre_logits' (B, C) = its global average.
   """
   num_classes: int | None = 1000
   variant: str = '121'
@@ -133,7 +137,8 @@ class Model(nn.Module):
       ch += n * growth
       if i != len(blocks) - 1:
         ch //= 2
-        x = Transition(ch, dtype=self.dtype, name=f'transition{i + 1}')(x, train)
+        x = Transition(ch, dtype=self.dtype, name=f'transition{i + 1}')(
+            x, train)
     x = _bn(train, self.dtype, 'norm5')(x)
     out['norm5'] = x
     x = nn.relu(x)
@@ -218,8 +223,8 @@ def torch_to_flax(state_dict: Mapping[str, Any],
     result[slot] = arr
   missing = sorted(f'{c}:{p}' for c, p in flat_expected if (c, p) not in result)
   if missing:
-    raise KeyError(f'Flax variables not filled by the state dict: {missing[:10]}'
-                   f'{" ..." if len(missing) > 10 else ""}')
+    raise KeyError('Flax variables not filled by the state dict: '
+                   f'{missing[:10]}{" ..." if len(missing) > 10 else ""}')
   tree: dict[str, dict[str, Any]] = {c: {} for c in expected}
   for (col, path), arr in result.items():
     node = tree[col]
@@ -248,8 +253,10 @@ def convert_torch(state_dict: Mapping[str, Any], *, variant: str
   converted when present (`classifier.*`); a state dict without it converts
   to a headless tree (num_classes=None).
   """
-  sd = {_LEGACY.sub(r'\1.\2\3', k.rpartition('.')[0]) + '.' +
-        k.rpartition('.')[2]: v for k, v in state_dict.items()}
+  sd = {}
+  for k, v in state_dict.items():
+    module, dot, leaf = k.rpartition('.')
+    sd[_LEGACY.sub(r'\1.\2\3', module) + dot + leaf] = v
   conv0 = sd.get('features.conv0.weight', sd.get('conv0.weight'))
   if conv0 is None:
     raise KeyError("state dict has no 'features.conv0.weight'.")

@@ -149,7 +149,8 @@ class _GraphConv(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x_BHWC, idx_BNK, train):
+  def __call__(self, x_BHWC: jax.Array, idx_BNK: jax.Array,
+               train: bool) -> jax.Array:
     return MRConv(self.features, dtype=self.dtype, name='gconv')(
         x_BHWC, idx_BNK, train)
 
@@ -184,15 +185,20 @@ class Model(nn.Module):
   """GazeGNN on isotropic ViG. `variant` in {'full', 'tiny'}.
 
   Attributes:
-    num_classes: head width (3 in Study B); None = no head.
+    num_classes: head width (3 in Study B, as in GazeGNN); None = no head.
     variant: key of `VARIANTS`.
     in_chans: expected input channels (checked at call time).
     dtype: compute dtype (parameters stay float32).
     gaze_minmax: min-max normalise the patch-aggregated gaze per image (the
       authors' loader does; off = use the map's own scale).
     drop_rate: dropout in the head in training (the authors use 0).
+
+  `__call__(x_BHWC, *, train=False, gaze=gaze_BHW)` returns (logits, out) with
+  out['features'] (B, H/p, W/p, C) = the last block's node features on the
+  patch grid (perturbed; the Grad-CAM target), out['pre_logits'] (B, C) and
+  out['gaze_embed'] (B, H/p, W/p, 1) = the gaze term added to every node.
   """
-  num_classes: int | None = 3
+  num_classes: int | None = 1000
   variant: str = 'full'
   in_chans: int = 3
   dtype: Any = jnp.float32

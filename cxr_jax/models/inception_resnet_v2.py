@@ -92,19 +92,23 @@ class _Block(nn.Module):
   dtype: Any = jnp.float32
 
   def w(self, c: int) -> int:
+    """A timm width scaled by the variant's multiplier."""
     return max(1, int(round(c * self.width)))
 
   def vpad(self) -> Pad:
     """Padding of the layers timm leaves unpadded."""
     return 'SAME' if self.same else 'VALID'
 
-  def seq(self, specs, name: str, avg_pool_first: bool = False) -> ConvSeq:
+  def seq(self, specs: Sequence[tuple[int, tuple[int, int], int, Pad | None]],
+          name: str, avg_pool_first: bool = False) -> ConvSeq:
+    """A ConvSeq from timm widths; padding None = torch 'same' (stride 1)."""
     specs = tuple((self.w(f), k, s, _pad(k) if p is None else p)
                   for f, k, s, p in specs)
     return ConvSeq(specs, avg_pool_first, dtype=self.dtype, name=name)
 
   def conv(self, f: int, k: tuple[int, int], s: int, p: Pad | None,
            name: str) -> BasicConv2d:
+    """One BasicConv2d from a timm width; padding None = torch 'same'."""
     return BasicConv2d(self.w(f), k, s, _pad(k) if p is None else p,
                        dtype=self.dtype, name=name)
 
@@ -211,6 +215,10 @@ class Model(nn.Module):
     in_chans: expected input channels (checked at call time).
     dtype: compute dtype (parameters stay float32).
     drop_rate: dropout before the head in training (timm default 0).
+
+  `out`: 'mixed_5b', 'repeat', 'mixed_6a', 'repeat_1', 'mixed_7a',
+  'repeat_2', 'block8', 'features' = conv2d_7b output (perturbed; the
+  Grad-CAM target), 'pre_logits' (B, 1536) = its global average.
   """
   num_classes: int | None = 1000
   variant: str = 'full'

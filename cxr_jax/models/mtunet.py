@@ -58,7 +58,7 @@ class Model(nn.Module):
       raise ValueError(f'Unknown MT-UNet variant {self.variant!r}; valid: '
                        f'{sorted(VARIANTS)}')
     widths, block = unet.variant_cfg(VARIANTS[self.variant])
-    unet.check_input(x_BHWC, len(widths))
+    unet.check_input(x_BHWC, len(widths), self.in_chans)
     skips, bottleneck = unet.Encoder(widths, block, dtype=self.dtype,
                                      name='encoder')(
                                          x_BHWC.astype(self.dtype), train=train)

@@ -243,7 +243,7 @@ class Model(nn.Module):
                inject: jax.Array | None = None
                ) -> tuple[jax.Array, dict[str, Any]]:
     widths, block = variant_cfg(self.variant)
-    check_input(x_BHWC, len(widths))
+    check_input(x_BHWC, len(widths), self.in_chans)
     skips, bottleneck = Encoder(widths, block, self.se_reduction, self.dtype,
                                 name='encoder')(
                                     x_BHWC.astype(self.dtype), train=train)
@@ -271,9 +271,12 @@ class Model(nn.Module):
     return logp_BHW, out
 
 
-def check_input(x_BHWC: jax.Array, levels: int) -> None:
-  """Raises unless H and W are divisible by the total pooling factor."""
+def check_input(x_BHWC: jax.Array, levels: int, in_chans: int) -> None:
+  """Raises unless x is (B, H, W, in_chans), H and W divisible by 2^(L-1)."""
   f = 2 ** (levels - 1)
   if x_BHWC.ndim != 4 or x_BHWC.shape[1] % f or x_BHWC.shape[2] % f:
     raise ValueError(f'UNet input must be (B, H, W, C) with H, W divisible '
                      f'by {f}; got {x_BHWC.shape}')
+  if x_BHWC.shape[-1] != in_chans:
+    raise ValueError(f'UNet expects {in_chans} input channels (field '
+                     f'in_chans), got input of shape {x_BHWC.shape}')

@@ -115,7 +115,8 @@ class Attention(nn.Module):
     logits_BHNN = jnp.einsum('bqhk,bnhk->bhqn', q_BNHK, k_BNHK)
     attn_BHNN = jax.nn.softmax(logits_BHNN.astype(jnp.float32), axis=-1)
     attn_BHNN = attn_BHNN.astype(self.dtype)
-    probs = nn.Dropout(self.attn_dropout_rate)(attn_BHNN, deterministic=not train)
+    probs = nn.Dropout(self.attn_dropout_rate)(attn_BHNN,
+                                               deterministic=not train)
     y_BNHK = jnp.einsum('bhqn,bnhk->bqhk', probs, v_BNHK)
     y_BND = y_BNHK.reshape(y_BNHK.shape[:2] + (d,))
     y_BND = nn.Dense(d, dtype=self.dtype, name='proj')(y_BND)
@@ -222,6 +223,9 @@ class Model(nn.Module):
     if tuple(x_BHWC.shape[1:3]) != img:
       raise ValueError(f'ViT built for {img} inputs (field img_size), '
                        f'got {x_BHWC.shape[1:3]}')
+    if x_BHWC.shape[-1] != self.in_chans:
+      raise ValueError(f'ViT expects {self.in_chans} input channels (field '
+                       f'in_chans), got input of shape {x_BHWC.shape}')
     out: dict[str, Any] = {}
     b = x_BHWC.shape[0]
     x = nn.Conv(cfg.dim, (patch, patch), strides=(patch, patch),

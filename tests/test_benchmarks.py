@@ -1,0 +1,68 @@
+"""Smoke test of the benchmark suite on tiny models (structure + correctness).
+
+No timing assertions: the rates only have to be positive and the ratio has
+to be JAX / torch. The Grad-CAM agreement is a real check: our `raw` maps and
+pytorch-grad-cam's, on the same converted weights, correlate >= 0.999.
+"""
+import jax
+import jax.numpy as jnp
+import pytest
+
+pytest.importorskip('torch')
+pytest.importorskip('timm')
+pytest.importorskip('pytorch_grad_cam')
+
+from benchmarks import flops  # pylint: disable=g-import-not-at-top
+from benchmarks import gradcam  # pylint: disable=g-import-not-at-top
+from benchmarks import run  # pylint: disable=g-import-not-at-top
+from benchmarks import train_step  # pylint: disable=g-import-not-at-top
+
+
+def test_train_step_row():
+  row = train_step.bench_classifier('resnet_tiny', batch=2, size=32, steps=1,
+                                    warmup=1, num_classes=3)
+  for k in ('model', 'jax_images_per_s', 'torch_images_per_s', 'ratio',
+            'jax_step_s', 'torch_step_s', 'jax_compile_s', 'flops_per_step'):
+    assert k in row, k
+  assert row['jax_images_per_s'] > 0 and row['torch_images_per_s'] > 0
+  assert row['ratio'] == pytest.approx(
+      row['jax_images_per_s'] / row['torch_images_per_s'])
+  assert row['flops_per_step'] > 0
+
+
+@pytest.mark.parametrize('name,size', [('resnet_tiny', 64), ('vit_tiny', 32)])
+def test_gradcam_matches_pytorch_grad_cam(name, size):
+  row = gradcam.bench_gradcam(name, batch=2, size=size, steps=1, warmup=1,
+                              num_classes=3)
+  assert row['jax_images_per_s'] > 0 and row['torch_images_per_s'] > 0
+  assert row['ratio'] == pytest.approx(
+      row['jax_images_per_s'] / row['torch_images_per_s'])
+  assert row['raw_corr'] >= 0.999, row
+  assert row['cam_corr'] >= 0.99, row
+
+
+def test_vgg_target_layer_is_last_relu():
+  tm = train_step.torch_model('vgg16')
+  layer, reshape = gradcam.torch_target_layer('vgg16', tm)
+  assert layer is tm.features[29] and reshape is None
+  assert type(layer).__name__ == 'ReLU'
+  assert type(tm.features[28]).__name__ == 'Conv2d'
+
+
+def test_flops_and_report():
+  a = jnp.ones((64, 64), jnp.float32)
+  compiled = jax.jit(jnp.matmul).lower(a, a).compile()
+  assert flops.compiled_flops(compiled) == pytest.approx(2 * 64**3, rel=0.01)
+  peak = flops.matmul_peak(64, reps=2)
+  assert peak['flops_per_s'] > 0
+  assert flops.published_peak('NVIDIA H200', 'bfloat16') == 989e12
+  assert flops.published_peak('cpu', 'float32') is None
+  assert flops.utilisation(1e9, 0.5, 4e9) == pytest.approx(50.0)
+  res = dict(machine=dict(device='cpu', cpu_count=2, load_avg_start=1.0,
+                          time_utc='now'),
+             config=dict(dtype='float32'), load_avg_end=1.0,
+             train=[dict(model='m', batch=2, size=32, jax_images_per_s=2.0,
+                         torch_images_per_s=1.0, ratio=2.0, jax_step_s=1.0,
+                         flops_per_step=None)])
+  md = run.report(res)
+  assert '| m | 2 | 32 | 2 | 1 | 2 |' in md
