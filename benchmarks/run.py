@@ -22,9 +22,32 @@ from typing import Any
 from absl import app
 from absl import flags
 
+
+
+def _stub_missing_grain() -> None:
+  """Lets `cxr_jax.train` import where grain is not installed (GPU images).
+
+  Only `cxr_jax.data.pipeline` imports grain, and it uses it at import time
+  only as base classes (`grain.transforms.Map`, `RandomMap`); the train-step,
+  Grad-CAM and FLOP benchmarks never build a pipeline, so a stub suffices
+  there. The loader benchmark is skipped with the stub in place.
+  """
+  try:
+    import grain  # pylint: disable=g-import-not-at-top,unused-import
+  except ImportError:
+    stub = types.ModuleType('grain')
+    stub.transforms = types.SimpleNamespace(Map=object, RandomMap=object)
+    stub.STUB = True
+    sys.modules['grain'] = stub
+
+
+_stub_missing_grain()
+# benchmarks.loader defines --out (and its own --workers, --batches, ...);
+# here --out is the results directory.
+from benchmarks import loader  # pylint: disable=g-import-not-at-top,g-bad-import-order
+
 _QUICK = flags.DEFINE_bool('quick', False, 'Few steps; skip the full-size '
                            'stage-2 step.')
-_OUT = flags.DEFINE_string('out', '', 'Write results.json/results.md here.')
 _ONLY = flags.DEFINE_list('only', ['train', 'gradcam', 'loader', 'flops'],
                           'Parts to run.')
 _DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'],
@@ -42,31 +65,14 @@ _STEPS = flags.DEFINE_integer('steps', 0, 'Timed steps (0: 3 quick, 8 '
 _WARMUP = flags.DEFINE_integer('warmup', 2, 'Untimed steps per side.')
 _STAGE2_BATCH = flags.DEFINE_integer('stage2_batch', 0, 'Full-size stage-2 '
                                      'batch (0: 2 on CPU, 8 on GPU).')
+_STAGE2 = flags.DEFINE_bool('stage2', True, 'Time the stage-2 step(s).')
 _NUM_CLASSES = flags.DEFINE_integer('num_classes', 1000, 'Classifier heads.')
 _TORCH = flags.DEFINE_bool('torch', True, 'Run the torch references (on GPU '
                            'only if torch sees CUDA).')
 _MATMUL_N = flags.DEFINE_integer('matmul_n', 2048, 'Matmul peak size.')
 
 
-def _stub_missing_grain() -> None:
-  """Lets `cxr_jax.train` import where grain is not installed (GPU images).
-
-  Only `cxr_jax.data.pipeline` imports grain, and it uses it at import time
-  only as base classes (`grain.transforms.Map`, `RandomMap`); the train-step,
-  Grad-CAM and FLOP benchmarks never build a pipeline, so a stub suffices
-  there. The loader benchmark refuses to run with the stub in place.
-  """
-  try:
-    import grain  # pylint: disable=g-import-not-at-top,unused-import
-  except ImportError:
-    stub = types.ModuleType('grain')
-    stub.transforms = types.SimpleNamespace(Map=object, RandomMap=object)
-    stub.STUB = True
-    sys.modules['grain'] = stub
-
-
 def _setup_backend() -> None:
-  _stub_missing_grain()
   import jax  # pylint: disable=g-import-not-at-top
   if _DEVICE.value == 'cpu':
     jax.config.update('jax_platforms', 'cpu')
@@ -127,6 +133,8 @@ def run_train(steps: int, warmup: int, torch_device: str | None,
         torch_device=torch_device))
     print(rows[-1], flush=True)
   gpu = _DEVICE.value == 'gpu'
+  if not _STAGE2.value:
+    return rows
   rows.append(train_step.bench_stage2(demo=True, batch=8, steps=steps,
                                       warmup=warmup, dtype=_DTYPE.value))
   print(rows[-1], flush=True)
@@ -159,7 +167,6 @@ def run_loader(train_rows: list[dict[str, Any]], quick: bool
   if getattr(sys.modules.get('grain'), 'STUB', False):
     print('loader: skipped (grain is not installed here).')
     return []
-  from benchmarks import loader  # pylint: disable=g-import-not-at-top
   from benchmarks import train_step  # pylint: disable=g-import-not-at-top
   (h_b, w_b) = train_step.stage2_config(demo=False, batch=8).data.image_size
   consumer = {r['model']: r['jax_images_per_s'] for r in train_rows}
@@ -279,11 +286,11 @@ def main(argv: list[str]) -> None:
   res['load_avg_end'] = os.getloadavg()[0]
   md = report(res)
   print(md)
-  if _OUT.value:
-    os.makedirs(_OUT.value, exist_ok=True)
-    with open(os.path.join(_OUT.value, 'results.json'), 'w') as f:
+  if flags.FLAGS.out:
+    os.makedirs(flags.FLAGS.out, exist_ok=True)
+    with open(os.path.join(flags.FLAGS.out, 'results.json'), 'w') as f:
       json.dump(res, f, indent=2, default=str)
-    with open(os.path.join(_OUT.value, 'results.md'), 'w') as f:
+    with open(os.path.join(flags.FLAGS.out, 'results.md'), 'w') as f:
       f.write(md + '\n')
 
 

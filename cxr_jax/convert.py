@@ -23,6 +23,8 @@ from typing import Any
 from absl import app
 from absl import flags
 import numpy as np
+import orbax.checkpoint as ocp
+import safetensors.numpy
 
 from cxr_jax import models
 
@@ -48,8 +50,7 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
   """
   path = os.fspath(path)
   if path.endswith('.safetensors'):
-    from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
-    sd = load_file(path)
+    sd = safetensors.numpy.load_file(path)
   elif path.endswith(_TORCH_EXTS):
     try:
       import torch  # pylint: disable=g-import-not-at-top
@@ -92,7 +93,6 @@ def _sha256(path: str) -> str:
 def save(variables: Mapping[str, Any], out_dir: str,
          meta: Mapping[str, Any] | None = None) -> None:
   """Saves a numpy variables tree to `out_dir`/variables with orbax."""
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   out_dir = os.path.abspath(out_dir)
   os.makedirs(out_dir, exist_ok=True)
   tree = _to_numpy(variables)
@@ -105,20 +105,19 @@ def save(variables: Mapping[str, Any], out_dir: str,
 
 def load(out_dir: str) -> dict[str, Any]:
   """Loads a tree written by `save` as nested dicts of numpy arrays."""
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   path = os.path.join(os.path.abspath(out_dir), 'variables')
   with ocp.PyTreeCheckpointer() as ckptr:
     meta = ckptr.metadata(path)
     tree = meta.item_metadata.tree if hasattr(meta, 'item_metadata') else meta
-    restore_args = _numpy_restore_args(tree, ocp)
+    restore_args = _numpy_restore_args(tree)
     restored = ckptr.restore(
         path, args=ocp.args.PyTreeRestore(restore_args=restore_args))
   return _to_numpy(restored)
 
 
-def _numpy_restore_args(tree: Any, ocp) -> Any:
+def _numpy_restore_args(tree: Any) -> Any:
   if isinstance(tree, Mapping):
-    return {k: _numpy_restore_args(v, ocp) for k, v in tree.items()}
+    return {k: _numpy_restore_args(v) for k, v in tree.items()}
   return ocp.RestoreArgs(restore_type=np.ndarray)
 
 

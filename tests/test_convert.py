@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 import pytest
+import safetensors.numpy
 
 from cxr_jax import convert
 from cxr_jax import models
@@ -90,8 +91,7 @@ def test_cli_round_trip_safetensors_and_pth(tmp_path, resnet18_sd):
 def test_vgg_tiny_convert_round_trip(tmp_path):
   sd = _vgg_tiny_sd()
   src = str(tmp_path / 'v.safetensors')
-  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
-  save_file(sd, src)
+  safetensors.numpy.save_file(sd, src)
   variables = convert.convert('vgg_tiny', src)
   assert set(variables) == {'params'}
   np.testing.assert_array_equal(variables['params']['conv1_1']['kernel'],

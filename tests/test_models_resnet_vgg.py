@@ -1,4 +1,4 @@
-"""Parity of the Flax ResNet/VGG with torchvision (random weights, converted)."""
+"""Parity of the Flax ResNet/VGG with torchvision (random weights converted)."""
 from __future__ import annotations
 
 import flax.linen as nn

@@ -26,7 +26,7 @@ import numpy as np
 
 Dtype = Any
 
-# torchvision: kaiming_normal_(mode='fan_out', nonlinearity='relu'), untruncated.
+# torchvision: kaiming_normal_(mode='fan_out', nonlinearity='relu').
 conv_kernel_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 # torch nn.Linear default: kaiming_uniform_(a=sqrt(5)) == U(+-1/sqrt(fan_in)).
 torch_dense_init = nn.initializers.variance_scaling(1 / 3, 'fan_in', 'uniform')
@@ -104,7 +104,8 @@ class BatchNorm(nn.Module):
     add = bias.astype(jnp.float32) - mean * mul
     dtype = self.dtype or x.dtype
     shape = (1,) * (x.ndim - 1) + (features,)
-    mul, add = mul.reshape(shape).astype(dtype), add.reshape(shape).astype(dtype)
+    mul = mul.reshape(shape).astype(dtype)
+    add = add.reshape(shape).astype(dtype)
     return x.astype(dtype) * mul + add
 
 
@@ -153,7 +154,8 @@ def check_tree(converted: Mapping[str, Any], expected: Mapping[str, Any],
                    f'leaves {missing}, unexpected {extra}')
   bad = [f'{sources.get(k, k)} -> {k}: {tuple(np.shape(got[k]))} != '
          f'{tuple(want[k].shape)}'
-         for k in sorted(want) if tuple(np.shape(got[k])) != tuple(want[k].shape)]
+         for k in sorted(want)
+         if tuple(np.shape(got[k])) != tuple(want[k].shape)]
   if bad:
     raise ValueError('mis-shaped tensors: ' + '; '.join(bad))
 
