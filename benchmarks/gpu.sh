@@ -29,8 +29,8 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || tr
 "$PY" -c 'import jax; print("jax", jax.__version__, jax.devices())'
 
 # bf16: train steps (incl. stage 2 at 640x512, batch 8) + FLOP utilisation.
-timeout 300 "$PY" -m benchmarks.run --device=gpu --dtype=bfloat16 \
+timeout 200 "$PY" -m benchmarks.run --device=gpu --dtype=bfloat16 \
   --batch="$BATCH" --steps=10 --only=train,flops --out="$OUT_DIR/bf16"
 # fp32: train steps (stage 2 demo size only) + Grad-CAM + FLOP utilisation.
-timeout 240 "$PY" -m benchmarks.run --device=gpu --dtype=float32 --quick \
+timeout 160 "$PY" -m benchmarks.run --device=gpu --dtype=float32 --quick \
   --batch="$BATCH" --steps=10 --only=train,gradcam,flops --out="$OUT_DIR/fp32"

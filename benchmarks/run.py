@@ -71,6 +71,21 @@ _TORCH = flags.DEFINE_bool('torch', True, 'Run the torch references (on GPU '
                            'only if torch sees CUDA).')
 _MATMUL_N = flags.DEFINE_integer('matmul_n', 2048, 'Matmul peak size.')
 
+_RESULTS: dict[str, Any] = {}  # filled by main; saved after every row
+
+
+def _save(res: dict[str, Any], md: str | None = None) -> None:
+  """Writes results.json (after every row, so a killed run keeps its rows)
+  and, at the end, results.md."""
+  if not flags.FLAGS.out:
+    return
+  os.makedirs(flags.FLAGS.out, exist_ok=True)
+  with open(os.path.join(flags.FLAGS.out, 'results.json'), 'w') as f:
+    json.dump(res, f, indent=2, default=str)
+  if md is not None:
+    with open(os.path.join(flags.FLAGS.out, 'results.md'), 'w') as f:
+      f.write(md + '\n')
+
 
 def _setup_backend() -> None:
   import jax  # pylint: disable=g-import-not-at-top
@@ -125,32 +140,35 @@ def _machine() -> dict[str, Any]:
 def run_train(steps: int, warmup: int, torch_device: str | None,
               quick: bool) -> list[dict[str, Any]]:
   from benchmarks import train_step  # pylint: disable=g-import-not-at-top
-  rows = []
+  rows = _RESULTS.setdefault('train', [])
   for name in _MODELS.value:
     rows.append(train_step.bench_classifier(
         name, batch=_BATCH.value, size=_SIZE.value, steps=steps,
         warmup=warmup, num_classes=_NUM_CLASSES.value, dtype=_DTYPE.value,
         torch_device=torch_device))
     print(rows[-1], flush=True)
+    _save(_RESULTS)
   gpu = _DEVICE.value == 'gpu'
   if not _STAGE2.value:
     return rows
   rows.append(train_step.bench_stage2(demo=True, batch=8, steps=steps,
                                       warmup=warmup, dtype=_DTYPE.value))
   print(rows[-1], flush=True)
+  _save(_RESULTS)
   if not quick:
     rows.append(train_step.bench_stage2(
         demo=False, batch=_STAGE2_BATCH.value or (8 if gpu else 2),
         steps=steps if gpu else max(2, steps // 3), warmup=1,
         dtype=_DTYPE.value))
     print(rows[-1], flush=True)
+    _save(_RESULTS)
   return rows
 
 
 def run_gradcam(steps: int, warmup: int, torch_device: str
                 ) -> list[dict[str, Any]]:
   from benchmarks import gradcam  # pylint: disable=g-import-not-at-top
-  rows = []
+  rows = _RESULTS.setdefault('gradcam', [])
   for name in _CAM_MODELS.value:
     rows.append(gradcam.bench_gradcam(name, batch=_BATCH.value,
                                       size=_SIZE.value, steps=steps,
@@ -158,6 +176,7 @@ def run_gradcam(steps: int, warmup: int, torch_device: str
                                       num_classes=_NUM_CLASSES.value,
                                       torch_device=torch_device))
     print(rows[-1], flush=True)
+    _save(_RESULTS)
   return rows
 
 
@@ -176,7 +195,7 @@ def run_loader(train_rows: list[dict[str, Any]], quick: bool
       ('B', h_b, w_b, 8, dict(gaze=True),
        consumer.get('stage2 cooperative'), 'stage-2 step (full)'),
   ]
-  rows = []
+  rows = _RESULTS.setdefault('loader', [])
   with tempfile.TemporaryDirectory() as tmp:
     for study, h, w, bs, fields, need, what in settings:
       n = (64 if study == 'A' else 32) if quick else (256 if study == 'A'
@@ -190,6 +209,7 @@ def run_loader(train_rows: list[dict[str, Any]], quick: bool
                        consumer_images_per_s=need,
                        loader_over_step=(ips / need) if need else None))
       print(rows[-1], flush=True)
+    _save(_RESULTS)
   return rows
 
 
@@ -268,30 +288,27 @@ def main(argv: list[str]) -> None:
   if unknown:
     raise SystemExit(f'--only: unknown parts {sorted(unknown)}')
   torch_device = _torch_device()
-  res: dict[str, Any] = dict(
+  res = _RESULTS
+  res.update(
       machine=_machine(), config=dict(
           quick=quick, steps=steps, warmup=_WARMUP.value, dtype=_DTYPE.value,
           batch=_BATCH.value, size=_SIZE.value, device=_DEVICE.value,
           torch_device=torch_device, argv=sys.argv[1:]))
+  res['partial'] = True
   train_rows = []
   if only & {'train', 'flops', 'loader'}:
     train_rows = run_train(steps, _WARMUP.value, torch_device, quick)
-    res['train'] = train_rows
   if 'gradcam' in only and torch_device:
-    res['gradcam'] = run_gradcam(steps, _WARMUP.value, torch_device)
+    run_gradcam(steps, _WARMUP.value, torch_device)
   if 'loader' in only:
-    res['loader'] = run_loader(train_rows, quick)
+    run_loader(train_rows, quick)
   if 'flops' in only:
     res['flops'] = run_flops(train_rows)
   res['load_avg_end'] = os.getloadavg()[0]
+  res['partial'] = False
   md = report(res)
   print(md)
-  if flags.FLAGS.out:
-    os.makedirs(flags.FLAGS.out, exist_ok=True)
-    with open(os.path.join(flags.FLAGS.out, 'results.json'), 'w') as f:
-      json.dump(res, f, indent=2, default=str)
-    with open(os.path.join(flags.FLAGS.out, 'results.md'), 'w') as f:
-      f.write(md + '\n')
+  _save(res, md)
 
 
 if __name__ == '__main__':

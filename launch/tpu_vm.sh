@@ -26,6 +26,9 @@
 #   GIT_URL, GIT_REF  for SYNC=git                   (-, main)
 #   REMOTE_DIR        folder on the VM               (cxr_jax)
 #   SETUP=0           skip scripts/setup.sh + jax[tpu] install        (1)
+#   REMOTE_PYTHON     interpreter for the VM's .venv; installed from the
+#                     deadsnakes PPA if absent (the pins need >= 3.11,
+#                     Ubuntu 22.04 images ship 3.10)             (python3.11)
 #   DETACH=1          run under nohup (log: REMOTE_DIR/tpu_run.log) and
 #                     return; otherwise stream every worker's output  (0)
 #   DELETE=1          delete the VM when this script exits            (0)
@@ -44,6 +47,7 @@ GIT_URL=${GIT_URL:-}
 GIT_REF=${GIT_REF:-main}
 REMOTE_DIR=${REMOTE_DIR:-cxr_jax}
 SETUP=${SETUP:-1}
+REMOTE_PYTHON=${REMOTE_PYTHON:-python3.11}
 DETACH=${DETACH:-0}
 DELETE=${DELETE:-0}
 DRY_RUN=${DRY_RUN:-0}
@@ -123,7 +127,9 @@ esac
 
 # 3. Python environment: the pinned requirements, then jax's TPU build.
 if [ "$SETUP" = 1 ]; then
-  on_all "cd $q_dir && bash scripts/setup.sh && .venv/bin/python -m pip install -q '$JAX_TPU' -f $LIBTPU_INDEX"
+  py=$(quote "$REMOTE_PYTHON")
+  get_py="sudo add-apt-repository -y ppa:deadsnakes/ppa && sudo apt-get update -q && sudo apt-get install -y -q $py $py-venv"
+  on_all "{ command -v $py >/dev/null || { $get_py; }; } && cd $q_dir && PYTHON=$py bash scripts/setup.sh && .venv/bin/python -m pip install -q '$JAX_TPU' -f $LIBTPU_INDEX"
 fi
 
 # 4. Train on every worker (each one process; jax finds the others).

@@ -8,8 +8,9 @@
   point's overrides applied, also for awkward values (spaces, quotes, bools,
   one-element and empty tuples, None and dict fields).
 * The sweep runs for real: `--mode=local --first_only` trains the first point
-  of a demo-size sweep and a rerun skips it; `--mode=slurm` calls `sbatch`
-  (a stand-in on PATH) once per point.
+  of a demo-size sweep and a rerun skips it; (slow) the first point of
+  `configs/cooperative.py:demo`'s sweep runs end to end, 2 steps a stage;
+  `--mode=slurm` calls `sbatch` (a stand-in on PATH) once per point.
 * `launch/slurm.sbatch` (with a stand-in `srun`) and `launch/tpu_vm.sh`
   (`DRY_RUN=1`, and with a stand-in `gcloud`) build the right commands; both
   pass `bash -n`.
@@ -400,6 +401,27 @@ def test_local_first_only_runs_and_skips_when_done(tmp_path):
   again = _sweep(f'--config={cfg}:demo', f'--workdir={root}', '--first_only',
                  env=env)
   assert 'lr_high: done' in again.stdout, again.stdout
+
+
+@pytest.mark.slow
+def test_cooperative_sweep_first_point_in_demo_size(tmp_path):
+  """configs/cooperative.py's first point (5 stages + report), 2 steps each."""
+  stages = _expected(COOP, {}).stages
+  short = [f'--config.stages.{s}.{k}=2' for s in stages
+           for k in ('total_steps', 'eval_every_steps')]
+  root = tmp_path / 'root'
+  env = {'CXR_JAX_CACHE': os.environ.get('CXR_JAX_CACHE',
+                                         str(tmp_path / 'cache'))}
+  _sweep(f'--config={COOP}', f'--workdir={root}', '--first_only', '--',
+         *short, env=env, timeout=1500)
+  point = root / COOP_POINTS[0]
+  assert (point / 'sweep_done.json').exists()
+  assert sorted(p.name for p in root.iterdir()) == [COOP_POINTS[0]]
+  for stage in ('stage1_contrastive', 'stage1_finetune', 'stage2', 'unet_s',
+                'res_se_unet'):
+    assert (point / stage / 'done.json').exists(), stage
+  assert not (point / 'stage3').exists()
+  assert (point / 'report' / 'report.md').exists()
 
 
 def test_config_without_sweep_is_a_clear_error():

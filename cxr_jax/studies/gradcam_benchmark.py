@@ -314,6 +314,15 @@ def _summary(config, res, t32, anova_diff, anova_ehr, tukey_diff) -> str:
   if any(r['network'].endswith('tiny') for r in res.values()):
     parts.append('Demo size: the stages ran the tiny variants of each '
                  'family, so the thesis columns are not comparable.')
+  shared: dict[str, list[str]] = {}
+  for n, r in res.items():
+    shared.setdefault(r['network'], []).append(n)
+  for net, names in shared.items():
+    if len(names) > 1:
+      parts.append(f'Stages {", ".join(names)} trained the same network '
+                   f'({net}) on the same data with the same seed, so their '
+                   'rows are identical (the Tukey pairs among them differ by '
+                   '0).')
   return ' '.join(parts)
 
 
