@@ -28,9 +28,16 @@ fi
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || true
 "$PY" -c 'import jax; print("jax", jax.__version__, jax.devices())'
 
-# bf16: train steps (incl. stage 2 at 640x512, batch 8) + FLOP utilisation.
-timeout 200 "$PY" -m benchmarks.run --device=gpu --dtype=bfloat16 \
-  --batch="$BATCH" --steps=10 --only=train,flops --out="$OUT_DIR/bf16"
-# fp32: train steps (stage 2 demo size only) + Grad-CAM + FLOP utilisation.
-timeout 160 "$PY" -m benchmarks.run --device=gpu --dtype=float32 --quick \
-  --batch="$BATCH" --steps=10 --only=train,gradcam,flops --out="$OUT_DIR/fp32"
+# DenseNet-201 and the cooperative model (DenseNet-201 inside) took > 2 min
+# each to compile on an H200 (XLA autotuning), so they run only with FULL=1.
+MODELS="resnet50,vgg16,vit_b16"
+EXTRA=(--nostage2)
+if [ "${FULL:-0}" = 1 ]; then MODELS="$MODELS,densenet201"; EXTRA=(); fi
+COMMON=(--device=gpu --batch="$BATCH" --steps=10 --warmup=2 --matmul_n=8192
+        --models="$MODELS")
+# bf16: train steps + Grad-CAM (fp32 models) + FLOP utilisation / MFU.
+timeout 200 "$PY" -m benchmarks.run "${COMMON[@]}" "${EXTRA[@]}" \
+  --dtype=bfloat16 --only=train,gradcam,flops --out="$OUT_DIR/bf16"
+# fp32: train steps + FLOP utilisation (TF32 may be used by XLA and torch).
+timeout 120 "$PY" -m benchmarks.run "${COMMON[@]}" --nostage2 --quick \
+  --dtype=float32 --only=train,flops --out="$OUT_DIR/fp32"

@@ -168,10 +168,14 @@ def build_jax_step(config: ml_collections.ConfigDict,
     model = train.build_model(config.model, frozen)
   step = (make_step or train.make_train_step)(config, model, tx)
   t = time.perf_counter()
-  compiled = jax.jit(step, donate_argnums=(0,)).lower(state, batch).compile()
+  lowered = jax.jit(step, donate_argnums=(0,)).lower(state, batch)
+  compiled = lowered.compile()
   compile_s = time.perf_counter() - t
-  return JaxTrainStep(compiled, state, batch, compile_s,
-                      flops_lib.compiled_flops(compiled))
+  flops = flops_lib.compiled_flops(lowered)
+  if flops is None:  # e.g. GPU: count the same program lowered for the CPU
+    flops = flops_lib.compiled_flops(jax.jit(step).trace(state, batch).lower(
+        lowering_platforms=('cpu',)))
+  return JaxTrainStep(compiled, state, batch, compile_s, flops)
 
 
 def classifier_config(name: str, *, num_classes: int = 1000, in_chans: int = 3,

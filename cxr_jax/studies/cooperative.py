@@ -243,7 +243,10 @@ def _figure(test, sal, cams, out_dir, num: int = 4) -> str | None:
   for i in order[:num]:
     img = np.asarray(test['image'][i])[..., 0]
     row = [img, np.asarray(test['gaze'][i])]
-    row += [np.asarray(m[i]) for _, m in cols[2:]]
+    # Predicted distributions sum to 1 over pixels: scale each map to a max
+    # of 1 for display, as the gaze map is.
+    row += [np.asarray(m[i]) / max(float(np.max(m[i])), 1e-12)
+            for _, m in cols[2:]]
     rows.append(row)
   path = os.path.join(out_dir, 'fig_4_2_grid.png')
   figures.image_grid(

@@ -172,7 +172,10 @@ def make_case(rng: np.random.Generator, size: int, positive: bool
       lung = geom['right_lung'] if side < 0 else geom['left_lung']
       lung = lung & ~np.any(regions, axis=0) if regions else lung
       region = np.zeros_like(lung)
-      depth = rng.choice([rng.uniform(0.008, 0.03), rng.uniform(0.03, 0.12)])
+      # Maximal depth (fraction of the image): subtle slivers, moderate and
+      # large collapses (SIIM has many of each).
+      depth = rng.choice([rng.uniform(0.008, 0.03), rng.uniform(0.03, 0.12),
+                          rng.uniform(0.12, 0.3)], p=[0.3, 0.35, 0.35])
       for _ in range(4):  # grow tiny regions until they cover a few pixels
         region = _ptx_region(rng, lung, side, depth)
         if region.sum() >= max(6, 2e-4 * size * size):
