@@ -29,6 +29,7 @@ import os
 
 import jax
 from absl import flags
+from jax.experimental import multihost_utils
 from absl import logging
 
 _MODE = flags.DEFINE_enum(
@@ -141,5 +142,4 @@ def is_main() -> bool:
 def sync(name: str) -> None:
   """Blocks until every process reaches `sync(name)` (no-op on one)."""
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     multihost_utils.sync_global_devices(name)

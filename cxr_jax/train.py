@@ -100,9 +100,10 @@ def _check_config(config) -> None:
   if config.select_mode not in ('min', 'max'):
     raise ValueError(f"config.select_mode = {config.select_mode!r}: use 'min'"
                      " or 'max'.")
-  if config.batch_size % jax.device_count():
-    raise ValueError(f'config.batch_size = {config.batch_size} is not '
-                     f'divisible by the {jax.device_count()} devices.')
+  for key in ('batch_size', 'eval_batch_size'):
+    if config[key] % jax.device_count():
+      raise ValueError(f'config.{key} = {config[key]} is not divisible by '
+                       f'the {jax.device_count()} devices.')
   for name, ev in config.evals.items():
     evaluators_lib.EVALUATORS.get(ev.get('type', ''), key=f'evals.{name}.type')
 
@@ -199,7 +200,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   train_it = pipeline.train_iterator(
       train_arrays, batch_size=config.batch_size, seed=config.seed,
       augment_cfg=config.augment, num_workers=config.num_workers, **shard)
-  local_bs = config.batch_size // jax.process_count()
   example = {k: jnp.zeros((config.batch_size,) + v.shape[1:], v.dtype)
              for k, v in train_arrays.items()}
 
@@ -215,11 +215,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   meta = dict(best_value=None, best_step=None, bad_evals=0, plateau_bad=0,
               stopped_early=False)
   if checkpointer.latest_step() is not None:
-    abstract = jax.tree.map(ocp_abstract, state)
+    abstract = jax.tree.map(lambda x: ocp_abstract(x, repl), state)
     state, data_state, meta = checkpointer.restore_latest(abstract)
     train_it.set_state(data_state)
     logging.info('Resumed from %s at step %d.', workdir, int(state.step))
-  state = jax.device_put(state, repl)
+  state = replicate(state, repl)
 
   step_fn = jax.jit(make_train_step(config, model, tx),
                     in_shardings=(repl, NamedSharding(mesh, P('data'))),
@@ -285,7 +285,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       logging.info('step %d: %s', step, _fmt(results))
       state, meta = _after_eval(config, state, meta, results, step,
                                 checkpointer)
-      state = jax.device_put(state, repl)
+      state = replicate(state, repl)
     if step % dur['ckpt_every'] == 0 or step == dur['total'] or (
         meta['stopped_early']):
       checkpointer.save_latest(step, state, train_it.get_state(), meta)
@@ -301,8 +301,30 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
               best_value=meta['best_value'], final=final)
 
 
-def ocp_abstract(x):
-  return jax.ShapeDtypeStruct(x.shape, x.dtype) if hasattr(x, 'shape') else x
+def ocp_abstract(x, sharding=None):
+  return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding) if hasattr(
+      x, 'shape') else x
+
+
+def replicate(tree, sharding: NamedSharding):
+  """Puts a tree whose values are the same on every process on `sharding`.
+
+  `jax.device_put` cannot move an array committed to one local device onto
+  the devices of other processes (multi-host); numpy values it can, so such
+  arrays go through the host (PRNG keys as their key data). Arrays already
+  on `sharding` are returned as they are.
+  """
+  def put(x):
+    if isinstance(x, jax.Array) and x.sharding == sharding:
+      return x
+    if (jax.process_count() > 1 and isinstance(x, jax.Array) and
+        x.is_fully_addressable):
+      if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+        return jax.random.wrap_key_data(
+            put(jax.random.key_data(x)), impl=jax.random.key_impl(x))
+      x = np.asarray(x)
+    return jax.device_put(x, sharding)
+  return jax.tree.map(put, tree)
 
 
 def _due(every: int, step: int, dur) -> bool:

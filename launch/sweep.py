@@ -49,16 +49,15 @@ import sys
 import time
 from typing import Any, Callable, Sequence
 
+import ml_collections
 from absl import app
 from absl import flags
+from ml_collections import config_dict
+from ml_collections.config_flags import config_path
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:  # config files import `configs.*` and `cxr_jax.*`
   sys.path.insert(0, REPO)
-
-import ml_collections  # pylint: disable=g-import-not-at-top,wrong-import-position
-from ml_collections import config_dict  # pylint: disable=g-import-not-at-top,wrong-import-position
-from ml_collections.config_flags import config_path  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 MODES = ('local', 'slurm', 'tpu')
 DONE = 'sweep_done.json'
@@ -199,8 +198,8 @@ def literal(value: Any) -> str:
   if isinstance(value, list):
     return '[' + ', '.join(literal(v) for v in value) + ']'
   if isinstance(value, (dict, config_dict.ConfigDict)):
-    items = value.items()
-    return '{' + ', '.join(f'{literal(k)}: {literal(v)}' for k, v in items) + '}'
+    items = [f'{literal(k)}: {literal(v)}' for k, v in value.items()]
+    return '{' + ', '.join(items) + '}'
   raise TypeError(f'Cannot render {value!r} ({type(value).__name__}) as a '
                   'config flag value.')
 

@@ -7,8 +7,8 @@
    preempted job would), then the same command resumes to step 6. Its final
    parameters, its per-step training losses, its validation losses and its
    final test metrics (the best checkpoint through the classification
-   evaluator) equal a single-process run's with the same global batch (1e-5). The reference
-   process has 2 (forced) CPU devices, so both runs split the batch the same
+   evaluator) equal a single-process run's with the same global batch
+   (1e-5). The reference process has 2 (forced) CPU devices, so both runs split the batch the same
    way and differ only in who owns the devices; against a 1-device run the
    parameters differ by ~2e-5 after 6 Adam steps (float32 summation order,
    which Adam's normalisation amplifies; tests/test_sharding.py compares

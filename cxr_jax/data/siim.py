@@ -74,8 +74,8 @@ def phantom_root(cfg: ml_collections.ConfigDict) -> str:
     phantom_siim.write_siim(tmp, cfg.phantom_num, cfg.phantom_seed,
                             cfg.phantom_size)
     open(os.path.join(tmp, 'done'), 'w').close()
-    if os.path.exists(out):  # a stale half-written folder from an old run
-      shutil.rmtree(out)
+    if os.path.exists(out) and not os.path.exists(os.path.join(out, 'done')):
+      shutil.rmtree(out, ignore_errors=True)  # stale, from an old crash
     try:
       os.rename(tmp, out)
     except OSError:
