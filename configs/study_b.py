@@ -90,6 +90,7 @@ def _coop(a, loss, evals):
   c = _base(a, 'cooperative', loss, evals=evals)
   c.model.densenet_feature = 'denseblock4'  # the authors' code; thesis text:
   # 'denseblock3' ("all layers before the last dense block")
+  c.model.inject_gate = True  # ours; False = the authors' plain concat
   return c
 
 

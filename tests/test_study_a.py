@@ -41,10 +41,14 @@ def test_config_stages_follow_the_thesis():
   assert jobs.stage_config(c, 'vit_l16', '/w').init.path == '/weights/vit_l16'
   assert c.to_dict()['stages']['vgg16']['init']['path'] == '/weights/vgg16'
   d = gradcam_benchmark.get_config('demo')
-  assert len(d.sequence) == 9
-  assert {d.stages[n].model.name for n in d.sequence} == {
-      'vgg_tiny', 'resnet_tiny', 'vit_tiny'}
-  assert tuple(d.data.image_size) == (64, 64)
+  # One stage per family (three distinct networks); all nine stay defined.
+  assert tuple(d.sequence) == ('vgg16', 'resnet50', 'vit_b16')
+  assert set(d.stages) == set(gradcam_benchmark.MODELS)
+  assert [d.stages[n].model.name for n in d.sequence] == [
+      'vgg_tiny', 'resnet_tiny', 'vit_tiny']
+  assert tuple(d.data.image_size) == (128, 128)
+  assert d.stages.vit_b16.model.img_size == 128
+  assert d.cam.compare_model in d.sequence
   assert d.cam.targets == 'label' and d.cam.ehr_variant == 'thesis'
 
 

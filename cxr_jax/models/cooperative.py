@@ -75,6 +75,8 @@ class Model(nn.Module):
       'denseblock4' (authors' code, default) or 'denseblock3' (thesis text).
     frozen: top-level submodule names (of `SUBMODULES`) run with train=False.
     dropout_rate: dropout of the fusion classifier.
+    inject_gate: zero-initialised learned gate on the injected DenseNet
+      features (ours; False = the authors' plain concatenation).
 
   `out`: 'saliency_logp' (B, H, W) log-softmax over pixels, 'densenet_logits'
   (B, num_classes), 'features' (the DenseNet's Grad-CAM target, perturbed
@@ -89,6 +91,7 @@ class Model(nn.Module):
   densenet_feature: str = 'denseblock4'
   frozen: tuple[str, ...] = ()
   dropout_rate: float = 0.25
+  inject_gate: bool = True
 
   @nn.compact
   def __call__(self, x_BHWC: jax.Array, *, train: bool = False
@@ -113,7 +116,8 @@ class Model(nn.Module):
     inject = dn_out[self.densenet_feature]
     sal_logp, unet_out = unet.Model(
         variant=unet_variant, in_chans=self.in_chans, dtype=self.dtype,
-        inject_channels=inject.shape[-1], name='unet')(
+        inject_channels=inject.shape[-1], inject_gate=self.inject_gate,
+        name='unet')(
             x_BHWC, train=mode['unet'], inject=inject)
 
     # GAP(ReLU(norm5)): the DenseNet's pooled vector, computed from its

@@ -188,7 +188,13 @@ class SaliencyHead(nn.Module):
     if self.conv:
       x_BHWC = ConvBNReLU(x_BHWC.shape[-1], self.dtype, name='conv')(
           x_BHWC, train=train)
-    s_BHW = _conv(1, self.dtype, 'out', k=1)(x_BHWC)[..., 0]
+    # Zero-initialised: the first prediction is the uniform distribution. A
+    # fan-out Kaiming init on a 1-channel output gives logits with std ~5,
+    # i.e. a near one-hot first prediction and a KL of tens of nats whose
+    # huge first gradients stall training (most of all with injected
+    # features, seen in stage 2).
+    s_BHW = nn.Conv(1, (1, 1), use_bias=True, dtype=self.dtype,
+                    kernel_init=nn.initializers.zeros, name='out')(x_BHWC)[..., 0]
     return saliency_log_softmax(s_BHW)
 
 
@@ -221,6 +227,8 @@ class Model(nn.Module):
     inject_channels: channels of the external map passed as `inject`; 0 means
       no injection. Checked against the map so configs fail loudly.
     inject_features: width of the injection conv; None = widths[-2] (512).
+    inject_gate: multiply the injected features by a learned scalar that
+      starts at 0 (our addition; False = the authors' plain concatenation).
     head_conv: keep the conv3x3-BN-ReLU before the 1x1 output conv.
     se_reduction: SE bottleneck ratio (16).
 
@@ -237,6 +245,7 @@ class Model(nn.Module):
   inject_features: int | None = None
   head_conv: bool = True
   se_reduction: int = 16
+  inject_gate: bool = True
 
   @nn.compact
   def __call__(self, x_BHWC: jax.Array, *, train: bool = False,
@@ -259,6 +268,13 @@ class Model(nn.Module):
       inj = resize_to(inject.astype(self.dtype), bottleneck.shape[1:3])
       inj = ConvBNReLU(self.inject_features or widths[-2], self.dtype,
                        name='inject')(inj, train=train)
+      if self.inject_gate:
+        # Ours, not the authors': a learned scalar gate, zero at init, so the
+        # decoder starts as the plain Res_SE-UNet's and takes in the frozen
+        # DenseNet features as far as they help (without it, stage 2 on the
+        # phantom learned markedly slower than Res_SE-UNet alone).
+        gate = self.param('inject_gate', nn.initializers.zeros, ())
+        inj = inj * gate.astype(inj.dtype)
       out['inject'] = inj
       x = jnp.concatenate([x, inj], axis=-1)
     elif inject is not None:
