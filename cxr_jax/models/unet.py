@@ -188,13 +188,7 @@ class SaliencyHead(nn.Module):
     if self.conv:
       x_BHWC = ConvBNReLU(x_BHWC.shape[-1], self.dtype, name='conv')(
           x_BHWC, train=train)
-    # Zero-initialised: the first prediction is the uniform distribution. A
-    # fan-out Kaiming init on a 1-channel output gives logits with std ~5,
-    # i.e. a near one-hot first prediction and a KL of tens of nats whose
-    # huge first gradients stall training (most of all with injected
-    # features, seen in stage 2).
-    s_BHW = nn.Conv(1, (1, 1), use_bias=True, dtype=self.dtype,
-                    kernel_init=nn.initializers.zeros, name='out')(x_BHWC)[..., 0]
+    s_BHW = _conv(1, self.dtype, 'out', k=1)(x_BHWC)[..., 0]
     return saliency_log_softmax(s_BHW)
 
 
