@@ -129,8 +129,12 @@ def init_state(config, model, example_batch, rng) -> tuple[TrainState, Any]:
   return state, (tx, labels)
 
 
-def make_train_step(config, model, tx):
-  """The pure train step `(state, batch) -> (state, metrics)`."""
+def make_train_step(config, model, tx, labels=None):
+  """The pure train step `(state, batch) -> (state, metrics)`.
+
+  `labels` (from the freezing schedule) marks frozen parameters; they are
+  wrapped in `stop_gradient` so that XLA skips their backward pass.
+  """
   loss_fn = losses.get_loss(config.loss.name)
   loss_kw = {k: v for k, v in config.loss.items() if k != 'name'}
 
@@ -139,6 +143,10 @@ def make_train_step(config, model, tx):
     has_bs = bool(state.batch_stats)
 
     def compute_loss(params):
+      if labels is not None:
+        params = jax.tree.map(
+            lambda p, l: jax.lax.stop_gradient(p) if l == optim.FROZEN else p,
+            params, labels)
       variables = {'params': params}
       if has_bs:
         variables['batch_stats'] = state.batch_stats
@@ -155,7 +163,7 @@ def make_train_step(config, model, tx):
     updates = jax.tree.map(lambda u: u * state.lr_scale.astype(u.dtype),
                            updates)
     params = optax.apply_updates(state.params, updates)
-    metrics = {**metrics, 'loss': loss, 'grad_norm': optax.global_norm(grads),
+    metrics = {**metrics, 'loss': loss, 'grad_norm': optax.tree.norm(grads),
                'lr_scale': state.lr_scale}
     return state.replace(step=state.step + 1, params=params,
                          batch_stats=new_bs, opt_state=opt_state), metrics
@@ -221,7 +229,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     logging.info('Resumed from %s at step %d.', workdir, int(state.step))
   state = replicate(state, repl)
 
-  step_fn = jax.jit(make_train_step(config, model, tx),
+  step_fn = jax.jit(make_train_step(config, model, tx, labels),
                     in_shardings=(repl, NamedSharding(mesh, P('data'))),
                     out_shardings=(repl, repl), donate_argnums=(0,))
   ctx = evaluators_lib.EvalContext(

@@ -188,7 +188,15 @@ class SaliencyHead(nn.Module):
     if self.conv:
       x_BHWC = ConvBNReLU(x_BHWC.shape[-1], self.dtype, name='conv')(
           x_BHWC, train=train)
-    s_BHW = _conv(1, self.dtype, 'out', k=1)(x_BHWC)[..., 0]
+    # PyTorch's default Conv2d init (U(+-1/sqrt(fan_in))), as in the
+    # authors' and MT-UNet's code: logits start small, so the first
+    # prediction is close to uniform. (A fan-out Kaiming init on this
+    # 1-channel output gives logits with std ~3-5 and a near one-hot first
+    # prediction, whose KL of tens of nats stalled stage 2 on the phantom.)
+    s_BHW = nn.Conv(1, (1, 1), use_bias=True, dtype=self.dtype,
+                    kernel_init=nn.initializers.variance_scaling(
+                        1 / 3, 'fan_in', 'uniform'), name='out')(
+                            x_BHWC)[..., 0]
     return saliency_log_softmax(s_BHW)
 
 
