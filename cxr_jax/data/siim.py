@@ -60,7 +60,7 @@ def default_config() -> ml_collections.ConfigDict:
 def phantom_root(cfg: ml_collections.ConfigDict) -> str:
   """Writes the SIIM phantom once (atomic, `done` marker); returns its path."""
   cache_dir = cfg.cache_dir or cache.default_cache_dir()
-  name = f'siim-{cfg.phantom_num}-{cfg.phantom_size}-{cfg.phantom_seed}'
+  name = f'siim-v2-{cfg.phantom_num}-{cfg.phantom_size}-{cfg.phantom_seed}'
   out = os.path.join(cache_dir, 'phantom', name)
   if os.path.exists(os.path.join(out, 'done')):
     return out
