@@ -20,12 +20,14 @@ def get_config(arg=None):
 
 def sweep(add):
   """The thesis's ablations as overrides of this config (run by launch/)."""
+  # With vs without contrastive pretraining (DenseNet-201 classification):
+  add(name='pretraining_ablation',
+      sequence=('stage1_contrastive', 'stage1_finetune', 'densenet201'))
   # Res_SE-UNet vs UNet_S and with vs without the DenseNet encoder (saliency):
   add(name='saliency_ablation',
       sequence=('stage1_contrastive', 'stage1_finetune', 'stage2', 'unet_s',
                 'res_se_unet'))
-  # The full model vs DenseNet-201-CL, and with vs without contrastive
-  # pretraining (classification):
+  # The full model vs DenseNet-201-CL (classification):
   add(name='classification_ablation',
       sequence=('stage1_contrastive', 'stage1_finetune', 'stage2', 'stage3',
                 'densenet201'))

@@ -36,9 +36,12 @@ SWEEP = os.path.join(ROOT, 'launch', 'sweep.py')
 TPU_VM = os.path.join(ROOT, 'launch', 'tpu_vm.sh')
 SBATCH = os.path.join(ROOT, 'launch', 'slurm.sbatch')
 COOP = 'configs/cooperative.py:demo'
-COOP_POINTS = ('saliency_ablation', 'classification_ablation',
-               'densenet_feature_denseblock3')
+COOP_POINTS = ('pretraining_ablation', 'saliency_ablation',
+               'classification_ablation', 'densenet_feature_denseblock3')
 COOP_FLAGS = {
+    'pretraining_ablation': [
+        '--config.sequence=("stage1_contrastive", "stage1_finetune", '
+        '"densenet201")'],
     'saliency_ablation': [
         '--config.sequence=("stage1_contrastive", "stage1_finetune", '
         '"stage2", "unet_s", "res_se_unet")'],
@@ -160,6 +163,8 @@ def _expected(config_arg: str, overrides: dict):
 def test_generated_overrides_parse_back(dry_runs):
   root, runs = dry_runs
   points = {
+      'pretraining_ablation': dict(seed=3, sequence=(
+          'stage1_contrastive', 'stage1_finetune', 'densenet201')),
       'saliency_ablation': dict(seed=3, sequence=(
           'stage1_contrastive', 'stage1_finetune', 'stage2', 'unet_s',
           'res_se_unet')),
@@ -359,7 +364,7 @@ def test_sweep_slurm_mode_submits_each_point(tmp_path):
          env={'PATH': f'{bin_dir}:{os.environ["PATH"]}', 'STUB_LOG': log,
               'STUB_PY': sys.executable})
   calls = _calls(log)
-  assert [c[0] for c in calls] == ['sbatch'] * 3
+  assert [c[0] for c in calls] == ['sbatch'] * len(COOP_POINTS)
   for (_, args, _), name in zip(calls, COOP_POINTS):
     assert args[:6] == [f'--job-name=cxr-{name}', f'--chdir={ROOT}',
                         f'--output={root}/{name}/slurm-%j.out',
@@ -405,7 +410,7 @@ def test_local_first_only_runs_and_skips_when_done(tmp_path):
 
 @pytest.mark.slow
 def test_cooperative_sweep_first_point_in_demo_size(tmp_path):
-  """configs/cooperative.py's first point (5 stages + report), 2 steps each."""
+  """configs/cooperative.py's first point (3 stages + report), 2 steps each."""
   stages = _expected(COOP, {}).stages
   short = [f'--config.stages.{s}.{k}=2' for s in stages
            for k in ('total_steps', 'eval_every_steps')]
@@ -417,10 +422,9 @@ def test_cooperative_sweep_first_point_in_demo_size(tmp_path):
   point = root / COOP_POINTS[0]
   assert (point / 'sweep_done.json').exists()
   assert sorted(p.name for p in root.iterdir()) == [COOP_POINTS[0]]
-  for stage in ('stage1_contrastive', 'stage1_finetune', 'stage2', 'unet_s',
-                'res_se_unet'):
+  for stage in ('stage1_contrastive', 'stage1_finetune', 'densenet201'):
     assert (point / stage / 'done.json').exists(), stage
-  assert not (point / 'stage3').exists()
+  assert not (point / 'stage2').exists()
   assert (point / 'report' / 'report.md').exists()
 
 
