@@ -13,9 +13,9 @@ small phantom, 64 px, a few epochs on 2 CPU cores), `model=NAME`.
 from cxr_jax import config_base
 from cxr_jax.data import siim
 
-# Parameter-name patterns of each family's classifier head (re-initialised
-# when loading ImageNet weights for 2 classes).
-HEADS = {'vgg': 'classifier_6/.*', 'resnet': 'fc/.*', 'vit': 'head/.*'}
+# Parameter-name pattern of the classifier head (VGG, ResNet and ViT all name
+# it 'head'), re-initialised when loading ImageNet weights for 2 classes.
+HEAD = 'head/.*'
 
 
 def family(model: str) -> str:
@@ -30,7 +30,7 @@ def get_config(arg=None):
   c.model.num_classes = 2
   c.model.in_chans = 1
   fam = family(a.model)
-  c.init.dont_load = (HEADS.get(fam, 'head/.*'),)
+  c.init.dont_load = (HEAD,)
   c.optim.lr = 1e-4
   if fam == 'vit':
     c.optim.name = 'sgd'

@@ -99,6 +99,9 @@ def _base(optim: Mapping[str, Any], overrides: Mapping[str, Any] | None):
 def make_optimizer(optim: Mapping[str, Any], schedule: Sequence, params):
   """Builds the optax transformation and the labels for `params`."""
   labels, groups = schedule_labels(params, schedule)
+  if set(groups) == {FROZEN}:
+    raise ValueError('config.schedule freezes every parameter: nothing would '
+                     'train. Give at least one pattern settings (e.g. {}).')
   transforms = {label: optax.set_to_zero() if s is None else _base(optim, s)
                 for label, s in groups.items()}
   return optax.multi_transform(transforms, labels), labels

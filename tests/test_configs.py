@@ -36,6 +36,13 @@ def _assert_run(workdir):
   assert os.listdir(os.path.join(workdir, 'best'))
 
 
+@pytest.fixture(scope='module')
+def coop_workdir(tmp_path_factory):
+  wd = str(tmp_path_factory.mktemp('coop'))
+  jobs.run(_short(cooperative.get_config('demo')), wd)
+  return wd
+
+
 def test_siim_classifier_demo(tmp_path):
   wd = str(tmp_path / 'siim')
   jobs.run(_short(siim_classifier.get_config('demo')), wd)
@@ -43,13 +50,25 @@ def test_siim_classifier_demo(tmp_path):
   assert 'test/auc' in json.load(open(os.path.join(wd, 'final_metrics.json')))
 
 
-def test_stage_configs_chain_by_init_path(tmp_path):
-  s1, s2, s3 = (str(tmp_path / n) for n in ('stage1', 'stage2', 'stage3'))
-  jobs.run(_short(stage1.get_config('demo')), s1)
-  for name in ('contrastive', 'finetune'):
-    _assert_run(os.path.join(s1, name))
+def test_stage1_config_is_the_cooperative_stage1():
+  """configs/stage1.py runs the same two train configs as cooperative's."""
+  s1, coop = stage1.get_config('demo'), cooperative.get_config('demo')
+  assert s1.sequence == ('contrastive', 'finetune')
+  for mine, theirs in (('contrastive', 'stage1_contrastive'),
+                       ('finetune', 'stage1_finetune')):
+    a, b = s1.stages[mine].to_dict(), coop.stages[theirs].to_dict()
+    a['init'].pop('from_stage'), b['init'].pop('from_stage')
+    assert a == b, mine
+  assert s1.stages.finetune.init.from_stage == 'contrastive'
+
+
+def test_stage_configs_chain_by_init_path(coop_workdir, tmp_path):
+  """stage2.py / stage3.py as a user runs them: init.path from the previous
+  stage's workdir (its best checkpoint)."""
+  s2, s3 = str(tmp_path / 'stage2'), str(tmp_path / 'stage3')
   c2 = _short(stage2.get_config('demo'))
-  c2.init.path = os.path.join(s1, 'finetune')
+  assert c2.init.path == 'workdirs/stage1/finetune'  # the documented default
+  c2.init.path = os.path.join(coop_workdir, 'stage1_finetune')
   jobs.run(c2, s2)
   _assert_run(s2)
   c3 = _short(stage3.get_config('demo'))
@@ -68,13 +87,6 @@ def test_stage2_without_stage1_is_a_clear_error(tmp_path):
 def _sub(tree, prefix):
   flat = optim.flat_paths(tree)
   return {k: v for k, v in flat.items() if k.startswith(prefix)}
-
-
-@pytest.fixture(scope='module')
-def coop_workdir(tmp_path_factory):
-  wd = str(tmp_path_factory.mktemp('coop'))
-  jobs.run(_short(cooperative.get_config('demo')), wd)
-  return wd
 
 
 def test_cooperative_demo_writes_the_report(coop_workdir):
