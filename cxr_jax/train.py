@@ -106,6 +106,11 @@ def _check_config(config) -> None:
                        f'the {jax.device_count()} devices.')
   for name, ev in config.evals.items():
     evaluators_lib.EVALUATORS.get(ev.get('type', ''), key=f'evals.{name}.type')
+  if config.init.path and not os.path.exists(config.init.path):
+    raise FileNotFoundError(
+        f'config.init.path = {config.init.path!r} does not exist: point it at '
+        "the previous stage's workdir (its best checkpoint is used) or at a "
+        'folder written by python -m cxr_jax.convert.')
 
 
 def init_state(config, model, example_batch, rng) -> tuple[TrainState, Any]:
