@@ -9,30 +9,9 @@ import numpy as np
 import pytest
 
 from cxr_jax.models import unet
+from model_init import np_init
 
 jax.config.update('jax_numpy_rank_promotion', 'raise')
-
-
-def np_init(model, *args, seed: int = 0, **kwargs):
-  """Variables with `model.init`'s tree, filled in numpy (no XLA compile).
-
-  Kernels ~ N(0, 2 / fan_in), BN scale/var 1, everything else 0. Keeps the
-  tests fast on a busy 2-core machine; `model.init` itself is traced by
-  `jax.eval_shape`, so its code path is still exercised.
-  """
-  shapes = jax.eval_shape(functools.partial(model.init, **kwargs),
-                          jax.random.key(0), *args)
-  rng = np.random.default_rng(seed)
-
-  def fill(path, s):
-    name = getattr(path[-1], 'key', '')
-    if name == 'kernel':
-      fan_in = int(np.prod(s.shape[:-1]))
-      return rng.normal(0., np.sqrt(2. / fan_in), s.shape).astype(s.dtype)
-    if name in ('scale', 'var'):
-      return np.ones(s.shape, s.dtype)
-    return np.zeros(s.shape, s.dtype)
-  return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
 @pytest.fixture(scope='module', params=['tiny', 'res_se_tiny'])
@@ -122,9 +101,19 @@ def test_injection():
       'kernel'].shape == (3, 3, 192, 64)
   logp, out = model.apply(variables, x, inject=inj)
   assert out['inject'].shape == (2, 4, 4, 64) and logp.shape == (2, 64, 64)
-  # The injected map changes the prediction.
+  # The gate starts closed: at init the injected map has no effect...
+  assert float(variables['params']['inject_gate']) == 0.0
+  logp2, _ = model.apply(variables, x, inject=inj + 1.)
+  np.testing.assert_array_equal(logp2, logp)
+  # ...and once it opens, the injected map changes the prediction.
+  variables['params']['inject_gate'] = np.float32(1.0)
+  logp, _ = model.apply(variables, x, inject=inj)
   logp2, _ = model.apply(variables, x, inject=inj + 1.)
   assert float(jnp.abs(logp2 - logp).max()) > 0
+  # The authors' plain concatenation: no gate parameter.
+  plain = unet.Model(variant='res_se_tiny', inject_channels=6,
+                     inject_gate=False)
+  assert 'inject_gate' not in np_init(plain, x, inject=inj)['params']
   # Any grid is resized to the bottleneck grid (4x4 here).
   for hw in [(4, 4), (3, 5)]:
     _, o = jax.eval_shape(lambda v, i: model.apply(v, x, inject=i), variables,
