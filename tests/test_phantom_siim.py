@@ -98,7 +98,7 @@ def test_build_from_phantom_and_reuse(tmp_path, monkeypatch):
   cfg.cache_dir = str(tmp_path)
   cfg.phantom_num, cfg.phantom_size, cfg.image_size = 16, 64, (32, 32)
   out = siim.build(cfg)
-  assert os.path.isfile(tmp_path / 'phantom' / 'siim-16-64-0' / 'done')
+  assert os.path.isfile(tmp_path / 'phantom' / 'siim-v2-16-64-0' / 'done')
   total = 0
   indices = set()
   for split in siim.SPLITS:
