@@ -111,16 +111,38 @@ def cached(name: str, key: Mapping[str, Any], build_fn: Callable[[], Arrays],
   if os.path.isfile(os.path.join(final, 'layout.json')):
     return _load(final)
   arrays = build_fn()
-  os.makedirs(cache_dir, exist_ok=True)
-  prefix = f'.{os.path.basename(final)}.tmp-'
-  tmp = tempfile.mkdtemp(dir=cache_dir, prefix=prefix)
+  build_dir_atomically(final, lambda tmp: _save(tmp, arrays, name, key),
+                       done_file='layout.json')
+  return _load(final)
+
+
+def build_dir_atomically(final: str, write_fn: Callable[[str], Any], *,
+                         done_file: str) -> str:
+  """Builds folder `final` once, atomically, and returns it.
+
+  `write_fn(tmp)` fills a temporary sibling folder, which is then renamed to
+  `final`, so a killed build never leaves a half-written folder behind.
+  `final/done_file` marks a complete folder: if it exists nothing is built;
+  if another process finished first, its folder is kept; a folder without
+  it (left by an old crash) is replaced.
+  """
+  done = os.path.join(final, done_file)
+  if os.path.exists(done):
+    return final
+  parent = os.path.dirname(final)
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(dir=parent, prefix=f'.{os.path.basename(final)}.tmp-')
   try:
-    _save(tmp, arrays, name, key)
+    write_fn(tmp)
+    if not os.path.exists(os.path.join(tmp, done_file)):
+      open(os.path.join(tmp, done_file), 'w').close()
+    if os.path.exists(final) and not os.path.exists(done):
+      shutil.rmtree(final, ignore_errors=True)  # stale, from an old crash
     try:
       os.rename(tmp, final)
     except OSError:
-      if not os.path.isfile(os.path.join(final, 'layout.json')):
+      if not os.path.exists(done):
         raise
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
-  return _load(final)
+  return final

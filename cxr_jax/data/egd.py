@@ -24,8 +24,6 @@ import concurrent.futures
 import csv
 import logging
 import os
-import shutil
-import tempfile
 from typing import Any, Mapping, Sequence
 
 import ml_collections
@@ -385,16 +383,11 @@ def _phantom_root(cfg: ml_collections.ConfigDict, cache_dir: str) -> str:
   root = os.path.join(cache_dir, name)
   if os.path.isfile(os.path.join(root, 'master_sheet.csv')):
     return root
-  os.makedirs(cache_dir, exist_ok=True)
-  tmp = tempfile.mkdtemp(dir=cache_dir, prefix=f'.{name}.tmp-')
-  phantom_gaze.write_gaze(tmp, int(cfg.phantom_num), int(cfg.phantom_seed),
-                          int(cfg.phantom_size))
-  try:
-    os.rename(tmp, root)
-  except OSError:  # another process finished first
-    if not os.path.isfile(os.path.join(root, 'master_sheet.csv')):
-      raise
-    shutil.rmtree(tmp, ignore_errors=True)
+  cache.build_dir_atomically(
+      root, lambda tmp: phantom_gaze.write_gaze(
+          tmp, int(cfg.phantom_num), int(cfg.phantom_seed),
+          int(cfg.phantom_size)),
+      done_file='master_sheet.csv')
   return root
 
 

@@ -23,8 +23,6 @@ from __future__ import annotations
 import collections
 import glob
 import os
-import shutil
-import tempfile
 
 from absl import logging
 import ml_collections
@@ -66,23 +64,12 @@ def phantom_root(cfg: ml_collections.ConfigDict) -> str:
     return out
   # Imported here: the phantom (and its anatomy) is only needed without data.
   from cxr_jax.data.phantom import siim as phantom_siim  # pylint: disable=g-import-not-at-top
-  os.makedirs(os.path.dirname(out), exist_ok=True)
-  tmp = tempfile.mkdtemp(dir=os.path.dirname(out), prefix=f'.{name}.tmp-')
-  try:
-    logging.info('Writing SIIM phantom (%d cases, %d px) to %s',
-                 cfg.phantom_num, cfg.phantom_size, out)
-    phantom_siim.write_siim(tmp, cfg.phantom_num, cfg.phantom_seed,
-                            cfg.phantom_size)
-    open(os.path.join(tmp, 'done'), 'w').close()
-    if os.path.exists(out) and not os.path.exists(os.path.join(out, 'done')):
-      shutil.rmtree(out, ignore_errors=True)  # stale, from an old crash
-    try:
-      os.rename(tmp, out)
-    except OSError:
-      if not os.path.exists(os.path.join(out, 'done')):
-        raise
-  finally:
-    shutil.rmtree(tmp, ignore_errors=True)
+  logging.info('Writing SIIM phantom (%d cases, %d px) to %s',
+               cfg.phantom_num, cfg.phantom_size, out)
+  cache.build_dir_atomically(
+      out, lambda tmp: phantom_siim.write_siim(
+          tmp, cfg.phantom_num, cfg.phantom_seed, cfg.phantom_size),
+      done_file='done')
   return out
 
 
