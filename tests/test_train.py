@@ -1,6 +1,8 @@
 """The trainer: demo runs, resume, freezing, config errors, non-finite loss."""
 import json
 import os
+import subprocess
+import sys
 
 import flax
 import jax
@@ -126,11 +128,20 @@ def test_unknown_model_name_lists_choices(tmp_path):
     train.run(c, str(tmp_path / 'x'))
 
 
-def test_unknown_config_key_is_an_error():
-  c = _tiny(2)
-  c.lock()
-  with pytest.raises(AttributeError, match='no_such_key'):
-    c.no_such_key = 1
+def _main(*flags):
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  return subprocess.run(
+      [sys.executable, 'main.py', '--config=configs/siim_classifier.py:demo',
+       *flags], cwd=root, capture_output=True, text=True, timeout=300)
+
+
+def test_bad_overrides_on_the_command_line_name_the_key(tmp_path):
+  wd = f'--workdir={tmp_path}'
+  out = _main('--config.no_such_key=1', wd)
+  assert out.returncode != 0 and 'no_such_key' in out.stderr
+  out = _main('--config.batch_size=abc', wd)
+  assert out.returncode != 0 and 'config.batch_size' in out.stderr
+  assert not os.listdir(tmp_path)  # nothing ran
 
 
 def test_non_finite_loss_names_the_step(tmp_path):
