@@ -116,9 +116,9 @@ def _check_config(config) -> None:
 def init_state(config, model, example_batch, rng) -> tuple[TrainState, Any]:
   """Initialises parameters (from `config.init` if set) and the optimizer."""
   init_rng, state_rng = jax.random.split(rng)
-  variables = jax.jit(lambda r, b: model.init(
-      {'params': r, 'dropout': r}, b['image'], train=False,
-      **_model_inputs(config, b)))(init_rng, example_batch)
+  variables = models.init_variables(
+      model, init_rng, example_batch['image'], train=False,
+      **_model_inputs(config, example_batch))
   variables = flax.core.unfreeze(variables)
   variables.pop('perturbations', None)
   if config.init.path:

@@ -11,8 +11,10 @@ without back-propagating into the parameters.
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
 import flax.linen as nn
+import jax
 
 # name -> (module under cxr_jax.models, variant)
 _MODELS = {
@@ -23,13 +25,14 @@ _MODELS = {
     'vit_s16': ('vit', 's16'), 'vit_b16': ('vit', 'b16'),
     'vit_l16': ('vit', 'l16'), 'vit_tiny': ('vit', 'tiny'),
     'densenet121': ('densenet', '121'), 'densenet201': ('densenet', '201'),
-    'densenet_tiny': ('densenet', 'tiny'),
+    'densenet_tiny': ('densenet', 'tiny'), 'densenet_small': ('densenet', 'small'),
     'inception_resnet_v2': ('inception_resnet_v2', 'full'),
     'inception_resnet_v2_tiny': ('inception_resnet_v2', 'tiny'),
     'unet': ('unet', 'full'), 'unet_tiny': ('unet', 'tiny'),
     'res_se_unet': ('unet', 'res_se'), 'res_se_unet_tiny': ('unet', 'res_se_tiny'),
     'cooperative': ('cooperative', 'full'),
     'cooperative_tiny': ('cooperative', 'tiny'),
+    'cooperative_small': ('cooperative', 'small'),
     'mtunet': ('mtunet', 'full'), 'mtunet_tiny': ('mtunet', 'tiny'),
     'gazegnn': ('gazegnn', 'full'), 'gazegnn_tiny': ('gazegnn', 'tiny'),
 }
@@ -59,3 +62,23 @@ def get_model(name: str, **kwargs) -> nn.Module:
     return module.Model(variant=_MODELS[name][1], **kwargs)
   except TypeError as e:
     raise TypeError(f'model {name!r}: {e}') from e
+
+
+def init_variables(model: nn.Module, rng: jax.Array, *args, **kwargs
+                   ) -> dict[str, Any]:
+  """`model.init({'params': rng, 'dropout': rng}, *args, **kwargs)`, jitted.
+
+  On the CPU the init graph (thousands of threefry draws) is compiled with
+  XLA's backend optimisations off: it runs once, so its speed does not
+  matter, and it compiles ~4x faster (40 s -> 10 s for the Study B demo model
+  on 2 cores). Values are deterministic and differ from an optimised
+  compile's by at most one float32 ulp (the initialisers' erf_inv).
+  """
+  arrays = {k: v for k, v in kwargs.items() if hasattr(v, 'shape')}
+  static = {k: v for k, v in kwargs.items() if k not in arrays}
+  init = jax.jit(lambda r, a, k: model.init({'params': r, 'dropout': r}, *a,
+                                            **k, **static))
+  options = ({'xla_backend_optimization_level': 0}
+             if jax.default_backend() == 'cpu' else None)
+  return init.lower(rng, args, arrays).compile(compiler_options=options)(
+      rng, args, arrays)
