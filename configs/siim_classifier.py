@@ -8,7 +8,22 @@ Thesis settings (SPEC, Study A): CLAHE + z-score + 224x224; VGG/ResNet Adam
 the thesis gives none). `init.path` = a folder written by
 `python -m cxr_jax.convert` (ImageNet weights); the head is re-initialised for
 2 classes and the first conv summed to 1 channel. Presets: `demo` (tiny model,
-small phantom, 64 px, a few epochs on 2 CPU cores), `model=NAME`.
+small phantom, 64 px, a few epochs on 2 CPU cores), `model=NAME`,
+`model_parallel=N` (parameters sharded N ways, below).
+
+ViT-L with model parallelism: `model_parallel=N` makes the mesh
+(('data', -1), ('model', N)) and shards the parameters and the optimizer state
+over 'model': Megatron-style in the ViT blocks (attention by head, MLP fc1 by
+columns, fc2 by rows), fsdp (largest divisible dimension) for the rest and for
+other families. The batch is still split over 'data' (devices / N groups).
+
+  python main.py \
+      --config=configs/siim_classifier.py:model=vit_l16,model_parallel=4 \
+      --config.data.root=/data/siim --config.init.path=/weights/vit_l16
+  # the same with explicit fields (any config, any rules):
+  python main.py --config=configs/siim_classifier.py:model=vit_l16 \
+      --config.mesh="(('data', -1), ('model', 4))" \
+      --config.sharding_rules=megatron_vit --config.sharding_rules=fsdp ...
 """
 from cxr_jax import config_base
 from cxr_jax.data import siim
@@ -23,7 +38,8 @@ def family(model: str) -> str:
 
 
 def get_config(arg=None):
-  a = config_base.parse_arg(arg, demo=False, model='resnet50')
+  a = config_base.parse_arg(arg, demo=False, model='resnet50',
+                            model_parallel=0)
   c = config_base.train_config()
   c.data = siim.default_config()
   c.model.name = a.model
@@ -43,6 +59,9 @@ def get_config(arg=None):
   c.evals.test = dict(type='classification', split='test', every_steps=-1,
                       final=True, task='binary')
   c.select_metric = 'val/loss'
+  if a.model_parallel:
+    c.mesh = (('data', -1), ('model', a.model_parallel))
+    c.sharding_rules = ('megatron_vit', 'fsdp') if fam == 'vit' else ('fsdp',)
   if a.demo:
     c.model.name = a.model if a.model.endswith('tiny') else (
         f'{fam}_tiny' if fam in ('vgg', 'resnet', 'vit') else a.model)

@@ -21,6 +21,16 @@ def train_config() -> ml_collections.ConfigDict:
   c.batch_size = 16          # global batch, split over devices and hosts
   c.eval_batch_size = 32
   c.num_workers = 2          # grain worker processes (0 = in-process)
+  # Device mesh: (axis name, size) pairs, -1 = the remaining devices. Batches
+  # are split over 'data' only; another axis, e.g. (('data', -1),
+  # ('model', 4)), exists to shard parameters (see cxr_jax/sharding.py).
+  c.mesh = (('data', -1),)
+  # Parameter layout over the mesh: (regex over '/'-joined parameter paths,
+  # spec) pairs and preset names, first match wins, unmatched = replicated.
+  # spec: a PartitionSpec-like tuple ((None, 'model')), 'replicate',
+  # 'fsdp' or 'fsdp:<axis>'. Presets: 'fsdp', 'megatron_vit', 'replicate'.
+  # The optimizer state follows the parameters. () = all replicated.
+  c.sharding_rules = ()
   c.model = ml_collections.ConfigDict(dict(name='resnet50', num_classes=2,
                                            in_chans=1, dtype='float32'))
   c.model_inputs = ()        # batch fields passed to the model as kwargs

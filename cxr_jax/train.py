@@ -3,8 +3,10 @@
 A config picks the model, the data, the loss, the trainable parts (the
 freezing `schedule`) and the evaluators; nothing here is study-specific. The
 train step is a pure `(state, batch) -> (state, metrics)` function, jitted
-once with the state donated, the batch sharded over a `('data',)` mesh and
-the state replicated, so the same code runs on one CPU, 8 GPUs or a pod.
+once with the state donated and the batch sharded over the `'data'` axis of
+the `config.mesh` mesh; the state is replicated, or laid out by
+`config.sharding_rules` over the other mesh axes (`cxr_jax/sharding.py`), so
+the same code runs on one CPU, 8 GPUs or a pod.
 
 Each run's workdir holds `config.json`, `metrics.jsonl`, TensorBoard events
 (`tb/`), the latest checkpoint (`ckpt/`, resumed after a kill), the best one
@@ -33,6 +35,7 @@ from cxr_jax import losses
 from cxr_jax import metric_writer
 from cxr_jax import models
 from cxr_jax import optim
+from cxr_jax import sharding as sharding_lib
 from cxr_jax import weights
 from cxr_jax.data import build_dataset
 from cxr_jax.data import pipeline
@@ -66,10 +69,9 @@ def build_model(model_cfg: Mapping[str, Any], frozen: tuple[str, ...] = ()):
   return model
 
 
-def make_mesh(devices=None) -> Mesh:
-  """A 1-D `('data',)` mesh over all (or the given) devices."""
-  devices = jax.devices() if devices is None else devices
-  return Mesh(np.asarray(devices), ('data',))
+def make_mesh(devices=None, axes=sharding_lib.DEFAULT_MESH) -> Mesh:
+  """The `config.mesh` mesh (default: 1-D `('data',)`) over all devices."""
+  return sharding_lib.make_mesh(axes, devices)
 
 
 def _durations(config, n_train: int) -> dict[str, int]:
@@ -94,16 +96,19 @@ def _model_inputs(config, batch) -> dict:
   return {k: batch[k] for k in config.model_inputs}
 
 
-def _check_config(config) -> None:
+def _check_config(config, mesh: Mesh) -> None:
   models.family(config.model.name)  # raises with the valid names
   losses.get_loss(config.loss.name)
   if config.select_mode not in ('min', 'max'):
     raise ValueError(f"config.select_mode = {config.select_mode!r}: use 'min'"
                      " or 'max'.")
+  sharding_lib.check_rules(config.sharding_rules, dict(mesh.shape))
+  n_data = mesh.shape[sharding_lib.DATA]
   for key in ('batch_size', 'eval_batch_size'):
-    if config[key] % jax.device_count():
+    if config[key] % n_data:
       raise ValueError(f'config.{key} = {config[key]} is not divisible by '
-                       f'the {jax.device_count()} devices.')
+                       f"the {n_data} devices of the mesh's 'data' axis "
+                       f'(config.mesh = {tuple(config.mesh)}).')
   for name, ev in config.evals.items():
     evaluators_lib.EVALUATORS.get(ev.get('type', ''), key=f'evals.{name}.type')
   if config.init.path and not os.path.exists(config.init.path):
@@ -194,11 +199,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
   Returns a summary dict: final step, best metric and final evaluations.
   """
-  _check_config(config)
+  mesh = make_mesh(axes=config.mesh)
+  _check_config(config, mesh)
   os.makedirs(workdir, exist_ok=True)
   ckpt_lib.write_json(os.path.join(workdir, 'config.json'), config.to_dict())
-  mesh = make_mesh()
   repl = NamedSharding(mesh, P())
+  data_sharding = NamedSharding(mesh, P(sharding_lib.DATA))
 
   splits = build_dataset(config.data)
   train_arrays = splits['train']
@@ -208,8 +214,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                'devices.', workdir, n_train, dur['total'],
                dur['steps_per_epoch'], jax.device_count())
 
-  shard = dict(shard_index=jax.process_index(),
-               shard_count=jax.process_count())
+  shard_index, shard_count = sharding_lib.process_data_shard(mesh)
+  shard = dict(shard_index=shard_index, shard_count=shard_count)
   train_it = pipeline.train_iterator(
       train_arrays, batch_size=config.batch_size, seed=config.seed,
       augment_cfg=config.augment, num_workers=config.num_workers, **shard)
@@ -224,19 +230,21 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     logging.info('Frozen (inference-mode) submodules: %s', frozen)
     model = build_model(config.model, frozen)
 
+  state_sh = sharding_lib.state_shardings(state, state.params,
+                                          config.sharding_rules, mesh)
   checkpointer = ckpt_lib.Checkpointer(workdir)
   meta = dict(best_value=None, best_step=None, bad_evals=0, plateau_bad=0,
               stopped_early=False)
   if checkpointer.latest_step() is not None:
-    abstract = jax.tree.map(lambda x: ocp_abstract(x, repl), state)
-    state, data_state, meta = checkpointer.restore_latest(abstract)
+    state, data_state, meta = checkpointer.restore_latest(
+        sharding_lib.abstract(state, state_sh))
     train_it.set_state(data_state)
     logging.info('Resumed from %s at step %d.', workdir, int(state.step))
-  state = replicate(state, repl)
+  state = sharding_lib.put(state, state_sh)
 
   step_fn = jax.jit(make_train_step(config, model, tx, labels),
-                    in_shardings=(repl, NamedSharding(mesh, P('data'))),
-                    out_shardings=(repl, repl), donate_argnums=(0,))
+                    in_shardings=(state_sh, data_sharding),
+                    out_shardings=(state_sh, repl), donate_argnums=(0,))
   ctx = evaluators_lib.EvalContext(
       model=model, splits=splits, batch_size=config.eval_batch_size,
       mesh=mesh, model_inputs=config.model_inputs,
@@ -298,46 +306,20 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       logging.info('step %d: %s', step, _fmt(results))
       state, meta = _after_eval(config, state, meta, results, step,
                                 checkpointer)
-      state = replicate(state, repl)
+      state = sharding_lib.put(state, state_sh)
     if step % dur['ckpt_every'] == 0 or step == dur['total'] or (
         meta['stopped_early']):
       checkpointer.save_latest(step, state, train_it.get_state(), meta)
 
   progress.update(step, force=True)
   if meta['best_step'] is None:  # no selection metric: keep the last state
-    checkpointer.save_best(step, jax.device_get(state.variables()),
+    checkpointer.save_best(step, sharding_lib.to_host(state.variables()),
                            dict(step=step, metric=None, value=None))
-  final = _final_evals(config, evals, workdir)
+  final = _final_evals(config, evals, workdir, state_sh.variables())
   checkpointer.close()
   writer.close()
   return dict(step=step, best_step=meta['best_step'],
               best_value=meta['best_value'], final=final)
-
-
-def ocp_abstract(x, sharding=None):
-  return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding) if hasattr(
-      x, 'shape') else x
-
-
-def replicate(tree, sharding: NamedSharding):
-  """Puts a tree whose values are the same on every process on `sharding`.
-
-  `jax.device_put` cannot move an array committed to one local device onto
-  the devices of other processes (multi-host); numpy values it can, so such
-  arrays go through the host (PRNG keys as their key data). Arrays already
-  on `sharding` are returned as they are.
-  """
-  def put(x):
-    if isinstance(x, jax.Array) and x.sharding == sharding:
-      return x
-    if (jax.process_count() > 1 and isinstance(x, jax.Array) and
-        x.is_fully_addressable):
-      if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
-        return jax.random.wrap_key_data(
-            put(jax.random.key_data(x)), impl=jax.random.key_impl(x))
-      x = np.asarray(x)
-    return jax.device_put(x, sharding)
-  return jax.tree.map(put, tree)
 
 
 def _due(every: int, step: int, dur) -> bool:
@@ -363,7 +345,7 @@ def _after_eval(config, state, meta, results, step, checkpointer):
   if _is_better(value, meta['best_value'], config.select_mode,
                 config.select_min_delta):
     meta.update(best_value=value, best_step=step, bad_evals=0, plateau_bad=0)
-    checkpointer.save_best(step, jax.device_get(state.variables()),
+    checkpointer.save_best(step, sharding_lib.to_host(state.variables()),
                            dict(step=step, metric=name, value=value))
     logging.info('New best %s = %.5g at step %d.', name, value, step)
     return state, meta
@@ -384,11 +366,11 @@ def _after_eval(config, state, meta, results, step, checkpointer):
   return state, meta
 
 
-def _final_evals(config, evals, workdir) -> dict[str, float]:
+def _final_evals(config, evals, workdir, var_sh) -> dict[str, float]:
   names = [n for n, ev in config.evals.items() if ev.get('final', False)]
   if not names:
     return {}
-  variables = ckpt_lib.restore_variables(workdir)
+  variables = sharding_lib.put(ckpt_lib.restore_variables(workdir), var_sh)
   results = {}
   for name in names:
     for k, v in evals[name].run(variables).items():

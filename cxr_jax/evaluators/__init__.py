@@ -8,7 +8,9 @@ of training (`final_metrics.json`). Results are logged as `<name>/<metric>`.
 
 An evaluator is `Evaluator(ctx, split=..., **kwargs)` with
 `run(variables) -> dict[str, float]`; `ctx` (an `EvalContext`) runs the
-model in inference mode over a split, sharded over the mesh like training.
+model in inference mode over a split, sharded over the mesh like training:
+batches over its `'data'` axis, variables as they come (the trainer passes
+them laid out by `config.sharding_rules`).
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from cxr_jax import sharding
 from cxr_jax.registry import Registry
 
 EVALUATORS = Registry('evaluator type', {
@@ -44,7 +47,11 @@ class EvalContext:
     self.mesh = mesh
     self.model_inputs = tuple(model_inputs)
     self.loss = loss  # (fn, kwargs) of the training loss
-    self._data_sharding = NamedSharding(mesh, P('data'))
+    self._data_sharding = NamedSharding(mesh, P(sharding.DATA))
+    # This process's block of each global batch, and how many processes
+    # read the same block (> 1 when a model axis spans processes).
+    self._shard = sharding.process_data_shard(mesh)
+    self._replicas = jax.process_count() // self._shard[1]
     self._compiled: dict[Any, Callable] = {}
 
   def apply(self, variables, batch):
@@ -59,7 +66,7 @@ class EvalContext:
                        f'(splits: {sorted(self.splits)}).')
     return self._pipeline.eval_batches(
         self.splits[split], batch_size=self.batch_size,
-        shard_index=jax.process_index(), shard_count=jax.process_count())
+        shard_index=self._shard[0], shard_count=self._shard[1])
 
   def _put(self, batch):
     return {k: jax.make_array_from_process_local_data(self._data_sharding, v)
@@ -99,7 +106,7 @@ class EvalContext:
     total = 0.0
     for batch in self.batches(split):
       n = float(multihost_utils.process_allgather(
-          np.asarray(batch['valid'].sum())).sum())
+          np.asarray(batch['valid'].sum())).sum()) / self._replicas
       res = jax.device_get(f(variables, self._put(batch)))
       for k, v in res.items():
         sums[k] = sums.get(k, 0.0) + float(v) * n

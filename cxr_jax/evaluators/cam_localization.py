@@ -27,6 +27,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from cxr_jax import sharding as sharding_lib
 from cxr_jax.data import pipeline
 from cxr_jax.explain import compute_cams
 from cxr_jax.metrics import heatmap
@@ -65,11 +66,11 @@ def heatmap_metrics(cam_BHW: np.ndarray, mask_BHW: np.ndarray, *,
   }
 
 
-def _local_batches(arrays: Mapping[str, np.ndarray], batch_size: int
+def _local_batches(arrays: Mapping[str, np.ndarray], batch_size: int, mesh
                    ) -> Iterator[dict[str, np.ndarray]]:
+  index, count = sharding_lib.process_data_shard(mesh)
   return pipeline.eval_batches(arrays, batch_size=batch_size,
-                               shard_index=jax.process_index(),
-                               shard_count=jax.process_count())
+                               shard_index=index, shard_count=count)
 
 
 def _gather(x: Any) -> np.ndarray:
@@ -88,8 +89,8 @@ def cam_metrics(model, variables, arrays: Mapping[str, np.ndarray], *, mesh,
     model, variables: the classifier and its variables (never modified).
     arrays: a split (typically `with_masks(test)`) with 'image', 'mask',
       'label', 'index'.
-    mesh: the `('data',)` mesh the batches are sharded over.
-    batch_size: global batch size (divisible by the number of devices).
+    mesh: the mesh whose `'data'` axis the batches are sharded over.
+    batch_size: global batch size (divisible by the 'data' axis size).
     method, targets: `compute_cams` arguments ('label' explains the true
       class, 'pred' the predicted one).
     ehr_variant, ehr_thresholds, top_k_fraction: see `heatmap_metrics`.
@@ -109,7 +110,7 @@ def cam_metrics(model, variables, arrays: Mapping[str, np.ndarray], *, mesh,
   parts: dict[str, list[np.ndarray]] = {}
   cams: dict[int, np.ndarray] = {}
   offset = 0
-  for batch in _local_batches(arrays, batch_size):
+  for batch in _local_batches(arrays, batch_size, mesh):
     g = {k: put(v) for k, v in batch.items()}
     res = compute_cams(model, variables, g['image'], method=method,
                        targets=targets, labels=g['label'],
