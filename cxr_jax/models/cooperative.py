@@ -38,7 +38,8 @@ from cxr_jax.models import unet
 Dtype = Any
 
 # variant -> (DenseNet variant, UNet variant)
-VARIANTS = {'full': ('201', 'res_se'), 'tiny': ('tiny', 'res_se_tiny')}
+VARIANTS = {'full': ('201', 'res_se'), 'tiny': ('tiny', 'res_se_tiny'),
+            'small': ('small', 'res_se_tiny')}  # small: the demo's
 SUBMODULES = ('densenet', 'unet', 'fusion')
 DENSENET_FEATURES = ('denseblock3', 'denseblock4')
 
