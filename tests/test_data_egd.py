@@ -186,6 +186,21 @@ def phantom_root(tmp_path_factory) -> str:
   return root
 
 
+def test_phantom_same_for_any_number_of_workers(phantom_root, tmp_path):
+  """Each study has its own seed: 2 worker processes write the same files."""
+  other = str(tmp_path / 'two_workers')
+  phantom_gaze.write_gaze(other, num=12, seed=0, size=64, workers=2)
+  for name in ('master_sheet.csv', 'eye_gaze.csv', 'fixations.csv',
+               'bounding_boxes.csv'):
+    with open(os.path.join(phantom_root, name)) as a, open(
+        os.path.join(other, name)) as b:
+      assert a.read() == b.read(), name
+  for row in _rows(os.path.join(phantom_root, 'master_sheet.csv')):
+    a = dicom.read_dicom(os.path.join(phantom_root, row['path']))
+    b = dicom.read_dicom(os.path.join(other, row['path']))
+    np.testing.assert_array_equal(a, b)
+
+
 def _cfg(root: str, cache_dir: str, **kw):
   cfg = egd.default_config()
   cfg.root = root

@@ -116,6 +116,11 @@ def read_dicom(path: str | os.PathLike) -> np.ndarray:
   return np.clip(y, 0.0, 1.0).astype(np.float32)
 
 
+def stable_uid(key: str) -> str:
+  """A UID derived from `key` alone (the same file name -> the same UID)."""
+  return generate_uid(prefix=_UID_ROOT, entropy_srcs=[key])
+
+
 def write_dicom(path: str | os.PathLike, pixels_uint16: np.ndarray, *,
                 photometric: str = 'MONOCHROME2', bits_stored: int = 12,
                 rescale: tuple[float, float] = (1.0, 0.0),

@@ -379,7 +379,7 @@ def _phantom_root(cfg: ml_collections.ConfigDict, cache_dir: str) -> str:
   """Generates the phantom once under cache_dir; returns its folder."""
   from cxr_jax.data.phantom import gaze as phantom_gaze  # pylint: disable=g-import-not-at-top
   name = (f'phantom-egd-n{cfg.phantom_num}-s{cfg.phantom_size}'
-          f'-seed{cfg.phantom_seed}-v{_CACHE_VERSION}')
+          f'-seed{cfg.phantom_seed}-p{phantom_gaze.VERSION}-v{_CACHE_VERSION}')
   root = os.path.join(cache_dir, name)
   if os.path.isfile(os.path.join(root, 'master_sheet.csv')):
     return root

@@ -13,10 +13,11 @@ not trivial.
 
 Gaze (60 Hz, like the GP3 tracker of the dataset): a radiologist-like search
 pattern (sweeps down the image-left lung, then the image-right lung, the
-heart and hila, a costophrenic angle), made of fixations of 100-600 ms with
-small jitter and drift, joined by 2-3-sample saccades. Findings draw more
-and longer fixations: the opacity in pneumonia, the heart border and hila in
-CHF. Each image has one "key" dwell (the longest fixation, 0.7-1.2 s, with
+heart and hila), made of fixations of 100-600 ms with small jitter and drift,
+joined by 2-3-sample saccades. Findings draw more and longer fixations: the
+opacity in pneumonia; in CHF the heart border and both costophrenic regions
+(where effusions and Kerley lines are looked for), so where the reader
+dwells depends on the diagnosis, not only on what is locally visible. Each image has one "key" dwell (the longest fixation, 0.7-1.2 s, with
 revisits so that the most dwell time lies around it): on the finding, or on
 a spot that drew attention in normals (and in missed subtle pneumonias).
 All samples lie inside the image (pixel coordinates of the native image,
@@ -27,6 +28,9 @@ from __future__ import annotations
 
 import csv
 import os
+import pickle
+import subprocess
+import sys
 from typing import Any
 
 import numpy as np
@@ -36,6 +40,8 @@ from cxr_jax.data import dicom
 from cxr_jax.data.phantom import anatomy
 
 CLASSES = ('Normal', 'CHF', 'pneumonia')
+# Bump when the drawing changes (part of the generated folder's name).
+VERSION = 3
 HZ = 60.0
 SCREEN_WH = (1920, 1080)
 # Neighbourhood (fraction of the long side) in which the key dwell dominates.
@@ -138,16 +144,30 @@ def _lung_points(mask: np.ndarray, rng: np.random.Generator, n: int
   return out
 
 
+def _base_point(mask: np.ndarray, lateral: str) -> tuple[float, float]:
+  """The costophrenic region of a lung: near its base, towards its side."""
+  ys, xs = np.nonzero(mask)
+  if ys.size == 0:
+    return (0.0, 0.0)
+  y = ys.min() + 0.85 * (ys.max() - ys.min())
+  cols = np.nonzero(mask[int(y)])[0]
+  if cols.size == 0:
+    cols = xs
+  lo, hi = float(cols.min()), float(cols.max())
+  return float(y), (lo + 0.25 * (hi - lo) if lateral == 'min'
+                    else hi - 0.25 * (hi - lo))
+
+
 def plan_fixations(rng: np.random.Generator, geom: dict, label: int,
                    info: dict) -> list[tuple[float, float, float]]:
   """Ordered fixations (y, x, dwell seconds) of one reading.
 
   Every reading sweeps both lungs, checks the heart (centre and border) and
   often the hila. Then it returns to "spots": the opacity in pneumonia (a
-  subtle one is missed half of the time and read like a normal), mostly the
-  heart border, else the hila or a lung base in CHF, and in normals a spot
-  that drew attention without being a finding (heart, border, a hilum or any
-  lung point). The key (longest) dwell is on one spot, so gaze tells where
+  subtle one is missed half of the time and read like a normal); in CHF the
+  heart border and both costophrenic regions (effusion, Kerley lines), less
+  often the hila; in normals a spot that drew attention without being a
+  finding (heart, border, a hilum or any lung point). The key (longest) dwell is on one spot, so gaze tells where
   the reader looked hard, which helps but does not give the class away.
   """
   dwell = lambda: float(np.clip(rng.lognormal(np.log(0.25), 0.45), 0.1, 0.6))
@@ -162,10 +182,11 @@ def plan_fixations(rng: np.random.Generator, geom: dict, label: int,
   missed = label == 2 and info['contrast'] < 0.1 and rng.uniform() < 0.5
   if label == 2 and not missed:
     spots, pick, k_extra = [info['centre']], [1.0], int(rng.integers(1, 4))
-  elif label == 1:
-    base = max(lung_pts, key=lambda p: p[0]) if lung_pts else border
-    spots = [border, (hy, float(x0)), hila[0], hila[1], base]
-    pick, k_extra = [0.45, 0.1, 0.15, 0.15, 0.15], int(rng.integers(2, 5))
+  elif label == 1:  # heart size, then effusions / Kerley lines at the bases
+    bases = [_base_point(geom[side], lateral) for side, lateral in
+             (('right_lung', 'min'), ('left_lung', 'max'))]
+    spots = [border, *bases, hila[0], hila[1]]
+    pick, k_extra = [0.3, 0.25, 0.25, 0.1, 0.1], int(rng.integers(3, 6))
   else:
     spot = lung_pts[int(rng.integers(len(lung_pts)))] if lung_pts else border
     spots = [(hy, hx), border, hila[0], hila[1], spot]
@@ -283,71 +304,138 @@ def _bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:
   return int(xs.min()), int(xs.max()), int(ys.min()), int(ys.max())
 
 
-def write_gaze(out_dir: str, num: int, seed: int, size: int = 512) -> None:
+def _write_study(out_dir: str, i: int, label: int, ids: tuple[str, str, str],
+                 seed_seq: np.random.SeedSequence, size: int
+                 ) -> tuple[tuple, list, list, list]:
+  """Draws study i, writes its DICOM; returns its CSV rows.
+
+  (master row, eye_gaze rows, fixations rows, bounding_boxes rows). All its
+  randomness comes from `seed_seq`, so the result does not depend on which
+  worker process draws it.
+  """
+  rng = np.random.default_rng(seed_seq)
+  dicom_id, pid, sid = ids
+  hw = (int(size), int(round(size * rng.uniform(0.78, 0.88))))
+  img, geom, info = draw_study(rng, label, hw)
+  rel = f'files/p{pid[:2]}/p{pid}/s{sid}/{dicom_id}.dcm'
+  px = np.round(img * 4095).astype(np.uint16)
+  mono1 = rng.uniform() < 0.25
+  dicom.write_dicom(os.path.join(out_dir, rel), 4095 - px if mono1 else px,
+                    photometric='MONOCHROME1' if mono1 else 'MONOCHROME2',
+                    bits_stored=12, patient_id=pid,
+                    sop_uid=dicom.stable_uid(dicom_id))
+  pad = (hw[0] - hw[1]) // 2
+  onehot = [int(label == c) for c in range(3)]
+  master = (dicom_id, rel, sid, pid, 'MF'[int(rng.integers(2))],
+            int(rng.integers(25, 90)), 0, 0, pad, hw[0] - hw[1] - pad,
+            *onehot, onehot[1], onehot[1], onehot[2],
+            ['dyspnea', 'fever, cough', 'chest pain'][label])
+  session = 100 + i
+  fix = plan_fixations(rng, geom, label, info)
+  samples, fixes = gaze_samples(rng, fix, hw, float(rng.uniform(0.2, 1.0)))
+  gaze_rows, fix_rows, boxes = [], [], []
+  for k, (t, x, y, fid, fdur, valid) in enumerate(samples):
+    sx, sy = _screen(x, y, hw)
+    gaze_rows.append((dicom_id, k, f'{t:.5f}', int(t * 1e7), f'{sx:.5f}',
+                      f'{sy:.5f}', f'{t - fdur:.5f}', f'{fdur:.5f}',
+                      int(fid), int(valid), f'{sx:.5f}', f'{sy:.5f}',
+                      int(valid), f'{rng.uniform(3, 5):.3f}',
+                      f'{rng.uniform(3, 5):.3f}', f'{x:.1f}', f'{y:.1f}',
+                      session))
+  for k, f in enumerate(fixes):
+    sx, sy = _screen(f['x'], f['y'], hw)
+    fix_rows.append((dicom_id, k, f'{f["start"]:.5f}',
+                     int(f['start'] * 1e7), f'{sx:.5f}', f'{sy:.5f}',
+                     f'{f["start"]:.5f}', f'{f["dwell"]:.5f}', f['id'], 1,
+                     f'{sx:.5f}', f'{sy:.5f}', 1, f'{rng.uniform(3, 5):.3f}',
+                     f'{rng.uniform(3, 5):.3f}', f'{f["x"]:.1f}',
+                     f'{f["y"]:.1f}', session))
+  named = dict(right_lung=geom['right_lung'], left_lung=geom['left_lung'],
+               heart=geom['heart'], mediastinum=geom['mediastinum'])
+  for name, mask in named.items():
+    b = _bbox(mask)
+    if b is not None:
+      boxes.append((dicom_id, name.replace('_', ' '), *b))
+  if label == 2:
+    (cy, cx), r = info['centre'], info['radius']
+    boxes.append((dicom_id, 'opacity', int(max(cx - r, 0)),
+                  int(min(cx + r, hw[1] - 1)), int(max(cy - r, 0)),
+                  int(min(cy + r, hw[0] - 1))))
+  return master, gaze_rows, fix_rows, boxes
+
+
+def _plan(num: int, seed: int) -> tuple[np.ndarray, list, list]:
+  """Labels, ids and per-study seeds of a phantom: from `seed` alone."""
+  rng = np.random.default_rng(seed)
+  labels = rng.permutation(np.arange(num) % 3)
+  return labels, _ids(rng, num), np.random.SeedSequence(seed).spawn(num)
+
+
+def _write_shard(out_dir: str, num: int, seed: int, size: int, shard: int,
+                 num_shards: int) -> list[tuple]:
+  """Writes studies shard, shard + num_shards, ...; returns their rows."""
+  labels, ids, seeds = _plan(num, seed)
+  return [_write_study(out_dir, i, int(labels[i]), ids[i], seeds[i], size)
+          for i in range(shard, num, num_shards)]
+
+
+def _shard_main(out_dir: str, num: str, seed: str, size: str, shard: str,
+                num_shards: str, result: str) -> None:
+  """Entry point of a worker process (see `write_gaze`)."""
+  rows = _write_shard(out_dir, int(num), int(seed), int(size), int(shard),
+                      int(num_shards))
+  with open(result, 'wb') as f:
+    pickle.dump(rows, f, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def write_gaze(out_dir: str, num: int, seed: int, size: int = 512,
+               workers: int = 0) -> None:
   """Writes `num` phantom studies (images + the dataset CSVs) to out_dir.
 
   Images are `size` high and ~0.78-0.88 * size wide (like MIMIC's portrait
   DICOMs), 12-bit, some MONOCHROME1, so readers exercise padding and
-  photometric handling.
+  photometric handling. The drawing (pure Python, ~0.1 s a study) is split
+  over `workers` processes (0 = auto: one per CPU from 64 studies on, else
+  this process alone). Workers are fresh interpreters running this module,
+  so the caller's `__main__` is never re-imported; each study has its own
+  seed, so the files are the same for any number of workers.
   """
   if num < 3:
     raise ValueError(f'num must be >= 3 (one per class), got {num}')
-  rng = np.random.default_rng(seed)
-  labels = rng.permutation(np.arange(num) % 3)
-  ids = _ids(rng, num)
+  if not workers:
+    workers = (os.cpu_count() or 1) if num >= 64 else 1
+  workers = max(1, min(workers, num))
   os.makedirs(out_dir, exist_ok=True)
-  master, gaze_rows, fix_rows, boxes = [], [], [], []
-  for i in range(num):
-    dicom_id, pid, sid = ids[i]
-    label = int(labels[i])
-    hw = (int(size), int(round(size * rng.uniform(0.78, 0.88))))
-    img, geom, info = draw_study(rng, label, hw)
-    rel = f'files/p{pid[:2]}/p{pid}/s{sid}/{dicom_id}.dcm'
-    px = np.round(img * 4095).astype(np.uint16)
-    mono1 = rng.uniform() < 0.25
-    dicom.write_dicom(os.path.join(out_dir, rel), 4095 - px if mono1 else px,
-                      photometric='MONOCHROME1' if mono1 else 'MONOCHROME2',
-                      bits_stored=12, patient_id=pid)
-    pad = (hw[0] - hw[1]) // 2
-    onehot = [int(label == c) for c in range(3)]
-    master.append((dicom_id, rel, sid, pid, 'MF'[int(rng.integers(2))],
-                   int(rng.integers(25, 90)), 0, 0, pad, hw[0] - hw[1] - pad,
-                   *onehot, onehot[1], onehot[1], onehot[2],
-                   ['dyspnea', 'fever, cough', 'chest pain'][label]))
-    session = 100 + i
-    fix = plan_fixations(rng, geom, label, info)
-    samples, fixes = gaze_samples(rng, fix, hw, float(rng.uniform(0.2, 1.0)))
-    for k, (t, x, y, fid, fdur, valid) in enumerate(samples):
-      sx, sy = _screen(x, y, hw)
-      gaze_rows.append((dicom_id, k, f'{t:.5f}', int(t * 1e7), f'{sx:.5f}',
-                        f'{sy:.5f}', f'{t - fdur:.5f}', f'{fdur:.5f}',
-                        int(fid), int(valid), f'{sx:.5f}', f'{sy:.5f}',
-                        int(valid), f'{rng.uniform(3, 5):.3f}',
-                        f'{rng.uniform(3, 5):.3f}', f'{x:.1f}', f'{y:.1f}',
-                        session))
-    for k, f in enumerate(fixes):
-      sx, sy = _screen(f['x'], f['y'], hw)
-      fix_rows.append((dicom_id, k, f'{f["start"]:.5f}',
-                       int(f['start'] * 1e7), f'{sx:.5f}', f'{sy:.5f}',
-                       f'{f["start"]:.5f}', f'{f["dwell"]:.5f}', f['id'], 1,
-                       f'{sx:.5f}', f'{sy:.5f}', 1, f'{rng.uniform(3, 5):.3f}',
-                       f'{rng.uniform(3, 5):.3f}', f'{f["x"]:.1f}',
-                       f'{f["y"]:.1f}', session))
-    named = dict(right_lung=geom['right_lung'], left_lung=geom['left_lung'],
-                 heart=geom['heart'], mediastinum=geom['mediastinum'])
-    for name, mask in named.items():
-      b = _bbox(mask)
-      if b is not None:
-        boxes.append((dicom_id, name.replace('_', ' '), *b))
-    if label == 2:
-      (cy, cx), r = info['centre'], info['radius']
-      boxes.append((dicom_id, 'opacity', int(max(cx - r, 0)),
-                    int(min(cx + r, hw[1] - 1)), int(max(cy - r, 0)),
-                    int(min(cy + r, hw[0] - 1))))
-  for name, header, rows in (('master_sheet.csv', MASTER_HEADER, master),
-                             ('eye_gaze.csv', GAZE_HEADER, gaze_rows),
-                             ('fixations.csv', GAZE_HEADER, fix_rows),
-                             ('bounding_boxes.csv', BBOX_HEADER, boxes)):
+  env = dict(os.environ)
+  package_root = os.path.dirname(os.path.dirname(os.path.dirname(
+      os.path.dirname(os.path.abspath(__file__)))))
+  env['PYTHONPATH'] = os.pathsep.join(
+      p for p in (package_root, env.get('PYTHONPATH')) if p)
+  procs = []
+  for shard in range(1, workers):
+    result = os.path.join(out_dir, f'.shard{shard}.pkl')
+    code = ('import sys; from cxr_jax.data.phantom import gaze; '
+            'gaze._shard_main(*sys.argv[1:])')
+    procs.append((subprocess.Popen(
+        [sys.executable, '-c', code, out_dir, str(num), str(seed), str(size),
+         str(shard), str(workers), result], env=env), result))
+  shards = [_write_shard(out_dir, num, seed, size, 0, workers)]
+  for proc, result in procs:
+    if proc.wait() != 0:
+      raise RuntimeError(f'phantom worker {proc.args[-2:]} failed with exit '
+                         f'status {proc.returncode} (its traceback is above)')
+    with open(result, 'rb') as f:
+      shards.append(pickle.load(f))
+    os.remove(result)
+  studies = [None] * num
+  for shard, rows in enumerate(shards):
+    studies[shard::workers] = rows
+  tables = (('master_sheet.csv', MASTER_HEADER, [s[0] for s in studies]),
+            ('eye_gaze.csv', GAZE_HEADER, [r for s in studies for r in s[1]]),
+            ('fixations.csv', GAZE_HEADER, [r for s in studies for r in s[2]]),
+            ('bounding_boxes.csv', BBOX_HEADER,
+             [r for s in studies for r in s[3]]))
+  for name, header, rows in tables:
     with open(os.path.join(out_dir, name), 'w', newline='') as f:
       wr = csv.writer(f)
       wr.writerow(header)
