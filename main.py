@@ -12,16 +12,24 @@ import os
 from absl import app
 from absl import flags
 from absl import logging
+import jax
 from ml_collections import config_flags
 
 from cxr_jax import distributed
 from cxr_jax import jobs
+from cxr_jax.data import cache
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Config file (configs/NAME.py[:preset]).',
     lock_config=True)
 _WORKDIR = flags.DEFINE_string(
     'workdir', None, 'Output folder (default: workdirs/<config name>).')
+_XLA_CACHE = flags.DEFINE_string(
+    'xla_cache', None,
+    'Persistent XLA compilation cache folder, so that a rerun (or a stage '
+    'compiling what an earlier one did) skips compiling; default '
+    '$JAX_COMPILATION_CACHE_DIR, else <data cache>/xla (~/.cache/cxr_jax/xla); '
+    "'' = off.")
 flags.mark_flags_as_required(['config'])
 
 
@@ -36,6 +44,12 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logging.get_absl_handler().addFilter(_QuietLibraries())
+  xla_cache = _XLA_CACHE.value
+  if xla_cache is None:
+    xla_cache = os.environ.get('JAX_COMPILATION_CACHE_DIR') or os.path.join(
+        cache.default_cache_dir(), 'xla')
+  if xla_cache:
+    jax.config.update('jax_compilation_cache_dir', xla_cache)
   distributed.initialize()
   workdir = _WORKDIR.value or os.path.join(
       'workdirs', os.path.splitext(os.path.basename(
