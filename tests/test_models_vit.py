@@ -154,3 +154,46 @@ def test_train_mode_dropout_and_drop_path():
   assert float(jnp.abs(run(0) - run(1)).max()) > 0
   np.testing.assert_array_equal(model.apply(variables, x)[0],
                                 model.apply(variables, x)[0])
+
+
+def test_fused_qkv_and_patch_matmul_match_reference_layers():
+  """The fused q/k/v matmul, both attention paths and the patch matmul
+  compute what three `nn.DenseGeneral`s + an explicit softmax and an
+  `nn.Conv` compute, with the same parameter tree and initialisation."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+
+  class RefAttention(nn.Module):  # the layers Attention stands in for
+
+    @nn.compact
+    def __call__(self, y):
+      q, k, v = (nn.DenseGeneral((2, 16), name=n)(y)
+                 for n in ('query', 'key', 'value'))
+      logits = jnp.einsum('bqhk,bnhk->bhqn', q * 16 ** -0.5, k)
+      o = jnp.einsum('bhqn,bnhk->bqhk', jax.nn.softmax(logits, -1), v)
+      return nn.Dense(32, name='proj')(o.reshape(o.shape[:2] + (32,)))
+
+  y = jax.random.normal(jax.random.key(2), (2, 17, 32))
+  ref_vars = RefAttention().init(jax.random.key(3), y)
+  ours_vars = vit.Attention(2).init(jax.random.key(3), y, train=False)
+  jax.tree.map(np.testing.assert_array_equal, ref_vars, ours_vars)
+  fast, none = vit.Attention(2, implementation='xla').apply(ref_vars, y,
+                                                            train=False)
+  slow, probs = vit.Attention(2, return_weights=True).apply(ref_vars, y,
+                                                            train=False)
+  ref = RefAttention().apply(ref_vars, y)
+  cpu, none2 = vit.Attention(2).apply(ref_vars, y, train=False)
+  assert none is None and none2 is None and probs.shape == (2, 2, 17, 17)
+  np.testing.assert_allclose(cpu, ref, atol=1e-5)
+  np.testing.assert_allclose(fast, ref, atol=1e-5)
+  np.testing.assert_allclose(slow, ref, atol=1e-5)
+
+  x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
+  conv = nn.Conv(32, (8, 8), strides=(8, 8), padding='VALID',
+                 name='patch_embed')
+  pe = conv.init(jax.random.key(4), x)
+  np.testing.assert_array_equal(
+      pe['params']['kernel'],
+      vit.PatchEmbed(32, 8, name='patch_embed').init(
+          jax.random.key(4), x)['params']['kernel'])
+  np.testing.assert_allclose(vit.PatchEmbed(32, 8).apply(pe, x),
+                             conv.apply(pe, x).reshape(2, 16, 32), atol=1e-5)

@@ -94,30 +94,111 @@ class DropPath(nn.Module):
     return jnp.where(mask, x / keep, 0.).astype(x.dtype)
 
 
+class _Params(nn.Module):
+  """A `kernel` and a zero-initialised `bias` under this module's name,
+  returned instead of applied (see `Attention`)."""
+
+  @nn.compact
+  def __call__(self, kernel_init, kernel_shape, bias_shape):
+    return (self.param('kernel', kernel_init, kernel_shape, jnp.float32),
+            self.param('bias', nn.initializers.zeros, bias_shape,
+                       jnp.float32))
+
+
+class PatchEmbed(nn.Module):
+  """timm's patch-embedding conv (kernel = stride = patch) as one matmul.
+
+  Same parameters as `nn.Conv(dim, (p, p), strides=(p, p), padding='VALID')`
+  (kernel (p, p, C, dim), lecun-normal; zero bias), applied to the
+  non-overlapping patches flattened in (row, col, channel) order, which is
+  what that conv computes. Forward and kernel gradient are then plain GEMMs
+  on every backend, and the ViT has no convolution left for a backend's
+  convolution kernels to slow down (on CPU, `benchmarks/run.py` moves
+  convolutions off XLA's YNNPACK; see benchmarks/README.md). Returns
+  (B, gh*gw, dim) tokens, row-major over the patch grid.
+  """
+  dim: int
+  patch: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_BHWC: jax.Array) -> jax.Array:
+    b, h, w, c = x_BHWC.shape
+    p = self.patch
+    kernel = self.param('kernel', nn.initializers.lecun_normal(),
+                        (p, p, c, self.dim), jnp.float32)
+    bias = self.param('bias', nn.initializers.zeros, (self.dim,), jnp.float32)
+    x = x_BHWC.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
+    x_BNP = x.reshape(b, (h // p) * (w // p), p * p * c)
+    k_PD = kernel.reshape(p * p * c, self.dim).astype(self.dtype)
+    return x_BNP @ k_PD + bias.astype(self.dtype)[None, None]
+
+
 class Attention(nn.Module):
-  """Multi-head self-attention with timm's parameterisation, split q/k/v."""
+  """Multi-head self-attention with timm's parameterisation, split q/k/v.
+
+  `query`, `key` and `value` hold an `nn.DenseGeneral((heads, head_dim))`'s
+  kernel (D, heads, head_dim) and bias (heads, head_dim), with its names and
+  initialisation (lecun-normal on the flattened (D, heads * head_dim) kernel,
+  zero bias), so checkpoints, `convert_torch` and the Megatron sharding rules
+  (`cxr_jax/sharding.py`) see the layout they always did; the three
+  projections run as one (D, 3 * D) matmul (one larger GEMM and no layout
+  copies of three small kernels).
+
+  Returns the output and, with `return_weights` (rollout), the attention
+  probabilities (B, heads, N, N), else None. `implementation` ('xla',
+  'cudnn') routes the attention through `jax.nn.dot_product_attention` (e.g.
+  cuDNN's fused kernel on GPUs) when no probabilities are needed; None (the
+  default) writes the softmax out in a heads-major layout, the fastest on CPU.
+  """
   heads: int
   attn_dropout_rate: float = 0.
   dropout_rate: float = 0.
   dtype: Dtype = jnp.float32
+  return_weights: bool = False
+  implementation: str | None = None
 
   @nn.compact
   def __call__(self, x_BND: jax.Array, *, train: bool
-               ) -> tuple[jax.Array, jax.Array]:
+               ) -> tuple[jax.Array, jax.Array | None]:
     d = x_BND.shape[-1]
     head_dim = d // self.heads
-    dense = lambda name: nn.DenseGeneral(
-        (self.heads, head_dim), dtype=self.dtype, name=name)
-    q_BNHK = dense('query')(x_BND)
-    k_BNHK = dense('key')(x_BND)
-    v_BNHK = dense('value')(x_BND)
-    q_BNHK = q_BNHK * jnp.asarray(head_dim ** -0.5, q_BNHK.dtype)
-    logits_BHNN = jnp.einsum('bqhk,bnhk->bhqn', q_BNHK, k_BNHK)
-    attn_BHNN = jax.nn.softmax(logits_BHNN.astype(jnp.float32), axis=-1)
-    attn_BHNN = attn_BHNN.astype(self.dtype)
-    probs = nn.Dropout(self.attn_dropout_rate)(attn_BHNN,
-                                               deterministic=not train)
-    y_BNHK = jnp.einsum('bhqn,bnhk->bqhk', probs, v_BNHK)
+    flat_init = nn.initializers.lecun_normal()
+
+    def kernel_init(rng, shape, dtype=jnp.float32):
+      return flat_init(rng, (d, d), dtype).reshape(shape)
+
+    ws, bs = zip(*(_Params(name=n)(kernel_init, (d, self.heads, head_dim),
+                                   (self.heads, head_dim))
+                   for n in ('query', 'key', 'value')))
+    w_D3HK, b_3HK = jnp.stack(ws, 1), jnp.stack(bs, 0)
+    qkv_BN3HK = jnp.einsum('bnd,dthk->bnthk', x_BND, w_D3HK.astype(self.dtype))
+    qkv_BN3HK = qkv_BN3HK + b_3HK.astype(self.dtype)[None, None]
+    scale = head_dim ** -0.5
+    need_weights = self.return_weights or (train and self.attn_dropout_rate)
+    attn_BHNN = None
+    if self.implementation is not None and not need_weights:
+      q_BNHK, k_BNHK, v_BNHK = (qkv_BN3HK[:, :, i] for i in range(3))
+      y_BNHK = jax.nn.dot_product_attention(
+          q_BNHK, k_BNHK, v_BNHK, scale=scale,
+          implementation=self.implementation)
+    else:
+      # Heads-major (B, heads, N, head_dim): both attention matmuls are then
+      # plain batched GEMMs; in (B, N, heads, head_dim), the layout
+      # `dot_product_attention` takes, XLA's CPU batched dots ran 1.5x slower
+      # (ViT-B/16 forward: 100 -> 65 ms per block at batch 16).
+      q_BHNK, k_BHNK, v_BHNK = (qkv_BN3HK[:, :, i].transpose(0, 2, 1, 3)
+                                for i in range(3))
+      q_BHNK = q_BHNK * jnp.asarray(scale, q_BHNK.dtype)
+      logits_BHNN = jnp.einsum('bhqk,bhnk->bhqn', q_BHNK, k_BHNK)
+      attn_BHNN = jax.nn.softmax(logits_BHNN.astype(jnp.float32), axis=-1)
+      attn_BHNN = attn_BHNN.astype(self.dtype)
+      probs = nn.Dropout(self.attn_dropout_rate)(attn_BHNN,
+                                                 deterministic=not train)
+      y_BHNK = jnp.einsum('bhqn,bhnk->bhqk', probs, v_BHNK)
+      y_BNHK = y_BHNK.transpose(0, 2, 1, 3)
+      if not self.return_weights:
+        attn_BHNN = None
     y_BND = y_BNHK.reshape(y_BNHK.shape[:2] + (d,))
     y_BND = nn.Dense(d, dtype=self.dtype, name='proj')(y_BND)
     y_BND = nn.Dropout(self.dropout_rate)(y_BND, deterministic=not train)
@@ -148,17 +229,22 @@ class Block(nn.Module):
   attn_dropout_rate: float = 0.
   drop_path_rate: float = 0.
   dtype: Dtype = jnp.float32
+  return_attn: bool = False
+  attn_implementation: str | None = None
 
   @nn.compact
   def __call__(self, x_BND: jax.Array, *, train: bool,
                norm1_hook: Callable[[jax.Array], jax.Array] | None = None
-               ) -> tuple[jax.Array, jax.Array]:
+               ) -> tuple[jax.Array, jax.Array | None]:
     d = x_BND.shape[-1]
     y = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name='norm1')(x_BND)
     if norm1_hook is not None:
       y = norm1_hook(y)
     y, attn_BHNN = Attention(self.heads, self.attn_dropout_rate,
-                             self.dropout_rate, self.dtype, name='attn')(
+                             self.dropout_rate, self.dtype,
+                             return_weights=self.return_attn,
+                             implementation=self.attn_implementation,
+                             name='attn')(
                                  y, train=train)
     x_BND = x_BND + DropPath(self.drop_path_rate)(y, train=train)
     y = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name='norm2')(x_BND)
@@ -184,6 +270,10 @@ class Model(nn.Module):
       `attn_drop_rate`, `drop_path_rate` (linearly increasing over depth).
     return_attn: also return every block's attention probabilities in
       `out['attn']` (list of (B, heads, N, N), N = 1 + gh*gw), for rollout.
+    attn_implementation: None = the attention written out in a heads-major
+      layout (fastest on CPU); 'xla' or 'cudnn' = `jax.nn.dot_product_attention`
+      with that implementation (cuDNN's fused attention on GPUs), used when
+      `return_attn` is off.
   """
   num_classes: int | None = 1000
   variant: str = 'b16'
@@ -195,6 +285,7 @@ class Model(nn.Module):
   attn_dropout_rate: float = 0.
   drop_path_rate: float = 0.
   return_attn: bool = False
+  attn_implementation: str | None = None
 
   def geometry(self, hw: tuple[int, int] | None = None
                ) -> tuple[tuple[int, int], int, tuple[int, int]]:
@@ -228,10 +319,8 @@ class Model(nn.Module):
                        f'in_chans), got input of shape {x_BHWC.shape}')
     out: dict[str, Any] = {}
     b = x_BHWC.shape[0]
-    x = nn.Conv(cfg.dim, (patch, patch), strides=(patch, patch),
-                padding='VALID', dtype=self.dtype, name='patch_embed')(
-                    x_BHWC.astype(self.dtype))
-    x_BND = grid_to_tokens(x)
+    x_BND = PatchEmbed(cfg.dim, patch, dtype=self.dtype, name='patch_embed')(
+        x_BHWC.astype(self.dtype))
     cls = self.param('cls_token', nn.initializers.normal(1e-6),
                      (1, 1, cfg.dim), jnp.float32)
     pos = self.param('pos_embed', nn.initializers.normal(0.02),
@@ -255,9 +344,11 @@ class Model(nn.Module):
           cfg.heads, dropout_rate=self.dropout_rate,
           attn_dropout_rate=self.attn_dropout_rate,
           drop_path_rate=float(dpr[i]), dtype=self.dtype,
-          name=f'blocks_{i}')(x_BND, train=train,
+          return_attn=self.return_attn,
+          attn_implementation=self.attn_implementation, name=f'blocks_{i}')(x_BND, train=train,
                               norm1_hook=features_hook if last else None)
-      attns.append(attn)
+      if self.return_attn:
+        attns.append(attn)
     out['block_out'] = tokens_to_grid(x_BND[:, 1:], (gh, gw))
     if self.return_attn:
       out['attn'] = attns
