@@ -17,6 +17,7 @@ from ml_collections import config_flags
 
 from cxr_jax import distributed
 from cxr_jax import jobs
+from cxr_jax import xla_flags
 from cxr_jax.data import cache
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -30,6 +31,10 @@ _XLA_CACHE = flags.DEFINE_string(
     'compiling what an earlier one did) skips compiling; default '
     '$JAX_COMPILATION_CACHE_DIR, else <data cache>/xla (~/.cache/cxr_jax/xla); '
     "'' = off.")
+_CPU_XLA_FLAGS = flags.DEFINE_string(
+    'cpu_xla_flags', xla_flags.CPU_XLA_FLAGS,
+    'Added to $XLA_FLAGS before JAX starts (CPU kernel choices, see '
+    "cxr_jax/xla_flags.py); a flag already in $XLA_FLAGS wins; '' = none.")
 flags.mark_flags_as_required(['config'])
 
 
@@ -44,6 +49,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logging.get_absl_handler().addFilter(_QuietLibraries())
+  xla_flags.apply(_CPU_XLA_FLAGS.value)  # before the backend starts
   xla_cache = _XLA_CACHE.value
   if xla_cache is None:
     xla_cache = os.environ.get('JAX_COMPILATION_CACHE_DIR') or os.path.join(

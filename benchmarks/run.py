@@ -45,6 +45,10 @@ _stub_missing_grain()
 # benchmarks.loader defines --out (and its own --workers, --batches, ...);
 # here --out is the results directory.
 from benchmarks import loader  # pylint: disable=g-import-not-at-top,g-bad-import-order
+from cxr_jax import xla_flags  # pylint: disable=g-import-not-at-top,g-bad-import-order
+
+# The trainer's default CPU flags (cxr_jax/xla_flags.py says why).
+CPU_XLA_FLAGS = xla_flags.CPU_XLA_FLAGS
 
 _QUICK = flags.DEFINE_bool('quick', False, 'Few steps; skip the full-size '
                            'stage-2 step.')
@@ -70,6 +74,10 @@ _NUM_CLASSES = flags.DEFINE_integer('num_classes', 1000, 'Classifier heads.')
 _TORCH = flags.DEFINE_bool('torch', True, 'Run the torch references (on GPU '
                            'only if torch sees CUDA).')
 _MATMUL_N = flags.DEFINE_integer('matmul_n', 2048, 'Matmul peak size.')
+_CPU_XLA_FLAGS = flags.DEFINE_string(
+    'cpu_xla_flags', CPU_XLA_FLAGS, 'Appended to XLA_FLAGS with --device=cpu '
+    '(before JAX starts its backend) unless XLA_FLAGS already sets the same '
+    "flag; '' to measure XLA's defaults. See CPU_XLA_FLAGS.")
 
 _RESULTS: dict[str, Any] = {}  # filled by main; saved after every row
 
@@ -87,10 +95,18 @@ def _save(res: dict[str, Any], md: str | None = None) -> None:
       f.write(md + '\n')
 
 
+cpu_xla_flags = xla_flags.merge
+
+
 def _setup_backend() -> None:
+  if _DEVICE.value == 'cpu':
+    # Read by XLA when the backend starts (the first jax.devices() below).
+    os.environ['XLA_FLAGS'] = cpu_xla_flags(os.environ.get('XLA_FLAGS', ''),
+                                            _CPU_XLA_FLAGS.value)
   import jax  # pylint: disable=g-import-not-at-top
   if _DEVICE.value == 'cpu':
     jax.config.update('jax_platforms', 'cpu')
+    jax.devices()
   elif jax.devices()[0].platform != 'gpu':
     raise SystemExit('--device=gpu but JAX sees no GPU: '
                      f'{jax.devices()}')

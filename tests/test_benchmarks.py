@@ -66,3 +66,24 @@ def test_flops_and_report():
                          flops_per_step=None)])
   md = run.report(res)
   assert '| m | 2 | 32 | 2 | 1 | 2 |' in md
+
+
+def test_cpu_xla_flags_keep_what_the_user_set():
+  extra = run.CPU_XLA_FLAGS
+  name = extra.split('=', 1)[0]
+  assert run.cpu_xla_flags('', extra) == extra
+  assert run.cpu_xla_flags('--a=1', extra) == f'--a=1 {extra}'
+  mine = f'{name}= --a=1'  # the user's own setting of the same flag wins
+  assert run.cpu_xla_flags(mine, extra) == mine
+
+
+def test_xla_ab_variant_parsing():
+  from benchmarks import xla_ab  # pylint: disable=g-import-not-at-top
+  t = 'LIBRARY_FUSION_TYPE_'
+  assert xla_ab.parse_variant('default:') == ('default', {})
+  assert xla_ab.parse_variant(
+      f'y:xla_cpu_use_onednn=true,xla_cpu_experimental_ynn_fusion_type='
+      f'{t}REDUCE,{t}INDIVIDUAL_DOT') == ('y', {
+          'xla_cpu_use_onednn': True,
+          'xla_cpu_experimental_ynn_fusion_type':
+              f'{t}REDUCE,{t}INDIVIDUAL_DOT'})
