@@ -47,8 +47,6 @@ _stub_missing_grain()
 from benchmarks import loader  # pylint: disable=g-import-not-at-top,g-bad-import-order
 from cxr_jax import xla_flags  # pylint: disable=g-import-not-at-top,g-bad-import-order
 
-# The trainer's default CPU flags (cxr_jax/xla_flags.py says why).
-CPU_XLA_FLAGS = xla_flags.CPU_XLA_FLAGS
 
 _QUICK = flags.DEFINE_bool('quick', False, 'Few steps; skip the full-size '
                            'stage-2 step.')
@@ -75,9 +73,10 @@ _TORCH = flags.DEFINE_bool('torch', True, 'Run the torch references (on GPU '
                            'only if torch sees CUDA).')
 _MATMUL_N = flags.DEFINE_integer('matmul_n', 2048, 'Matmul peak size.')
 _CPU_XLA_FLAGS = flags.DEFINE_string(
-    'cpu_xla_flags', CPU_XLA_FLAGS, 'Appended to XLA_FLAGS with --device=cpu '
+    'cpu_xla_flags', xla_flags.CPU_XLA_FLAGS,
+    'Appended to XLA_FLAGS with --device=cpu '
     '(before JAX starts its backend) unless XLA_FLAGS already sets the same '
-    "flag; '' to measure XLA's defaults. See CPU_XLA_FLAGS.")
+    "flag; '' to measure XLA's defaults. See cxr_jax/xla_flags.py.")
 
 _RESULTS: dict[str, Any] = {}  # filled by main; saved after every row
 
@@ -95,14 +94,10 @@ def _save(res: dict[str, Any], md: str | None = None) -> None:
       f.write(md + '\n')
 
 
-cpu_xla_flags = xla_flags.merge
-
-
 def _setup_backend() -> None:
   if _DEVICE.value == 'cpu':
     # Read by XLA when the backend starts (the first jax.devices() below).
-    os.environ['XLA_FLAGS'] = cpu_xla_flags(os.environ.get('XLA_FLAGS', ''),
-                                            _CPU_XLA_FLAGS.value)
+    xla_flags.apply(_CPU_XLA_FLAGS.value)
   import jax  # pylint: disable=g-import-not-at-top
   if _DEVICE.value == 'cpu':
     jax.config.update('jax_platforms', 'cpu')

@@ -10,7 +10,7 @@ debug options passed per compile (`Lowered.compile(compiler_options=...)`,
 no XLA_FLAGS needed; a value with commas goes last, as above); the variants
 and the torch reference then run interleaved (ABBA), so machine load hits
 all of them alike. Prints each variant's median step time and torch / it.
-This is how the CPU flag in `benchmarks.run.CPU_XLA_FLAGS` was chosen.
+This is how the CPU flag in `cxr_jax.xla_flags.CPU_XLA_FLAGS` was chosen.
 """
 from __future__ import annotations
 

@@ -16,6 +16,7 @@ from benchmarks import flops  # pylint: disable=g-import-not-at-top
 from benchmarks import gradcam  # pylint: disable=g-import-not-at-top
 from benchmarks import run  # pylint: disable=g-import-not-at-top
 from benchmarks import train_step  # pylint: disable=g-import-not-at-top
+from cxr_jax import xla_flags  # pylint: disable=g-import-not-at-top
 
 
 def test_train_step_row():
@@ -69,12 +70,12 @@ def test_flops_and_report():
 
 
 def test_cpu_xla_flags_keep_what_the_user_set():
-  extra = run.CPU_XLA_FLAGS
+  extra = xla_flags.CPU_XLA_FLAGS
   name = extra.split('=', 1)[0]
-  assert run.cpu_xla_flags('', extra) == extra
-  assert run.cpu_xla_flags('--a=1', extra) == f'--a=1 {extra}'
+  assert xla_flags.merge('', extra) == extra
+  assert xla_flags.merge('--a=1', extra) == f'--a=1 {extra}'
   mine = f'{name}= --a=1'  # the user's own setting of the same flag wins
-  assert run.cpu_xla_flags(mine, extra) == mine
+  assert xla_flags.merge(mine, extra) == mine
 
 
 def test_xla_ab_variant_parsing():
