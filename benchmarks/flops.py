@@ -7,7 +7,11 @@ backward, BatchNorm statistics, loss and optimizer, the same count on every
 backend. The compiled executable's count (`compiled_flops`) is kept too but
 not used: on GPU, convolutions become cuDNN custom calls that XLA's cost
 model does not count (resnet50: 37 GFLOP/step compiled vs ~3 TFLOP traced at
-batch 128). Achieved FLOP/s = traced FLOPs / median step time.
+batch 128). Achieved FLOP/s = traced FLOPs / median step time. Where the
+backend has no cost model for the lowered program (jax 0.11 on GPU returned
+none), `jaxpr_flops` counts the step's matrix products and convolutions
+from its jaxpr instead (2 FLOPs per multiply-add; elementwise work, a few
+per cent of a CNN's or ViT's step, is left out, as MFU usually does).
 
 Utilisation is reported against two references:
 * `matmul_peak`: a large square jnp matmul on the same device, same dtype,
@@ -23,6 +27,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.extend import core as jex_core
 
 # Dense (no sparsity) peaks, FLOP/s, SXM parts. float32 = plain FP32 (no
 # TF32): XLA on GPU may run fp32 dots on TF32 tensor cores (default matmul
@@ -44,6 +49,69 @@ def compiled_flops(compiled: Any) -> float | None:
     ca = ca[0] if ca else {}
   flops = (ca or {}).get('flops')
   return float(flops) if flops and flops > 0 else None
+
+
+def _dot_flops(eqn) -> float:
+  lhs = eqn.invars[0].aval.shape
+  (contract, _), _ = eqn.params['dimension_numbers']
+  k = 1
+  for d in contract:
+    k *= lhs[d]
+  out = eqn.outvars[0].aval.shape
+  return 2.0 * float(_prod(out)) * k
+
+
+def _conv_flops(eqn) -> float:
+  rhs = eqn.invars[1].aval.shape
+  dn = eqn.params['dimension_numbers']
+  rhs_spec = dn.rhs_spec  # (out feature, in feature, *spatial) positions
+  per_output = rhs[rhs_spec[1]] * _prod([rhs[d] for d in rhs_spec[2:]])
+  # A strided convolution's input gradient dilates its input with zeros:
+  # only 1 / prod(lhs_dilation) of the window positions are real products.
+  holes = _prod(eqn.params.get('lhs_dilation') or (1,))
+  return 2.0 * float(_prod(eqn.outvars[0].aval.shape)) * per_output / holes
+
+
+def _prod(xs) -> int:
+  n = 1
+  for x in xs:
+    n *= int(x)
+  return n
+
+
+def _sub_jaxprs(params: dict[str, Any]):
+  for v in params.values():
+    for item in (v if isinstance(v, (list, tuple)) else (v,)):
+      if isinstance(item, jex_core.ClosedJaxpr):
+        yield item.jaxpr
+      elif isinstance(item, jex_core.Jaxpr):
+        yield item
+
+
+def _count(jaxpr) -> float:
+  total = 0.0
+  for eqn in jaxpr.eqns:
+    name = eqn.primitive.name
+    if name == 'dot_general':
+      total += _dot_flops(eqn)
+    elif name == 'conv_general_dilated':
+      total += _conv_flops(eqn)
+    elif name == 'cond':  # one branch runs: count the costliest
+      total += max((_count(b.jaxpr) for b in eqn.params['branches']),
+                   default=0.0)
+    else:
+      sub = sum(_count(j) for j in _sub_jaxprs(eqn.params))
+      if name == 'scan':
+        sub *= eqn.params['length']
+      total += sub
+  return total
+
+
+def jaxpr_flops(fn, *args) -> float:
+  """FLOPs of `fn(*args)`'s matrix products and convolutions (2 per
+  multiply-add), counted on its jaxpr: backend-independent, a `scan` body
+  times its length, a `while` body once, the costliest `cond` branch."""
+  return _count(jax.make_jaxpr(fn)(*args).jaxpr)
 
 
 def matmul_peak(n: int = 2048, dtype: Any = jnp.float32, reps: int = 10

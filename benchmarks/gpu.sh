@@ -1,13 +1,25 @@
 #!/usr/bin/env bash
-# The benchmark suite on one GPU, bf16 and fp32, larger batches; < 5 min.
+# The benchmark suite on one GPU, bf16 and fp32, larger batches.
 #
-#   bash benchmarks/gpu.sh            # from the repository root
+#   bash benchmarks/gpu.sh                  # from the repository root
+#   PARTS=vit,full bash benchmarks/gpu.sh   # choose parts (default: train,vit)
 #
-# Results: $OUT/{bf16,fp32}/results.{json,md} ($OUT defaults to
-# /tmp/cxr_jax_bench_gpu). If JAX already sees a GPU nothing is installed;
-# otherwise it tries `pip install -r requirements.txt jax[cuda12]` (needs
-# PyPI). Pure-python extras missing from a GPU image (ml_collections,
-# pytorch-grad-cam, ttach) are read from .cache/gpu_site when present.
+# Parts (each under its own time limit, logs and results in $OUT/<part>*):
+#   train  bf16: ResNet-50, VGG16, ViT-B/16 train steps vs torch, Grad-CAM
+#          vs pytorch-grad-cam, FLOP/s and MFU; fp32 train steps   (< 5 min)
+#   vit    ViT-B/16 bf16 step variants side by side (benchmarks.xla_ab):
+#          attention written out / cuDNN fused attention, exact / tanh GELU,
+#          batch 128 / 256, torch (timm) in the same process     (< 3 min)
+#   full   DenseNet-201 train step vs torch, then the stage-2 steps of the
+#          cooperative model at demo and thesis size (no torch reference);
+#          their compiles (XLA autotuning of ~600 cuDNN convolutions) take
+#          minutes                                               (< 6 min)
+#
+# $OUT defaults to /tmp/cxr_jax_bench_gpu. If JAX already sees a GPU nothing
+# is installed from PyPI; otherwise it tries `pip install -r requirements.txt
+# jax[cuda12]`. Packages missing from a GPU image come from wheels in .whl/
+# (installed into a scratch folder, no network) and pure-python copies in
+# .cache/gpu_site (ml_collections, pytorch-grad-cam, ttach), when present.
 # MFU is against the card's published dense peak (H100/H200 SXM: bf16 989,
 # fp32 67 TFLOP/s); XLA may run fp32 dots on TF32, so fp32 MFU can exceed 100%.
 set -uo pipefail
@@ -15,8 +27,15 @@ cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
 OUT_DIR="${OUT:-/tmp/cxr_jax_bench_gpu}"
 BATCH="${BATCH:-128}"
+PARTS="${PARTS:-train,vit}"
+mkdir -p "$OUT_DIR"
 export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+if ls .whl/*.whl >/dev/null 2>&1; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+    --upgrade --target /tmp/cxr_jax_site .whl/*.whl \
+    && export PYTHONPATH="$PYTHONPATH:/tmp/cxr_jax_site"
+fi
 [ -d .cache/gpu_site ] && export PYTHONPATH="$PYTHONPATH:$PWD/.cache/gpu_site"
 
 has_gpu() { "$PY" -c 'import jax, sys; sys.exit(jax.devices()[0].platform != "gpu")' 2>/dev/null; }
@@ -25,19 +44,43 @@ if ! has_gpu; then
   "$PY" -m pip install -q -r requirements.txt "jax[cuda12]" || true
   has_gpu || { echo "still no GPU for JAX; giving up"; exit 1; }
 fi
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || true
-"$PY" -c 'import jax; print("jax", jax.__version__, jax.devices())'
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
+"$PY" -c 'import jax, flax; print("jax", jax.__version__, "flax", flax.__version__, jax.devices())'
 
-# DenseNet-201 and the cooperative model (DenseNet-201 inside) took > 2 min
-# each to compile on an H200 (XLA autotuning), so they run only with FULL=1.
-MODELS="resnet50,vgg16,vit_b16"
-EXTRA=(--nostage2)
-if [ "${FULL:-0}" = 1 ]; then MODELS="$MODELS,densenet201"; EXTRA=(); fi
-COMMON=(--device=gpu --batch="$BATCH" --steps=10 --warmup=2 --matmul_n=8192
-        --models="$MODELS")
-# bf16: train steps + Grad-CAM (fp32 models) + FLOP utilisation / MFU.
-timeout 200 "$PY" -m benchmarks.run "${COMMON[@]}" "${EXTRA[@]}" \
-  --dtype=bfloat16 --only=train,gradcam,flops --out="$OUT_DIR/bf16"
-# fp32: train steps + FLOP utilisation (TF32 may be used by XLA and torch).
-timeout 120 "$PY" -m benchmarks.run "${COMMON[@]}" --nostage2 --quick \
-  --dtype=float32 --only=train,flops --out="$OUT_DIR/fp32"
+part() { [[ ",$PARTS," == *",$1,"* ]]; }
+COMMON=(--device=gpu --batch="$BATCH" --steps=10 --warmup=2 --matmul_n=8192)
+
+if part vit; then
+  echo "== vit: ViT-B/16 bf16 variants"
+  timeout 200 "$PY" -m benchmarks.xla_ab --device=gpu --dtype=bfloat16 \
+    --model=vit_b16 --batch="$BATCH" --steps=10 --warmup=2 \
+    --variant=written_out: \
+    --variant=cudnn:model.attn_implementation=cudnn \
+    --variant=cudnn_tanh:model.attn_implementation=cudnn,model.gelu_approximate=true \
+    --variant=cudnn_tanh_b256:model.attn_implementation=cudnn,model.gelu_approximate=true,batch=256 \
+    --out="$OUT_DIR/vit_ab.json" 2>&1 | tee "$OUT_DIR/vit_ab.log"
+fi
+
+if part train; then
+  echo "== train: bf16 train steps, Grad-CAM, FLOP/s"
+  timeout 200 "$PY" -m benchmarks.run "${COMMON[@]}" --nostage2 \
+    --models=resnet50,vgg16,vit_b16 --dtype=bfloat16 \
+    --only=train,gradcam,flops --out="$OUT_DIR/bf16" 2>&1 \
+    | tee "$OUT_DIR/train_bf16.log"
+  echo "== train: fp32 train steps (TF32 may be used by XLA and torch)"
+  timeout 120 "$PY" -m benchmarks.run "${COMMON[@]}" --nostage2 --quick \
+    --models=resnet50,vgg16,vit_b16 --dtype=float32 --only=train,flops \
+    --out="$OUT_DIR/fp32" 2>&1 | tee "$OUT_DIR/train_fp32.log"
+fi
+
+if part full; then
+  echo "== full: DenseNet-201 bf16 train step"
+  timeout 200 "$PY" -m benchmarks.run "${COMMON[@]}" --nostage2 \
+    --models=densenet201 --dtype=bfloat16 --only=train,flops \
+    --out="$OUT_DIR/densenet" 2>&1 | tee "$OUT_DIR/densenet.log"
+  echo "== full: stage-2 steps (demo 128x96 batch 8, thesis 640x512 batch 8)"
+  timeout 180 "$PY" -m benchmarks.run "${COMMON[@]}" --models= \
+    --dtype=bfloat16 --only=train,flops --out="$OUT_DIR/stage2" 2>&1 \
+    | tee "$OUT_DIR/stage2.log"
+fi
+ls -R "$OUT_DIR" 2>/dev/null | head -20

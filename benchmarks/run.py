@@ -255,7 +255,8 @@ def report(res: dict[str, Any]) -> str:
                 ('model', 'model'), ('batch', 'batch'), ('size', 'size'),
                 ('JAX img/s', 'jax_images_per_s'),
                 ('torch img/s', 'torch_images_per_s'), ('ratio', 'ratio'),
-                ('JAX compile s', 'jax_compile_s'), ('steps', 'steps')]), '']
+                ('JAX init s', 'jax_init_s'), ('JAX compile s', 'jax_compile_s'),
+                ('steps', 'steps')]), '']
   if res.get('gradcam'):
     out += ['## Grad-CAM (images/s; ratio = JAX / pytorch-grad-cam; '
             'corr = Pearson of raw maps)', '',

@@ -88,3 +88,36 @@ def test_xla_ab_variant_parsing():
           'xla_cpu_use_onednn': True,
           'xla_cpu_experimental_ynn_fusion_type':
               f'{t}REDUCE,{t}INDIVIDUAL_DOT'})
+
+
+def test_xla_ab_split_options():
+  from benchmarks import xla_ab  # pylint: disable=g-import-not-at-top
+  _, opts = xla_ab.parse_variant(
+      'v:model.attn_implementation=cudnn,batch=256,model.gelu_approximate='
+      'true,model.drop_path_rate=0.1,xla_gpu_autotune_level=0')
+  assert xla_ab.split_options(opts, 128) == (
+      256, {'attn_implementation': 'cudnn', 'gelu_approximate': True,
+            'drop_path_rate': 0.1}, {'xla_gpu_autotune_level': 0})
+  assert xla_ab.split_options({}, 128) == (128, {}, {})
+
+
+def test_jaxpr_flops_closed_forms_and_xla_agreement():
+  """The jaxpr FLOP counter (used where the backend has no cost model):
+  2*M*N*K for a matmul (= XLA's count), 2 * outputs * window * in-channels
+  for a convolution, a scan body times its length, and a gradient program
+  counted through its transposed products."""
+  from benchmarks import flops  # pylint: disable=g-import-not-at-top
+  a, b = jnp.ones((8, 32)), jnp.ones((32, 16))
+  mm = lambda a, b: a @ b
+  assert flops.jaxpr_flops(mm, a, b) == 2 * 8 * 16 * 32
+  assert flops.compiled_flops(jax.jit(mm).lower(a, b)) == 2 * 8 * 16 * 32
+  x, w = jnp.ones((2, 10, 10, 3)), jnp.ones((3, 3, 3, 4))
+  conv = lambda x, w: jax.lax.conv_general_dilated(
+      x, w, (1, 1), 'VALID', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  assert flops.jaxpr_flops(conv, x, w) == 2 * (2 * 8 * 8 * 4) * (3 * 3 * 3)
+  scan = lambda a, b: jax.lax.scan(lambda c, _: (c, c @ b), a, None,
+                                   length=5)[1]
+  assert flops.jaxpr_flops(scan, a, b) == 5 * 2 * 8 * 16 * 32
+  # value + both gradients of a matmul: three matmuls of the same size.
+  g = jax.value_and_grad(lambda a, b: jnp.sum(jax.jit(mm)(a, b)), (0, 1))
+  assert flops.jaxpr_flops(g, a, b) == 3 * 2 * 8 * 16 * 32

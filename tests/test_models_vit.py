@@ -197,3 +197,51 @@ def test_fused_qkv_and_patch_matmul_match_reference_layers():
           jax.random.key(4), x)['params']['kernel'])
   np.testing.assert_allclose(vit.PatchEmbed(32, 8).apply(pe, x),
                              conv.apply(pe, x).reshape(2, 16, 32), atol=1e-5)
+
+
+def test_padded_fused_attention_equals_unpadded():
+  """cuDNN needs an even token count: padding 197 tokens to 200 and masking
+  the padding (keys) / slicing it off (queries) changes neither the output
+  nor the gradients (checked on XLA's implementation of the same call)."""
+  q, k, v = (jax.random.normal(r, (2, 197, 3, 16))
+             for r in jax.random.split(jax.random.key(0), 3))
+
+  def loss(q, k, v, pad_to):
+    y = vit.fused_attention(q, k, v, scale=0.25, implementation='xla',
+                            pad_to=pad_to)
+    assert y.shape == q.shape
+    return jnp.sum(y ** 2)
+
+  ref, ref_g = jax.value_and_grad(loss, (0, 1, 2))(q, k, v, 1)
+  got, got_g = jax.value_and_grad(loss, (0, 1, 2))(q, k, v, 8)
+  np.testing.assert_allclose(got, ref, rtol=1e-5)
+  for a, b in zip(got_g, ref_g):
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_attn_implementation_auto_and_bad_name():
+  """'auto' is the written-out attention on the CPU (and for float32, which
+  cuDNN's fused attention does not take); an unknown name is a clear error."""
+  assert jax.default_backend() == 'cpu'
+  for dtype in (jnp.float32, jnp.bfloat16):
+    assert vit.Attention(2, dtype=dtype).resolved_implementation() is None
+  assert vit.Attention(2, implementation='xla').resolved_implementation() == (
+      'xla')
+  x = jnp.zeros((1, 32, 32, 3))
+  with pytest.raises(ValueError, match="attn_implementation 'flash'"):
+    vit.Model(num_classes=2, variant='tiny',
+              attn_implementation='flash').init(jax.random.key(0), x)
+
+
+def test_gelu_approximate_same_parameters_close_outputs():
+  """The tanh GELU option keeps the parameter tree and changes the logits
+  only by the GELU approximation's error (< 1e-3 of GELU's scale)."""
+  x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
+  exact = vit.Model(num_classes=3, variant='tiny')
+  tanh = vit.Model(num_classes=3, variant='tiny', gelu_approximate=True)
+  variables = np_init(exact, x)
+  assert (jax.tree.structure(jax.eval_shape(tanh.init, jax.random.key(0), x))
+          == jax.tree.structure(variables))
+  a, b = exact.apply(variables, x)[0], tanh.apply(variables, x)[0]
+  assert not np.array_equal(a, b)
+  np.testing.assert_allclose(a, b, atol=5e-3 * float(jnp.abs(a).max()))

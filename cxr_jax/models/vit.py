@@ -134,6 +134,32 @@ class PatchEmbed(nn.Module):
     return x_BNP @ k_PD + bias.astype(self.dtype)[None, None]
 
 
+def fused_attention(q_BNHK: jax.Array, k_BNHK: jax.Array, v_BNHK: jax.Array,
+                    *, scale: float, implementation: str | None,
+                    pad_to: int = 1) -> jax.Array:
+  """`jax.nn.dot_product_attention` with the sequence padded to `pad_to`.
+
+  cuDNN's fused attention rejects odd sequence lengths when training (a
+  ViT-B/16 at 224 px has 197 tokens), so for it the tokens are zero-padded
+  to a multiple of `pad_to` and the padding is masked out as keys
+  (`key_value_seq_lengths`) and sliced off as queries: the result and its
+  gradients are those of the unpadded attention.
+  """
+  b, n = q_BNHK.shape[:2]
+  pad = -n % pad_to
+  if not pad:
+    return jax.nn.dot_product_attention(q_BNHK, k_BNHK, v_BNHK, scale=scale,
+                                        implementation=implementation)
+  widths = ((0, 0), (0, pad), (0, 0), (0, 0))
+  q_BNHK, k_BNHK, v_BNHK = (jnp.pad(t, widths)
+                            for t in (q_BNHK, k_BNHK, v_BNHK))
+  lengths = jnp.full((b,), n, jnp.int32)
+  y_BNHK = jax.nn.dot_product_attention(
+      q_BNHK, k_BNHK, v_BNHK, scale=scale, query_seq_lengths=lengths,
+      key_value_seq_lengths=lengths, implementation=implementation)
+  return y_BNHK[:, :n]
+
+
 class Attention(nn.Module):
   """Multi-head self-attention with timm's parameterisation, split q/k/v.
 
@@ -148,15 +174,29 @@ class Attention(nn.Module):
   Returns the output and, with `return_weights` (rollout), the attention
   probabilities (B, heads, N, N), else None. `implementation` ('xla',
   'cudnn') routes the attention through `jax.nn.dot_product_attention` (e.g.
-  cuDNN's fused kernel on GPUs) when no probabilities are needed; None (the
-  default) writes the softmax out in a heads-major layout, the fastest on CPU.
+  cuDNN's fused kernel on GPUs) when no probabilities are needed; None
+  writes the softmax out in a heads-major layout, the fastest on CPU; 'auto'
+  (the default) is 'cudnn' on a GPU with a bf16/fp16 compute dtype (cuDNN's
+  fused attention takes no float32), else None.
   """
   heads: int
   attn_dropout_rate: float = 0.
   dropout_rate: float = 0.
   dtype: Dtype = jnp.float32
   return_weights: bool = False
-  implementation: str | None = None
+  implementation: str | None = 'auto'
+
+  def resolved_implementation(self) -> str | None:
+    if self.implementation not in (None, 'auto', 'xla', 'cudnn'):
+      raise ValueError(
+          f'attn_implementation {self.implementation!r}: expected None, '
+          "'auto', 'xla' or 'cudnn'")
+    if self.implementation != 'auto':
+      return self.implementation
+    if (jax.default_backend() == 'gpu' and
+        jnp.dtype(self.dtype) in (jnp.bfloat16, jnp.float16)):
+      return 'cudnn'
+    return None
 
   @nn.compact
   def __call__(self, x_BND: jax.Array, *, train: bool
@@ -177,11 +217,13 @@ class Attention(nn.Module):
     scale = head_dim ** -0.5
     need_weights = self.return_weights or (train and self.attn_dropout_rate)
     attn_BHNN = None
-    if self.implementation is not None and not need_weights:
+    implementation = self.resolved_implementation()
+    if implementation is not None and not need_weights:
       q_BNHK, k_BNHK, v_BNHK = (qkv_BN3HK[:, :, i] for i in range(3))
-      y_BNHK = jax.nn.dot_product_attention(
+      y_BNHK = fused_attention(
           q_BNHK, k_BNHK, v_BNHK, scale=scale,
-          implementation=self.implementation)
+          implementation=implementation,
+          pad_to=8 if implementation == 'cudnn' else 1)
     else:
       # Heads-major (B, heads, N, head_dim): both attention matmuls are then
       # plain batched GEMMs; in (B, N, heads, head_dim), the layout
@@ -206,16 +248,18 @@ class Attention(nn.Module):
 
 
 class Mlp(nn.Module):
-  """fc1 -> GELU (exact, erf) -> fc2, as timm's `Mlp`."""
+  """fc1 -> GELU (exact, erf; tanh form if `gelu_approximate`) -> fc2, as
+  timm's `Mlp`."""
   hidden: int
   dropout_rate: float = 0.
   dtype: Dtype = jnp.float32
+  gelu_approximate: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     d = x.shape[-1]
     x = nn.Dense(self.hidden, dtype=self.dtype, name='fc1')(x)
-    x = nn.gelu(x, approximate=False)
+    x = nn.gelu(x, approximate=self.gelu_approximate)
     x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
     x = nn.Dense(d, dtype=self.dtype, name='fc2')(x)
     return nn.Dropout(self.dropout_rate)(x, deterministic=not train)
@@ -230,7 +274,8 @@ class Block(nn.Module):
   drop_path_rate: float = 0.
   dtype: Dtype = jnp.float32
   return_attn: bool = False
-  attn_implementation: str | None = None
+  attn_implementation: str | None = 'auto'
+  gelu_approximate: bool = False
 
   @nn.compact
   def __call__(self, x_BND: jax.Array, *, train: bool,
@@ -249,7 +294,7 @@ class Block(nn.Module):
     x_BND = x_BND + DropPath(self.drop_path_rate)(y, train=train)
     y = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name='norm2')(x_BND)
     y = Mlp(int(d * self.mlp_ratio), self.dropout_rate, self.dtype,
-            name='mlp')(y, train=train)
+            self.gelu_approximate, name='mlp')(y, train=train)
     x_BND = x_BND + DropPath(self.drop_path_rate)(y, train=train)
     return x_BND, attn_BHNN
 
@@ -273,7 +318,12 @@ class Model(nn.Module):
     attn_implementation: None = the attention written out in a heads-major
       layout (fastest on CPU); 'xla' or 'cudnn' = `jax.nn.dot_product_attention`
       with that implementation (cuDNN's fused attention on GPUs), used when
-      `return_attn` is off.
+      `return_attn` is off; 'auto' (default) = 'cudnn' on a GPU in bf16/fp16
+      (ViT-B/16 train step on an H200, bf16, batch 128: 2423 -> 2908 img/s),
+      else None.
+    gelu_approximate: the MLP's GELU in its tanh form (as big_vision's ViT;
+      XLA can fuse it into a cuBLAS epilogue on GPUs) instead of timm's exact
+      erf form. Off by default: converted timm weights expect erf.
   """
   num_classes: int | None = 1000
   variant: str = 'b16'
@@ -285,7 +335,8 @@ class Model(nn.Module):
   attn_dropout_rate: float = 0.
   drop_path_rate: float = 0.
   return_attn: bool = False
-  attn_implementation: str | None = None
+  attn_implementation: str | None = 'auto'
+  gelu_approximate: bool = False
 
   def geometry(self, hw: tuple[int, int] | None = None
                ) -> tuple[tuple[int, int], int, tuple[int, int]]:
@@ -345,8 +396,9 @@ class Model(nn.Module):
           attn_dropout_rate=self.attn_dropout_rate,
           drop_path_rate=float(dpr[i]), dtype=self.dtype,
           return_attn=self.return_attn,
-          attn_implementation=self.attn_implementation, name=f'blocks_{i}')(x_BND, train=train,
-                              norm1_hook=features_hook if last else None)
+          attn_implementation=self.attn_implementation,
+          gelu_approximate=self.gelu_approximate, name=f'blocks_{i}')(
+              x_BND, train=train, norm1_hook=features_hook if last else None)
       if self.return_attn:
         attns.append(attn)
     out['block_out'] = tokens_to_grid(x_BND[:, 1:], (gh, gw))
