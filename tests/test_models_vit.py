@@ -63,7 +63,7 @@ def test_parity_with_timm(variant: str, batch: int):
   assert d_logits <= tol
   assert d_feat <= 1e-4 * max(1., float(np.abs(t_feat).max()))
   assert out['features'].shape == (batch, 14, 14, tm.embed_dim)
-  assert out['block_out'].shape == (batch, 14, 14, tm.embed_dim)
+  assert 'block_out' not in out  # the last block ran for the class token
 
 
 def test_convert_names_bad_keys():
@@ -245,3 +245,39 @@ def test_gelu_approximate_same_parameters_close_outputs():
   a, b = exact.apply(variables, x)[0], tanh.apply(variables, x)[0]
   assert not np.array_equal(a, b)
   np.testing.assert_allclose(a, b, atol=5e-3 * float(jnp.abs(a).max()))
+
+
+@pytest.mark.parametrize('implementation', [None, 'xla'])
+def test_class_token_last_block_equals_full_last_block(implementation):
+  """By default the last block's output is computed for the class token
+  only; logits, the Grad-CAM target and its gradients (eval and train mode,
+  parameter gradients too) equal the full computation's, which also returns
+  the thesis's literal target `block_out`."""
+  x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
+  kw = dict(num_classes=3, variant='tiny', attn_implementation=implementation)
+  short, full = vit.Model(**kw), vit.Model(**kw, full_last_block=True)
+  variables = np_init(full, x)
+  jax.tree.map(np.testing.assert_array_equal, variables, np_init(short, x))
+
+  def run(model, pert, params, train):
+    v = {**variables, 'params': params, 'perturbations': pert}
+    logits, out = model.apply(v, x, train=train,
+                              rngs={'dropout': jax.random.key(0)})
+    return logits[:, 1].sum(), (logits, out)
+
+  for train in (False, True):
+    grads = {}
+    for name, model in (('short', short), ('full', full)):
+      (_, (logits, out)), g = jax.value_and_grad(
+          lambda p, q, m=model: run(m, p, q, train), (0, 1), has_aux=True)(
+              variables['perturbations'], variables['params'])
+      grads[name] = (logits, out['features'], g)
+    assert 'block_out' not in out or name == 'full'
+    np.testing.assert_allclose(grads['short'][0], grads['full'][0], rtol=1e-5,
+                               atol=1e-5)
+    np.testing.assert_allclose(grads['short'][1], grads['full'][1], atol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4,
+                                                         atol=1e-5),
+                 grads['short'][2], grads['full'][2])
+  assert full.apply(variables, x)[1]['block_out'].shape == (2, 4, 4, 32)
+  assert 'block_out' not in short.apply(variables, x)[1]
