@@ -14,7 +14,8 @@ eval-mode BN is not the identity) is converted with the family's
                                           token, reshape to the 14x14 grid)
 
 Speed: one call each, for a batch with per-image target classes (labels),
-timed interleaved (ABBA) after warm-up; ours = jitted `compute_cams` (forward
+timed after warm-up, each side alone in its own processes (`isolate`, the
+CPU default of `benchmarks.run`) or interleaved (ABBA) in one; ours = jitted `compute_cams` (forward
 + backward to the target activation only, bilinear upsample + min-max
 scaling on device); theirs = `GradCAM(...)(input_tensor, targets)` (forward,
 backward through the whole network, cv2 resize + scaling in numpy).
@@ -22,7 +23,7 @@ backward through the whole network, cv2 resize + scaling in numpy).
 Agreement: Pearson correlation between our `raw` maps (ReLU'd, on the feature
 grid, before upsampling) and pytorch-grad-cam's maps at the same point of
 its pipeline (`np.maximum(cam.get_cam_image(...), 0)` on the activations and
-gradients its hooks captured in the timed call), over the whole batch.
+gradients its hooks captured in its last call), over the whole batch.
 `cam_corr` is the same for the final upsampled, scaled maps (ours: resize
 then scale, jax bilinear; theirs: scale then cv2 resize).
 """
@@ -30,7 +31,7 @@ from __future__ import annotations
 
 import gc
 import statistics
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -99,40 +100,84 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
   return float(np.corrcoef(a, b)[0, 1])
 
 
-def bench_gradcam(name: str, *, batch: int, size: int, steps: int,
-                  warmup: int, num_classes: int = 1000, seed: int = 0,
-                  torch_device: str = 'cpu') -> dict[str, Any]:
-  """Grad-CAM images/s (ours vs pytorch-grad-cam) and map agreement."""
-  import torch  # pylint: disable=g-import-not-at-top
-  from pytorch_grad_cam import GradCAM  # pylint: disable=g-import-not-at-top
-  from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # pylint: disable=g-import-not-at-top
-
-  tm, model, variables = converted_pair(name, size=size,
-                                        num_classes=num_classes, seed=seed)
-  tm = tm.to(torch_device)
+def _inputs(batch: int, size: int, num_classes: int, seed: int):
   rng = np.random.default_rng(seed)
   x_np = rng.normal(size=(batch, size, size, 3)).astype(np.float32)
   labels = rng.integers(0, num_classes, batch).astype(np.int32)
+  return x_np, labels
+
+
+def _ours(model, variables, x_np, labels) -> Callable[[], Any]:
   x_jax, labels_jax = jnp.asarray(x_np), jnp.asarray(labels)
+  return lambda: jax.block_until_ready(cam_lib.compute_cams(
+      model, variables, x_jax, method='gradcam', targets='label',
+      labels=labels_jax))
+
+
+def _theirs(name, tm, x_np, labels, torch_device):
+  """(pytorch-grad-cam object, one-call callable, its target layer, input)."""
+  import torch  # pylint: disable=g-import-not-at-top
+  from pytorch_grad_cam import GradCAM  # pylint: disable=g-import-not-at-top
+  from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # pylint: disable=g-import-not-at-top
+  tm = tm.to(torch_device)
   x_torch = torch.from_numpy(x_np.transpose(0, 3, 1, 2).copy()).to(
       torch_device)
   layer, reshape = torch_target_layer(name, tm)
   targets = [ClassifierOutputTarget(int(c)) for c in labels]
   ref = GradCAM(model=tm, target_layers=[layer], reshape_transform=reshape)
-  results: dict[str, Any] = {}
-
-  def ours():
-    results['jax'] = jax.block_until_ready(cam_lib.compute_cams(
-        model, variables, x_jax, method='gradcam', targets='label',
-        labels=labels_jax))
 
   def theirs():
-    results['torch'] = ref(input_tensor=x_torch, targets=targets)
+    out = ref(input_tensor=x_torch, targets=targets)
     if torch_device == 'cuda':
       torch.cuda.synchronize()
+    return out
+  return ref, theirs, layer, x_torch, targets
 
-  times = train_step.interleaved({'jax': ours, 'torch': theirs}, steps,
-                                 max(warmup, 1))
+
+def make_side(side: str, name: str, *, batch: int, size: int,
+              num_classes: int = 1000, seed: int = 0, device: str = 'cpu'
+              ) -> tuple[Callable[[], Any], dict[str, Any]]:
+  """One side of the Grad-CAM benchmark: (one-call callable, info). The
+  JAX side builds (never runs) the torch model, for the converted weights."""
+  tm, model, variables = converted_pair(name, size=size,
+                                        num_classes=num_classes, seed=seed)
+  x_np, labels = _inputs(batch, size, num_classes, seed)
+  if side == 'jax':
+    del tm
+    gc.collect()
+    return _ours(model, variables, x_np, labels), {}
+  return _theirs(name, tm, x_np, labels,
+                 'cuda' if device == 'gpu' else 'cpu')[1], {}
+
+
+def bench_gradcam(name: str, *, batch: int, size: int, steps: int,
+                  warmup: int, num_classes: int = 1000, seed: int = 0,
+                  torch_device: str = 'cpu', isolate: bool = False,
+                  rounds: int = 2) -> dict[str, Any]:
+  """Grad-CAM images/s (ours vs pytorch-grad-cam) and map agreement.
+
+  The maps are compared in this process; with `isolate` the timing runs in
+  separate processes per side (`benchmarks.isolated`), else interleaved.
+  """
+  tm, model, variables = converted_pair(name, size=size,
+                                        num_classes=num_classes, seed=seed)
+  x_np, labels = _inputs(batch, size, num_classes, seed)
+  ours = _ours(model, variables, x_np, labels)
+  ref, theirs, layer, x_torch, targets = _theirs(name, tm, x_np, labels,
+                                                 torch_device)
+  results: dict[str, Any] = {}
+  fns = {'jax': lambda: results.__setitem__('jax', ours()),
+         'torch': lambda: results.__setitem__('torch', theirs())}
+  if isolate:
+    for fn in fns.values():  # once each, for the agreement check
+      fn()
+    from benchmarks import isolated  # pylint: disable=g-import-not-at-top
+    times, _ = isolated.run_alternating(
+        'gradcam', rounds=rounds, steps=steps, warmup=max(warmup, 1),
+        model=name, batch=batch, size=size, num_classes=num_classes,
+        device='gpu' if torch_device == 'cuda' else 'cpu')
+  else:
+    times = train_step.interleaved(fns, steps, max(warmup, 1))
   acts = ref.activations_and_grads.activations[0].cpu().numpy()
   grads = ref.activations_and_grads.gradients[0].cpu().numpy()
   raw_ref = np.maximum(ref.get_cam_image(x_torch, layer, targets, acts, grads,
@@ -142,6 +187,7 @@ def bench_gradcam(name: str, *, batch: int, size: int, steps: int,
     raise ValueError(f'{name}: our raw maps {raw.shape} vs pytorch-grad-cam '
                      f'{raw_ref.shape}')
   row = dict(model=name, batch=batch, size=size, steps=steps,
+             isolated=isolate,
              jax_images_per_s=train_step.rate(times['jax'], batch),
              torch_images_per_s=train_step.rate(times['torch'], batch),
              jax_s=statistics.median(times['jax']),

@@ -4,9 +4,10 @@ r"""The benchmark suite: train step, Grad-CAM, loader and FLOP utilisation.
       [--dtype=float32|bfloat16] [--batch=16] [--size=224] [--device=cpu|gpu]
 
 Prints Markdown tables and writes DIR/results.json and DIR/results.md.
-Every JAX/torch ratio is measured in the same process, the two sides
-alternating (ABBA) after warm-up, so machine load affects both alike; see
-benchmarks/README.md for what each number means.
+JAX/torch ratios: on CPU (`--isolate`, the default there) each side is
+timed alone in its own processes, alternating JAX, torch, torch, JAX
+(`benchmarks/isolated.py` says why); on GPU the two sides alternate (ABBA)
+in one process after warm-up. See benchmarks/README.md for each number.
 """
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ import platform
 import sys
 import tempfile
 import time
-import types
 from typing import Any
 
 from absl import app
@@ -24,24 +24,9 @@ from absl import flags
 
 
 
-def _stub_missing_grain() -> None:
-  """Lets `cxr_jax.train` import where grain is not installed (GPU images).
+from benchmarks import stub_missing_grain  # pylint: disable=g-bad-import-order
 
-  Only `cxr_jax.data.pipeline` imports grain, and it uses it at import time
-  only as base classes (`grain.transforms.Map`, `RandomMap`); the train-step,
-  Grad-CAM and FLOP benchmarks never build a pipeline, so a stub suffices
-  there. The loader benchmark is skipped with the stub in place.
-  """
-  try:
-    import grain  # pylint: disable=g-import-not-at-top,unused-import
-  except ImportError:
-    stub = types.ModuleType('grain')
-    stub.transforms = types.SimpleNamespace(Map=object, RandomMap=object)
-    stub.STUB = True
-    sys.modules['grain'] = stub
-
-
-_stub_missing_grain()
+stub_missing_grain()
 # benchmarks.loader defines --out (and its own --workers, --batches, ...);
 # here --out is the results directory.
 from benchmarks import loader  # pylint: disable=g-import-not-at-top,g-bad-import-order
@@ -71,6 +56,10 @@ _STAGE2 = flags.DEFINE_bool('stage2', True, 'Time the stage-2 step(s).')
 _NUM_CLASSES = flags.DEFINE_integer('num_classes', 1000, 'Classifier heads.')
 _TORCH = flags.DEFINE_bool('torch', True, 'Run the torch references (on GPU '
                            'only if torch sees CUDA).')
+_ISOLATE = flags.DEFINE_bool(
+    'isolate', None, 'Time JAX and torch in separate processes (2 per side, '
+    'alternating) instead of interleaved in this one; default: on for CPU, '
+    'off for GPU. See benchmarks/isolated.py.')
 _MATMUL_N = flags.DEFINE_integer('matmul_n', 2048, 'Matmul peak size.')
 _CPU_XLA_FLAGS = flags.DEFINE_string(
     'cpu_xla_flags', xla_flags.CPU_XLA_FLAGS,
@@ -105,6 +94,10 @@ def _setup_backend() -> None:
   elif jax.devices()[0].platform != 'gpu':
     raise SystemExit('--device=gpu but JAX sees no GPU: '
                      f'{jax.devices()}')
+
+
+def _isolate() -> bool:
+  return _DEVICE.value == 'cpu' if _ISOLATE.value is None else _ISOLATE.value
 
 
 def _torch_device() -> str | None:
@@ -156,7 +149,7 @@ def run_train(steps: int, warmup: int, torch_device: str | None,
     rows.append(train_step.bench_classifier(
         name, batch=_BATCH.value, size=_SIZE.value, steps=steps,
         warmup=warmup, num_classes=_NUM_CLASSES.value, dtype=_DTYPE.value,
-        torch_device=torch_device))
+        torch_device=torch_device, isolate=_isolate()))
     print(rows[-1], flush=True)
     _save(_RESULTS)
   gpu = _DEVICE.value == 'gpu'
@@ -185,7 +178,8 @@ def run_gradcam(steps: int, warmup: int, torch_device: str
                                       size=_SIZE.value, steps=steps,
                                       warmup=warmup,
                                       num_classes=_NUM_CLASSES.value,
-                                      torch_device=torch_device))
+                                      torch_device=torch_device,
+                                      isolate=_isolate()))
     print(rows[-1], flush=True)
     _save(_RESULTS)
   return rows
@@ -305,7 +299,8 @@ def main(argv: list[str]) -> None:
       machine=_machine(), config=dict(
           quick=quick, steps=steps, warmup=_WARMUP.value, dtype=_DTYPE.value,
           batch=_BATCH.value, size=_SIZE.value, device=_DEVICE.value,
-          torch_device=torch_device, argv=sys.argv[1:]))
+          torch_device=torch_device, isolate=_isolate(),
+          argv=sys.argv[1:]))
   res['partial'] = True
   train_rows = []
   if only & {'train', 'flops', 'loader'}:

@@ -232,30 +232,59 @@ def stage2_batch(config, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
 
 
 # ------------------------------------------------------------- benchmarks --
+def make_side(side: str, name: str, *, batch: int, size: int,
+              num_classes: int = 1000, dtype: str = 'float32',
+              device: str = 'cpu') -> tuple[Callable[[], Any],
+                                            dict[str, Any]]:
+  """One side of the classifier benchmark: (one-step callable, info)."""
+  if side == 'jax':
+    js = build_jax_step(classifier_config(name, num_classes=num_classes,
+                                          dtype=dtype),
+                        classifier_batch(batch, size, num_classes))
+    return js, dict(compile_s=js.compile_s, init_s=js.init_s,
+                    flops=js.flops)
+  return TorchTrainStep(name, batch=batch, size=size, num_classes=num_classes,
+                        dtype=dtype,
+                        device='cuda' if device == 'gpu' else device), {}
+
+
 def bench_classifier(name: str, *, batch: int, size: int, steps: int,
                      warmup: int, num_classes: int = 1000,
-                     dtype: str = 'float32', torch_device: str | None = 'cpu'
+                     dtype: str = 'float32', torch_device: str | None = 'cpu',
+                     isolate: bool = False, rounds: int = 2
                      ) -> dict[str, Any]:
-  """JAX vs torch train step of one classifier; a result row."""
-  js = build_jax_step(classifier_config(name, num_classes=num_classes,
-                                        dtype=dtype),
-                      classifier_batch(batch, size, num_classes))
-  fns: dict[str, Callable[[], Any]] = {'jax': js}
-  if torch_device:
-    fns['torch'] = TorchTrainStep(name, batch=batch, size=size,
-                                  num_classes=num_classes, dtype=dtype,
-                                  device=torch_device)
-  times = interleaved(fns, steps, warmup)
+  """JAX vs torch train step of one classifier; a result row.
+
+  `isolate`: each side in its own processes (`rounds` per side, alternating;
+  `benchmarks.isolated`), else both interleaved (ABBA) in this process.
+  """
+  if isolate and torch_device:
+    from benchmarks import isolated  # pylint: disable=g-import-not-at-top
+    times, info = isolated.run_alternating(
+        'train', rounds=rounds, steps=steps, warmup=warmup, model=name,
+        batch=batch, size=size, num_classes=num_classes, dtype=dtype,
+        device='gpu' if torch_device == 'cuda' else 'cpu')
+  else:
+    js, info = make_side('jax', name, batch=batch, size=size,
+                         num_classes=num_classes, dtype=dtype,
+                         device='gpu' if torch_device == 'cuda' else 'cpu')
+    fns: dict[str, Callable[[], Any]] = {'jax': js}
+    if torch_device:
+      fns['torch'] = TorchTrainStep(name, batch=batch, size=size,
+                                    num_classes=num_classes, dtype=dtype,
+                                    device=torch_device)
+    times = interleaved(fns, steps, warmup)
+    del fns, js
   row = dict(model=name, batch=batch, size=size, dtype=dtype, steps=steps,
+             isolated=bool(isolate and torch_device),
              jax_images_per_s=rate(times['jax'], batch),
              jax_step_s=statistics.median(times['jax']),
-             jax_compile_s=js.compile_s, jax_init_s=js.init_s,
-             flops_per_step=js.flops)
-  if 'torch' in times:
+             jax_compile_s=info['compile_s'], jax_init_s=info['init_s'],
+             flops_per_step=info['flops'])
+  if times.get('torch'):
     row['torch_images_per_s'] = rate(times['torch'], batch)
     row['torch_step_s'] = statistics.median(times['torch'])
     row['ratio'] = row['jax_images_per_s'] / row['torch_images_per_s']
-  del fns, js
   gc.collect()
   return row
 

@@ -42,6 +42,25 @@ def test_gradcam_matches_pytorch_grad_cam(name, size):
   assert row['cam_corr'] >= 0.99, row
 
 
+def test_isolated_rows_time_each_side_in_its_own_processes():
+  """--isolate (the CPU default): train and Grad-CAM timings come from one
+  subprocess per side and round; the rows keep their fields, and the
+  Grad-CAM agreement is still checked in this process."""
+  row = train_step.bench_classifier('resnet_tiny', batch=2, size=32, steps=2,
+                                    warmup=1, num_classes=3, isolate=True,
+                                    rounds=1)
+  assert row['isolated'] and row['jax_step_s'] > 0 and row['torch_step_s'] > 0
+  assert row['flops_per_step'] > 0 and row['jax_compile_s'] > 0
+  row = gradcam.bench_gradcam('vit_tiny', batch=2, size=32, steps=2, warmup=1,
+                              num_classes=3, isolate=True, rounds=1)
+  assert row['isolated'] and row['jax_s'] > 0 and row['torch_s'] > 0
+  assert row['raw_corr'] >= 0.999, row
+  from benchmarks import isolated  # pylint: disable=g-import-not-at-top
+  with pytest.raises(RuntimeError, match='failed'):
+    isolated.run_alternating('train', rounds=1, steps=1, warmup=0,
+                             model='no_such_model', batch=1, size=32)
+
+
 def test_vgg_target_layer_is_last_relu():
   tm = train_step.torch_model('vgg16')
   layer, reshape = gradcam.torch_target_layer('vgg16', tm)
