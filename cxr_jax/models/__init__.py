@@ -65,8 +65,8 @@ def get_model(name: str, **kwargs) -> nn.Module:
 
 
 def _host_cpu() -> jax.Device | None:
-  try:
-    return jax.devices('cpu')[0]
+  try:  # this process's own CPU (jax.devices() lists every process's)
+    return jax.local_devices(backend='cpu')[0]
   except RuntimeError:  # JAX_PLATFORMS without 'cpu'
     return None
 
@@ -95,5 +95,5 @@ def init_variables(model: nn.Module, rng: jax.Array, *args, **kwargs
   host = jax.device_put((rng, args, arrays), cpu)
   out = init.lower(*host).compile(
       compiler_options={'xla_backend_optimization_level': 0})(*host)
-  default = jax.devices()[0]
+  default = jax.local_devices()[0]
   return out if default == cpu else jax.device_put(out, default)
