@@ -15,10 +15,11 @@ eval-mode BN is not the identity) is converted with the family's
 
 Speed: one call each, for a batch with per-image target classes (labels),
 timed after warm-up, each side alone in its own processes (`isolate`, the
-CPU default of `benchmarks.run`) or interleaved (ABBA) in one; ours = jitted `compute_cams` (forward
-+ backward to the target activation only, bilinear upsample + min-max
-scaling on device); theirs = `GradCAM(...)(input_tensor, targets)` (forward,
-backward through the whole network, cv2 resize + scaling in numpy).
+CPU default of `benchmarks.run`) or interleaved (ABBA) in one; ours =
+jitted `compute_cams` (forward + backward to the target activation only,
+bilinear upsample + min-max scaling on device); theirs =
+`GradCAM(...)(input_tensor, targets)` (forward, backward through the whole
+network, cv2 resize + scaling in numpy).
 
 Agreement: Pearson correlation between our `raw` maps (ReLU'd, on the feature
 grid, before upsampling) and pytorch-grad-cam's maps at the same point of

@@ -258,23 +258,20 @@ def bench_classifier(name: str, *, batch: int, size: int, steps: int,
   `isolate`: each side in its own processes (`rounds` per side, alternating;
   `benchmarks.isolated`), else both interleaved (ABBA) in this process.
   """
+  side_kw = dict(batch=batch, size=size, num_classes=num_classes, dtype=dtype,
+                 device='gpu' if torch_device == 'cuda' else 'cpu')
   if isolate and torch_device:
     from benchmarks import isolated  # pylint: disable=g-import-not-at-top
     times, info = isolated.run_alternating(
         'train', rounds=rounds, steps=steps, warmup=warmup, model=name,
-        batch=batch, size=size, num_classes=num_classes, dtype=dtype,
-        device='gpu' if torch_device == 'cuda' else 'cpu')
+        **side_kw)
   else:
-    js, info = make_side('jax', name, batch=batch, size=size,
-                         num_classes=num_classes, dtype=dtype,
-                         device='gpu' if torch_device == 'cuda' else 'cpu')
-    fns: dict[str, Callable[[], Any]] = {'jax': js}
-    if torch_device:
-      fns['torch'] = TorchTrainStep(name, batch=batch, size=size,
-                                    num_classes=num_classes, dtype=dtype,
-                                    device=torch_device)
+    fns, infos = {}, {}
+    for side in ('jax', 'torch') if torch_device else ('jax',):
+      fns[side], infos[side] = make_side(side, name, **side_kw)
     times = interleaved(fns, steps, warmup)
-    del fns, js
+    info = infos['jax']
+    del fns
   row = dict(model=name, batch=batch, size=size, dtype=dtype, steps=steps,
              isolated=bool(isolate and torch_device),
              jax_images_per_s=rate(times['jax'], batch),
