@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cxr_jax.models import ops
 from cxr_jax.models.layers import BatchNorm
 
 # variant -> (block_config, growth_rate, num_init_features, bn_size)
@@ -53,10 +54,10 @@ class DenseLayer(nn.Module):
   @nn.compact
   def __call__(self, x_BHWC: jax.Array, train: bool) -> jax.Array:
     y = nn.relu(_bn(train, self.dtype, 'norm1')(x_BHWC))
-    y = nn.Conv(self.bn_size * self.growth_rate, (1, 1), use_bias=False,
+    y = ops.Conv(self.bn_size * self.growth_rate, (1, 1), use_bias=False,
                 dtype=self.dtype, name='conv1')(y)
     y = nn.relu(_bn(train, self.dtype, 'norm2')(y))
-    return nn.Conv(self.growth_rate, (3, 3), padding=((1, 1), (1, 1)),
+    return ops.Conv(self.growth_rate, (3, 3), padding=((1, 1), (1, 1)),
                    use_bias=False, dtype=self.dtype, name='conv2')(y)
 
 
@@ -88,7 +89,7 @@ class Transition(nn.Module):
   @nn.compact
   def __call__(self, x_BHWC: jax.Array, train: bool) -> jax.Array:
     x = nn.relu(_bn(train, self.dtype, 'norm')(x_BHWC))
-    x = nn.Conv(self.features, (1, 1), use_bias=False, dtype=self.dtype,
+    x = ops.Conv(self.features, (1, 1), use_bias=False, dtype=self.dtype,
                 name='conv')(x)
     return nn.avg_pool(x, (2, 2), strides=(2, 2))
 
@@ -126,10 +127,10 @@ class Model(nn.Module):
     blocks, growth, init_features, bn_size = VARIANTS[self.variant]
     out = {}
     x = jnp.asarray(x_BHWC, self.dtype)
-    x = nn.Conv(init_features, (7, 7), strides=(2, 2), padding=((3, 3), (3, 3)),
+    x = ops.Conv(init_features, (7, 7), strides=(2, 2), padding=((3, 3), (3, 3)),
                 use_bias=False, dtype=self.dtype, name='conv0')(x)
     x = nn.relu(_bn(train, self.dtype, 'norm0')(x))
-    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    x = ops.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     ch = init_features
     for i, n in enumerate(blocks):
       x = DenseBlock(n, growth, bn_size, remat=self.remat, dtype=self.dtype,

@@ -54,6 +54,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cxr_jax.models import ops
 from cxr_jax.models.densenet import expected_variables, torch_to_flax
 from cxr_jax.models.layers import BatchNorm
 
@@ -102,7 +103,7 @@ class Conv1x1BN(nn.Module):
 
   @nn.compact
   def __call__(self, x_BHWC: jax.Array, train: bool) -> jax.Array:
-    x = nn.Conv(self.features, (1, 1), feature_group_count=self.groups,
+    x = ops.Conv(self.features, (1, 1), feature_group_count=self.groups,
                 dtype=self.dtype, name='0')(x_BHWC)
     return _bn(train, self.dtype, '1')(x)
 
@@ -256,12 +257,12 @@ class Model(nn.Module):
     out['pre_logits'] = pooled
     if self.num_classes is None:
       return pooled, out
-    y = nn.Conv(hidden, (1, 1), dtype=self.dtype, name='prediction_0')(
+    y = ops.Conv(hidden, (1, 1), dtype=self.dtype, name='prediction_0')(
         pooled[:, None, None, :])
     y = _gelu(_bn(train, self.dtype, 'prediction_1')(y))
     if self.drop_rate:
       y = nn.Dropout(self.drop_rate, deterministic=not train)(y)
-    y = nn.Conv(self.num_classes, (1, 1), dtype=self.dtype,
+    y = ops.Conv(self.num_classes, (1, 1), dtype=self.dtype,
                 name='prediction_4')(y)
     return y[:, 0, 0, :], out
 
@@ -281,7 +282,7 @@ class Stem(nn.Module):
     for i in range(self.n_down + 1):
       last = i == self.n_down
       width = self.dim if last else self.dim // 2 ** (self.n_down - 1 - i)
-      x = nn.Conv(width, (3, 3), strides=1 if last else 2,
+      x = ops.Conv(width, (3, 3), strides=1 if last else 2,
                   padding=((1, 1), (1, 1)), dtype=self.dtype,
                   name=str(3 * i))(x)
       x = _bn(train, self.dtype, str(3 * i + 1))(x)

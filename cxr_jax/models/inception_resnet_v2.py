@@ -26,6 +26,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from cxr_jax.models import ops
 from cxr_jax.models.densenet import expected_variables, torch_to_flax
 from cxr_jax.models.layers import BatchNorm
 
@@ -49,7 +50,7 @@ class BasicConv2d(nn.Module):
 
   @nn.compact
   def __call__(self, x_BHWC: jax.Array, train: bool) -> jax.Array:
-    x = nn.Conv(self.features, self.kernel, strides=self.strides,
+    x = ops.Conv(self.features, self.kernel, strides=self.strides,
                 padding=self.padding, use_bias=False, dtype=self.dtype,
                 name='conv')(x_BHWC)
     x = BatchNorm(use_running_average=not train, momentum=0.9,
@@ -136,7 +137,7 @@ class Mixed6a(_Block):
         self.conv(384, (3, 3), 2, v, 'branch0')(x, train),
         self.seq([(256, (1, 1), 1, None), (256, (3, 3), 1, None),
                   (384, (3, 3), 2, v)], 'branch1')(x, train),
-        nn.max_pool(x, (3, 3), strides=(2, 2), padding=v),
+        ops.max_pool(x, (3, 3), strides=(2, 2), padding=v),
     ], axis=-1)
 
 
@@ -152,7 +153,7 @@ class Mixed7a(_Block):
                  'branch1')(x, train),
         self.seq([(256, (1, 1), 1, None), (288, (3, 3), 1, None),
                   (320, (3, 3), 2, v)], 'branch2')(x, train),
-        nn.max_pool(x, (3, 3), strides=(2, 2), padding=v),
+        ops.max_pool(x, (3, 3), strides=(2, 2), padding=v),
     ], axis=-1)
 
 
@@ -183,7 +184,7 @@ class ResidualBlock(_Block):
                     (256, (3, 1), 1, None)], 'branch1')(x, train)]
     else:
       raise ValueError(f'Unknown residual block kind {self.kind!r}.')
-    y = nn.Conv(x.shape[-1], (1, 1), dtype=self.dtype, name='conv2d')(
+    y = ops.Conv(x.shape[-1], (1, 1), dtype=self.dtype, name='conv2d')(
         jnp.concatenate(branches, axis=-1))
     y = y * self.scale + x
     return nn.relu(y) if self.relu else y
@@ -252,10 +253,10 @@ class Model(nn.Module):
     x = conv(32, 3, v, 'conv2d_1a', s=2)(x, train)
     x = conv(32, 3, v, 'conv2d_2a')(x, train)
     x = conv(64, 3, None, 'conv2d_2b')(x, train)
-    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=v)
+    x = ops.max_pool(x, (3, 3), strides=(2, 2), padding=v)
     x = conv(80, 1, None, 'conv2d_3b')(x, train)
     x = conv(192, 3, v, 'conv2d_4a')(x, train)
-    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=v)
+    x = ops.max_pool(x, (3, 3), strides=(2, 2), padding=v)
     x = out['mixed_5b'] = Mixed5b(**kw, name='mixed_5b')(x, train)
     x = out['repeat'] = Repeat(n35, '35', 0.17, **kw, name='repeat')(x, train)
     x = out['mixed_6a'] = Mixed6a(**kw, name='mixed_6a')(x, train)

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cxr_jax.models import layers
+from cxr_jax.models import ops
 
 # variant -> (block type, blocks per stage, stage widths)
 _VARIANTS = {
@@ -57,7 +58,7 @@ class Block(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
+    conv = functools.partial(ops.Conv, use_bias=False, dtype=self.dtype,
                              kernel_init=layers.conv_kernel_init)
     norm = functools.partial(layers.BatchNorm, use_running_average=not train,
                              dtype=self.dtype)
@@ -106,13 +107,13 @@ class Model(nn.Module):
                        f'{x_BHWC.shape}')
     out = {}
     x = x_BHWC.astype(self.dtype)
-    x = nn.Conv(widths[0], (7, 7), (2, 2), padding=((3, 3), (3, 3)),
+    x = ops.Conv(widths[0], (7, 7), (2, 2), padding=((3, 3), (3, 3)),
                 use_bias=False, dtype=self.dtype,
                 kernel_init=layers.conv_kernel_init, name='conv1')(x)
     x = layers.BatchNorm(use_running_average=not train, dtype=self.dtype,
                          name='bn1')(x)
     x = nn.relu(x)
-    x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+    x = ops.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
     out['stem'] = x
     in_ch = widths[0]
     for i, (depth, width) in enumerate(zip(depths, widths)):

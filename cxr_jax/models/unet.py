@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from cxr_jax.models import layers
+from cxr_jax.models import ops
 
 Dtype = Any
 
@@ -49,8 +50,8 @@ def variant_cfg(variant: str) -> tuple[tuple[int, ...], str]:
   return VARIANTS[variant]
 
 
-def _conv(features: int, dtype: Dtype, name: str, k: int = 3) -> nn.Conv:
-  return nn.Conv(features, (k, k), padding='SAME', use_bias=True, dtype=dtype,
+def _conv(features: int, dtype: Dtype, name: str, k: int = 3) -> nn.Module:
+  return ops.Conv(features, (k, k), padding='SAME', use_bias=True, dtype=dtype,
                  kernel_init=layers.conv_kernel_init, name=name)
 
 
@@ -65,7 +66,7 @@ def upsample2x(x_BHWC: jax.Array) -> jax.Array:
 
 
 def max_pool2x(x_BHWC: jax.Array) -> jax.Array:
-  return nn.max_pool(x_BHWC, (2, 2), strides=(2, 2))
+  return ops.max_pool(x_BHWC, (2, 2), strides=(2, 2))
 
 
 class ConvBNReLU(nn.Module):
@@ -193,7 +194,7 @@ class SaliencyHead(nn.Module):
     # prediction is close to uniform. (A fan-out Kaiming init on this
     # 1-channel output gives logits with std ~3-5 and a near one-hot first
     # prediction, whose KL of tens of nats stalled stage 2 on the phantom.)
-    s_BHW = nn.Conv(1, (1, 1), use_bias=True, dtype=self.dtype,
+    s_BHW = ops.Conv(1, (1, 1), use_bias=True, dtype=self.dtype,
                     kernel_init=nn.initializers.variance_scaling(
                         1 / 3, 'fan_in', 'uniform'), name='out')(
                             x_BHWC)[..., 0]

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cxr_jax.models import layers
+from cxr_jax.models import ops
 
 # variant -> (convs per stage, stage widths, hidden width of the classifier)
 _VARIANTS = {
@@ -97,14 +98,14 @@ class Model(nn.Module):
     x = x_BHWC.astype(self.dtype)
     for i, (depth, width) in enumerate(zip(depths, widths)):
       for k in range(depth):
-        x = nn.Conv(width, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype,
+        x = ops.Conv(width, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype,
                     kernel_init=layers.conv_kernel_init,
                     name=f'conv{i + 1}_{k + 1}')(x)
         x = nn.relu(x)
       if i == len(depths) - 1:
         x = self.perturb('features', x)
         out['features'] = x
-      x = nn.max_pool(x, (2, 2), (2, 2))
+      x = ops.max_pool(x, (2, 2), (2, 2))
       out[f'block{i + 1}'] = x
     x = out['pooled'] = adaptive_avg_pool(x, _POOL)
     # torch flattens NCHW: channels first, so fc1's rows line up after

@@ -1,0 +1,165 @@
+"""CPU-friendly forms of two primitives, with the same math.
+
+XLA's CPU backend (jaxlib 0.10.2) has two slow spots in a ResNet train step
+(`benchmarks/README.md`, "Speed levers"):
+
+* **1x1 convolutions.** The weight gradient of a convolution is lowered as
+  a convolution over the batch axis. For that, XLA transposes the activation
+  and the output gradient to batch-minor layouts. On a 2-core VM those
+  copies (fused with whatever produced the activation) took 2.0 of the 3.6 s
+  a ResNet-50 step took. A 1x1 convolution *is* a matrix product over the
+  channel axis, so `conv_general_dilated` computes it as one
+  (`jnp.dot` on the (N*H*W, C) view): forward, input gradient and weight
+  gradient are then plain GEMMs on the NHWC buffers, with no copies.
+* **Max-pool gradients.** JAX differentiates `reduce_window` max into
+  `select_and_scatter_add`, which XLA's CPU backend expands into a
+  reduce-window over index tuples (five full-size buffers of iotas) and a
+  scatter. `max_pool`'s custom VJP instead routes each output gradient to
+  the first maximum of its window (the element `select_and_scatter` with
+  `>=` and torch's `max_pool2d` pick) with comparisons and shifted adds on
+  the pooled grid, interleaved back to the input grid.
+
+Both are used only when JAX's default backend is the CPU; elsewhere (cuDNN
+on GPU, TPU) they are exactly `lax.conv_general_dilated` and
+`flax.linen.max_pool`. Results are the same up to float summation order
+(tests compare against the lax forms, values and gradients).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+from jax import lax
+import jax.numpy as jnp
+
+_NHWC = ((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))  # lhs, rhs, out specs
+
+
+def _on_cpu() -> bool:
+  return jax.default_backend() == 'cpu'
+
+
+def _is_nhwc_hwio(dimension_numbers: Any, ndim: int) -> bool:
+  if ndim != 4 or dimension_numbers is None:
+    return False
+  if isinstance(dimension_numbers, lax.ConvDimensionNumbers):
+    return tuple(map(tuple, dimension_numbers)) == _NHWC
+  return tuple(dimension_numbers) == ('NHWC', 'HWIO', 'NHWC')
+
+
+def _no_padding(padding: Any) -> bool:
+  """True if a 1x1 window gets no padding ('SAME' pads a 1x1 window by 0)."""
+  if isinstance(padding, str):
+    return padding.upper() in ('VALID', 'SAME')
+  return all(tuple(p) == (0, 0) for p in padding)
+
+
+def _ones(v: Sequence[int] | None) -> bool:
+  return v is None or all(d == 1 for d in v)
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
+                         rhs_dilation=None, dimension_numbers=None,
+                         feature_group_count=1, batch_group_count=1,
+                         precision=None, preferred_element_type=None):
+  """`lax.conv_general_dilated`, with 1x1 NHWC convolutions as one GEMM on
+  the CPU (strided ones subsample first). Signature of the lax op, so that
+  `nn.Conv(..., conv_general_dilated=conv_general_dilated)` takes it."""
+  if (_on_cpu() and rhs.shape[:2] == (1, 1)
+      and _is_nhwc_hwio(dimension_numbers, lhs.ndim)
+      and feature_group_count == 1 and batch_group_count == 1
+      and _ones(lhs_dilation) and _ones(rhs_dilation) and _no_padding(padding)):
+    sh, sw = window_strides
+    x = lhs[:, ::sh, ::sw, :] if (sh, sw) != (1, 1) else lhs
+    n, h, w, c = x.shape
+    y = jnp.dot(x.reshape(n * h * w, c), rhs.reshape(c, rhs.shape[-1]),
+                precision=precision,
+                preferred_element_type=preferred_element_type)
+    return y.reshape(n, h, w, rhs.shape[-1])
+  return lax.conv_general_dilated(
+      lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
+      rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
+      feature_group_count=feature_group_count,
+      batch_group_count=batch_group_count, precision=precision,
+      preferred_element_type=preferred_element_type)
+
+
+# nn.Conv with the GEMM form of 1x1 convolutions; same parameters and names.
+Conv = functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated)
+
+
+def max_pool(x: jax.Array, window_shape: Sequence[int],
+             strides: Sequence[int] | None = None,
+             padding: str | Sequence[tuple[int, int]] = 'VALID') -> jax.Array:
+  """`flax.linen.max_pool` (NHWC, -inf padding) with a cheaper CPU gradient."""
+  window = tuple(window_shape)
+  strides = tuple(strides) if strides is not None else (1,) * len(window)
+  if isinstance(padding, str):
+    pads = ((0, 0), (0, 0)) if padding.upper() == 'VALID' else None
+  else:
+    pads = tuple(tuple(int(v) for v in p) for p in padding)
+  if not _on_cpu() or x.ndim != 4 or len(window) != 2 or pads is None:
+    return nn.max_pool(x, window, strides=strides, padding=padding)
+  return _max_pool2d(x, window, strides, pads)
+
+
+def _reduce_max(x, window, strides, pads):
+  return lax.reduce_window(
+      x, jnp.array(-jnp.inf, x.dtype), lax.max, (1, *window, 1),
+      (1, *strides, 1), ((0, 0), *pads, (0, 0)))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def _max_pool2d(x, window, strides, pads):
+  return _reduce_max(x, window, strides, pads)
+
+
+def _max_pool2d_fwd(x, window, strides, pads):
+  y = _reduce_max(x, window, strides, pads)
+  return y, (x, y)
+
+
+def _max_pool2d_bwd(window, strides, pads, res, g):
+  """Each output's gradient to the first maximum of its window.
+
+  Window offset (i, j) of output (h, w) reads padded input row
+  sh*h + i = sh*(h + i//sh) + i%sh: the offsets of one residue class
+  (i%sh, j%sw) land on one sub-grid of the padded input, shifted by
+  (i//sh, j//sw) pooled cells. Each class is summed on the pooled grid, the
+  classes are interleaved back, and the padding is cropped.
+  """
+  x, y = res
+  (kh, kw), (sh, sw), ((pt, pb), (pl, pr)) = window, strides, pads
+  n, h, w, c = x.shape
+  ho, wo = y.shape[1:3]
+  xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)),
+               constant_values=-jnp.inf)
+  hc, wc = ho + (kh - 1) // sh, wo + (kw - 1) // sw
+  zero = jnp.zeros_like(g)
+  plane = {}
+  taken = jnp.zeros(y.shape, bool)
+  for i in range(kh):
+    for j in range(kw):
+      xs = lax.slice(xp, (0, i, j, 0),
+                     (n, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, c),
+                     (1, sh, sw, 1))
+      hit = (xs == y) & ~taken
+      taken = taken | hit
+      di, dj = i // sh, j // sw
+      part = jnp.pad(jnp.where(hit, g, zero),
+                     ((0, 0), (di, hc - ho - di), (dj, wc - wo - dj), (0, 0)))
+      key = (i % sh, j % sw)
+      plane[key] = plane[key] + part if key in plane else part
+  empty = jnp.zeros((n, hc, wc, c), g.dtype)
+  grid = jnp.stack([jnp.stack([plane.get((a, b), empty) for b in range(sw)],
+                              axis=3) for a in range(sh)], axis=2)
+  dxp = grid.reshape(n, hc * sh, wc * sw, c)  # padded-input coordinates
+  dxp = jnp.pad(dxp, ((0, 0), (0, max(0, pt + h - hc * sh)),
+                      (0, max(0, pl + w - wc * sw)), (0, 0)))
+  return (dxp[:, pt:pt + h, pl:pl + w, :],)
+
+
+_max_pool2d.defvjp(_max_pool2d_fwd, _max_pool2d_bwd)

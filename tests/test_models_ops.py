@@ -1,0 +1,84 @@
+"""cxr_jax.models.ops: the CPU forms equal the lax forms, values and grads."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cxr_jax.models import ops
+
+POOLS = [  # (input shape, window, strides, padding)
+    ((2, 9, 11, 3), (3, 3), (2, 2), ((1, 1), (1, 1))),  # ResNet/DenseNet stem
+    ((2, 8, 8, 4), (2, 2), (2, 2), 'VALID'),  # VGG / UNet
+    ((1, 9, 9, 2), (2, 2), (2, 2), 'VALID'),  # odd size: last row unread
+    ((2, 10, 7, 3), (3, 3), (1, 1), ((1, 1), (1, 1))),  # overlapping windows
+    ((2, 11, 11, 2), (3, 3), (2, 2), 'VALID'),  # Inception-ResNet-v2
+    ((1, 8, 8, 2), (1, 1), (2, 2), 'VALID'),  # window smaller than stride
+    ((1, 12, 13, 2), (5, 3), (2, 3), ((2, 1), (0, 1))),  # uneven everything
+]
+
+
+@pytest.mark.parametrize('shape,window,strides,padding', POOLS)
+def test_max_pool_matches_flax_values_and_gradient(shape, window, strides,
+                                                   padding):
+  rng = np.random.default_rng(0)
+  # ReLU'd input: whole windows of tied zeros, the case where a gradient
+  # must go to one element (the first maximum), not to every tied one.
+  x = np.maximum(rng.normal(size=shape), 0).astype(np.float32)
+  x[0, 0, :, 0] = 1.0  # ties between positive values too
+  x = jnp.asarray(x)
+  y_ref, vjp_ref = jax.vjp(
+      lambda v: nn.max_pool(v, window, strides, padding), x)
+  y, vjp = jax.vjp(lambda v: ops.max_pool(v, window, strides, padding), x)
+  np.testing.assert_array_equal(y, y_ref)
+  g = jnp.asarray(rng.normal(size=y.shape).astype(np.float32))
+  (dx_ref,), (dx,) = vjp_ref(g), vjp(g)
+  np.testing.assert_allclose(dx, dx_ref, rtol=0, atol=1e-6)
+  # Each output's gradient lands once: the totals agree exactly per channel.
+  np.testing.assert_allclose(dx.sum((1, 2)), g.sum((1, 2)), rtol=1e-5,
+                             atol=1e-5)
+
+
+def test_max_pool_uses_custom_gradient_on_cpu():
+  """Guards the speed path: no select_and_scatter in the CPU gradient."""
+  x = jnp.ones((1, 8, 8, 2))
+  f = lambda v: ops.max_pool(v, (3, 3), (2, 2), ((1, 1), (1, 1))).sum()
+  ref = lambda v: nn.max_pool(v, (3, 3), (2, 2), ((1, 1), (1, 1))).sum()
+  assert 'select_and_scatter' in str(jax.make_jaxpr(jax.grad(ref))(x))
+  assert 'select_and_scatter' not in str(jax.make_jaxpr(jax.grad(f))(x))
+
+
+@pytest.mark.parametrize('kernel,strides,padding', [
+    (1, 1, 'VALID'), (1, 1, 'SAME'), (1, 2, 'VALID'), (1, 2, 'SAME'),
+    (1, 2, ((0, 0), (0, 0))),
+    (1, 1, ((1, 1), (1, 1))),  # padded 1x1: stays a lax convolution
+    (3, 1, ((1, 1), (1, 1))), (3, 2, 'SAME')])
+def test_conv_matches_nn_conv(kernel, strides, padding):
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.normal(size=(2, 9, 10, 5)).astype(np.float32))
+  kw = dict(kernel_size=(kernel, kernel), strides=(strides, strides),
+            padding=padding)
+  ref, ours = nn.Conv(7, **kw), ops.Conv(7, **kw)
+  params = ref.init(jax.random.key(0), x)
+  # Same parameter tree: converted weights and checkpoints carry over.
+  assert (jax.tree.map(jnp.shape, ours.init(jax.random.key(0), x))
+          == jax.tree.map(jnp.shape, params))
+  np.testing.assert_allclose(ours.apply(params, x), ref.apply(params, x),
+                             rtol=1e-5, atol=1e-5)
+  loss = lambda m: lambda p, v: jnp.sum(jnp.sin(m.apply(p, v)))
+  g_ref = jax.grad(loss(ref), (0, 1))(params, x)
+  g = jax.grad(loss(ours), (0, 1))(params, x)
+  for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_one_by_one_conv_is_a_dot_on_cpu():
+  x = jnp.ones((2, 6, 6, 4))
+  m = ops.Conv(3, (1, 1), strides=(2, 2))
+  params = m.init(jax.random.key(0), x)
+  jaxpr = str(jax.make_jaxpr(lambda p: m.apply(p, x))(params))
+  assert 'dot_general' in jaxpr and 'conv_general_dilated' not in jaxpr
+  m3 = ops.Conv(3, (3, 3))
+  p3 = m3.init(jax.random.key(0), x)
+  assert 'conv_general_dilated' in str(
+      jax.make_jaxpr(lambda p: m3.apply(p, x))(p3))
