@@ -82,3 +82,34 @@ def test_one_by_one_conv_is_a_dot_on_cpu():
   p3 = m3.init(jax.random.key(0), x)
   assert 'conv_general_dilated' in str(
       jax.make_jaxpr(lambda p: m3.apply(p, x))(p3))
+
+
+@pytest.mark.parametrize('shape', [(2, 5, 16), (7, 33)])
+def test_layer_norm_matches_flax_values_and_gradients(shape):
+  rng = np.random.default_rng(2)
+  x = jnp.asarray((3 + 2 * rng.normal(size=shape)).astype(np.float32))
+  ref = nn.LayerNorm(epsilon=1e-6, use_fast_variance=False)
+  ours = ops.LayerNorm(epsilon=1e-6)
+  params = ref.init(jax.random.key(0), x)
+  params = jax.tree.map(  # non-trivial scale and bias
+      lambda p: p + jnp.asarray(rng.normal(size=p.shape), p.dtype), params)
+  assert (jax.tree.map(jnp.shape, ours.init(jax.random.key(0), x))
+          == jax.tree.map(jnp.shape, params))
+  np.testing.assert_allclose(ours.apply(params, x), ref.apply(params, x),
+                             rtol=1e-5, atol=1e-5)
+  w = jnp.asarray(rng.normal(size=shape).astype(np.float32))
+  loss = lambda m: lambda p, v: jnp.sum(jnp.tanh(m.apply(p, v)) * w)
+  g_ref = jax.grad(loss(ref), (0, 1))(params, x)
+  g = jax.grad(loss(ours), (0, 1))(params, x)
+  for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_layer_norm_keeps_compute_dtype():
+  x = jnp.ones((2, 3, 8), jnp.bfloat16)
+  m = ops.LayerNorm(dtype=jnp.bfloat16)
+  p = m.init(jax.random.key(0), x)
+  assert m.apply(p, x).dtype == jnp.bfloat16
+  assert p['params']['scale'].dtype == jnp.float32
+  g = jax.grad(lambda v: m.apply(p, v).astype(jnp.float32).sum())(x)
+  assert g.dtype == jnp.bfloat16

@@ -1,4 +1,4 @@
-"""CPU-friendly forms of two primitives, with the same math.
+"""CPU-friendly forms of three primitives, with the same math.
 
 XLA's CPU backend (jaxlib 0.10.2) has two slow spots in a ResNet train step
 (`benchmarks/README.md`, "Speed levers"):
@@ -18,8 +18,13 @@ XLA's CPU backend (jaxlib 0.10.2) has two slow spots in a ResNet train step
   the first maximum of its window (the element `select_and_scatter` with
   `>=` and torch's `max_pool2d` pick) with comparisons and shifted adds on
   the pooled grid, interleaved back to the input grid.
+* **LayerNorm gradients.** Autodiff of a LayerNorm reduces `g * scale` and
+  `g * scale * x_hat` over the feature axis; XLA's CPU backend fed those
+  reductions a materialised (B, N, D) broadcast of `scale`. `LayerNorm`'s
+  custom VJP writes them as matrix-vector products with `scale`, so nothing
+  is broadcast (ViT-B/16 block, forward + backward: -4%).
 
-Both are used only when JAX's default backend is the CPU; elsewhere (cuDNN
+All three are used only when JAX's default backend is the CPU; elsewhere (cuDNN
 on GPU, TPU) they are exactly `lax.conv_general_dilated` and
 `flax.linen.max_pool`. Results are the same up to float summation order
 (tests compare against the lax forms, values and gradients).
@@ -163,3 +168,59 @@ def _max_pool2d_bwd(window, strides, pads, res, g):
 
 
 _max_pool2d.defvjp(_max_pool2d_fwd, _max_pool2d_bwd)
+
+
+class LayerNorm(nn.Module):
+  """LayerNorm over the last axis, parameters as `nn.LayerNorm`'s (`scale`,
+  `bias`, float32), statistics in float32 in two passes (torch's formula);
+  output in `dtype` (default: the input's)."""
+  epsilon: float = 1e-6
+  dtype: Any = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    d = x.shape[-1]
+    scale = self.param('scale', nn.initializers.ones, (d,), jnp.float32)
+    bias = self.param('bias', nn.initializers.zeros, (d,), jnp.float32)
+    norm = _layer_norm if _on_cpu() else _layer_norm_formula
+    y = norm(x.astype(jnp.float32), scale, bias, self.epsilon)
+    return y.astype(self.dtype or x.dtype)
+
+
+def _normalise(x, epsilon):
+  xc = x - jnp.mean(x, -1, keepdims=True)
+  r = lax.rsqrt(jnp.mean(xc * xc, -1, keepdims=True) + epsilon)
+  return xc * r, r
+
+
+def _bcast(v, x):
+  """(D,) -> (1, ..., 1, D) to broadcast against x explicitly."""
+  return v.reshape((1,) * (x.ndim - 1) + v.shape)
+
+
+def _layer_norm_formula(x, scale, bias, epsilon):
+  return _normalise(x, epsilon)[0] * _bcast(scale, x) + _bcast(bias, x)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _layer_norm(x, scale, bias, epsilon):
+  return _layer_norm_formula(x, scale, bias, epsilon)
+
+
+def _layer_norm_fwd(x, scale, bias, epsilon):
+  xh, r = _normalise(x, epsilon)
+  return xh * _bcast(scale, x) + _bcast(bias, x), (xh, r, scale)
+
+
+def _layer_norm_bwd(epsilon, res, g):
+  del epsilon
+  xh, r, scale = res
+  d = xh.shape[-1]
+  mean_gs = (g @ scale)[..., None] / d  # mean over features of g * scale
+  mean_gsx = ((g * xh) @ scale)[..., None] / d  # ... of g * scale * xh
+  dx = r * (g * _bcast(scale, g) - mean_gs - xh * mean_gsx)
+  rows = tuple(range(g.ndim - 1))
+  return dx, jnp.sum(g * xh, rows), jnp.sum(g, rows)
+
+
+_layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
