@@ -13,7 +13,7 @@ import pytest
 import torch
 import torchvision
 
-from cxr_jax.models import densenet, get_model
+from cxr_jax.models import densenet, get_model, layers
 from cxr_jax.models import inception_resnet_v2 as irv2
 
 jax.config.update('jax_numpy_rank_promotion', 'raise')
@@ -144,6 +144,41 @@ def test_densenet_tiny_parity_train_bn_and_legacy_keys():
   _check_train_bn(tm, variables, model, x, [
       ('features.norm0', 'norm0', 2 * 16 * 16),
       ('features.norm5', 'norm5', 2 * 1 * 1)])
+
+
+def test_densenet_train_bn_with_shared_chunk_moments():
+  """Several layers per block: each norm1 normalises a concatenation whose
+  batch statistics `DenseBlock` assembles from per-chunk moments; outputs
+  and the running statistics they update equal torch's (train mode)."""
+  torch.manual_seed(3)
+  tm = _randomise_bn(torchvision.models.DenseNet(
+      growth_rate=12, block_config=(2, 2, 2, 2), num_init_features=16,
+      bn_size=4, num_classes=3).eval(), seed=3)
+  x = np.random.RandomState(3).randn(2, 3, 64, 64).astype(np.float32)
+  variables, model = _check_parity('densenet_small', tm, tm.features.norm5, x,
+                                    densenet.convert_torch, 'small',
+                                    post=torch.relu)
+  # 64 px: block 1 runs at 16x16, block 2 at 8x8 (batch 2).
+  _check_train_bn(tm, variables, model, x, [
+      ('features.denseblock1.denselayer2.norm1',
+       'denseblock1/denselayer2/norm1', 2 * 16 * 16),
+      ('features.denseblock2.denselayer2.norm1',
+       'denseblock2/denselayer2/norm1', 2 * 8 * 8),
+      ('features.transition2.norm', 'transition2/norm', 2 * 8 * 8)])
+
+
+def test_batchnorm_given_moments_equal_computed_ones():
+  x = jnp.asarray(np.random.RandomState(4).randn(3, 5, 5, 6), jnp.float32)
+  bn = layers.BatchNorm(use_running_average=False)
+  v = bn.init(jax.random.key(0), x)
+  ref, ref_stats = bn.apply(v, x, mutable=['batch_stats'])
+  got, got_stats = bn.apply(v, x, moments=layers.batch_moments(x),
+                            mutable=['batch_stats'])
+  np.testing.assert_array_equal(got, ref)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, got_stats, ref_stats)
+  with pytest.raises(ValueError, match='for 6 channels'):
+    bn.apply(v, x, moments=layers.batch_moments(x[..., :4]),
+             mutable=['batch_stats'])
 
 
 def test_irv2_basic_conv_train_bn():

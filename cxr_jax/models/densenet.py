@@ -29,6 +29,7 @@ import numpy as np
 
 from cxr_jax.models import ops
 from cxr_jax.models.layers import BatchNorm
+from cxr_jax.models.layers import batch_moments
 
 # variant -> (block_config, growth_rate, num_init_features, bn_size)
 VARIANTS = {
@@ -52,8 +53,11 @@ class DenseLayer(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x_BHWC: jax.Array, train: bool) -> jax.Array:
-    y = nn.relu(_bn(train, self.dtype, 'norm1')(x_BHWC))
+  def __call__(self, x_BHWC: jax.Array, train: bool,
+               moments: tuple[jax.Array, jax.Array] | None = None
+               ) -> jax.Array:
+    """`moments`: norm1's batch statistics of `x_BHWC`, if already known."""
+    y = nn.relu(_bn(train, self.dtype, 'norm1')(x_BHWC, moments=moments))
     y = ops.Conv(self.bn_size * self.growth_rate, (1, 1), use_bias=False,
                 dtype=self.dtype, name='conv1')(y)
     y = nn.relu(_bn(train, self.dtype, 'norm2')(y))
@@ -62,7 +66,15 @@ class DenseLayer(nn.Module):
 
 
 class DenseBlock(nn.Module):
-  """`num_layers` dense layers, each fed the concatenation of all before."""
+  """`num_layers` dense layers, each fed the concatenation of all before.
+
+  In training mode each layer's norm1 normalises that concatenation with its
+  batch statistics, which are per channel: the statistics of a feature chunk
+  are the same for every later layer. They are computed once per chunk
+  (`layers.batch_moments`) and concatenated, rather than reduced again over
+  the whole, growing input in every layer (same values; DenseNet-201's train
+  step reads its block inputs two times fewer per layer).
+  """
   num_layers: int
   growth_rate: int
   bn_size: int
@@ -74,10 +86,15 @@ class DenseBlock(nn.Module):
     layer_cls = (nn.remat(DenseLayer, static_argnums=(2,)) if self.remat
                  else DenseLayer)
     feats = [x_BHWC]
+    moments = [batch_moments(x_BHWC)] if train else []
     for i in range(self.num_layers):
       layer = layer_cls(self.growth_rate, self.bn_size, dtype=self.dtype,
                         name=f'denselayer{i + 1}')
-      feats.append(layer(jnp.concatenate(feats, axis=-1), train))
+      known = (tuple(jnp.concatenate(m) for m in zip(*moments)) if train
+               else None)
+      feats.append(layer(jnp.concatenate(feats, axis=-1), train, known))
+      if train:
+        moments.append(batch_moments(feats[-1]))
     return jnp.concatenate(feats, axis=-1)
 
 

@@ -32,6 +32,28 @@ conv_kernel_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 torch_dense_init = nn.initializers.variance_scaling(1 / 3, 'fan_in', 'uniform')
 
 
+def batch_moments(x: jax.Array, use_fast_variance: bool = True,
+                  axis_name: str | None = None
+                  ) -> tuple[jax.Array, jax.Array]:
+  """Per-channel (mean, biased variance) over all but the last axis, in
+  float32: `BatchNorm`'s training statistics. `use_fast_variance`: one pass,
+  E[x^2] - E[x]^2 (clipped at 0); else two passes, E[(x - E[x])^2]."""
+  axes = tuple(range(x.ndim - 1))
+  x32 = x.astype(jnp.float32)
+  mean = jnp.mean(x32, axes)
+  if use_fast_variance:
+    mean2 = jnp.mean(jnp.square(x32), axes)
+    if axis_name is not None:
+      mean, mean2 = jax.lax.pmean((mean, mean2), axis_name)
+    return mean, jnp.maximum(mean2 - jnp.square(mean), 0.)
+  if axis_name is not None:
+    mean = jax.lax.pmean(mean, axis_name)
+  var = jnp.mean(jnp.square(x32 - jnp.expand_dims(mean, axes)), axes)
+  if axis_name is not None:
+    var = jax.lax.pmean(var, axis_name)
+  return mean, var
+
+
 class BatchNorm(nn.Module):
   """BatchNorm over all but the last axis, torch-exact in train and eval.
 
@@ -60,7 +82,13 @@ class BatchNorm(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array,
-               use_running_average: bool | None = None) -> jax.Array:
+               use_running_average: bool | None = None,
+               moments: tuple[jax.Array, jax.Array] | None = None
+               ) -> jax.Array:
+    """`moments`: this batch's per-channel (mean, biased variance) of `x`,
+    computed by the caller (`batch_moments`); used in training mode instead
+    of reducing `x` again (DenseNet reuses each feature chunk's moments in
+    every later layer)."""
     use_ra = nn.merge_param('use_running_average', self.use_running_average,
                             use_running_average)
     features = x.shape[-1]
@@ -75,19 +103,12 @@ class BatchNorm(nn.Module):
     if use_ra:
       mean, var = ra_mean.value, ra_var.value
     else:
-      x32 = x.astype(jnp.float32)
-      mean = jnp.mean(x32, axes)
-      if self.use_fast_variance:
-        mean2 = jnp.mean(jnp.square(x32), axes)
-        if self.axis_name is not None:
-          mean, mean2 = jax.lax.pmean((mean, mean2), self.axis_name)
-        var = jnp.maximum(mean2 - jnp.square(mean), 0.)
-      else:
-        if self.axis_name is not None:
-          mean = jax.lax.pmean(mean, self.axis_name)
-        var = jnp.mean(jnp.square(x32 - jnp.expand_dims(mean, axes)), axes)
-        if self.axis_name is not None:
-          var = jax.lax.pmean(var, self.axis_name)
+      if moments is None:
+        moments = batch_moments(x, self.use_fast_variance, self.axis_name)
+      mean, var = moments
+      if mean.shape != (features,) or var.shape != (features,):
+        raise ValueError(f'moments of shapes {mean.shape}, {var.shape} given '
+                         f'for {features} channels')
       if not self.is_initializing():
         n = int(np.prod([x.shape[a] for a in axes]))
         if self.axis_name is not None:

@@ -11,13 +11,17 @@ XLA's CPU backend (jaxlib 0.10.2) has two slow spots in a ResNet train step
   channel axis, so `conv_general_dilated` computes it as one
   (`jnp.dot` on the (N*H*W, C) view): forward, input gradient and weight
   gradient are then plain GEMMs on the NHWC buffers, with no copies.
-* **Max-pool gradients.** JAX differentiates `reduce_window` max into
+* **Max-pooling.** JAX differentiates `reduce_window` max into
   `select_and_scatter_add`, which XLA's CPU backend expands into a
   reduce-window over index tuples (five full-size buffers of iotas) and a
   scatter. `max_pool`'s custom VJP instead routes each output gradient to
   the first maximum of its window (the element `select_and_scatter` with
   `>=` and torch's `max_pool2d` pick) with comparisons and shifted adds on
-  the pooled grid, interleaved back to the input grid.
+  the pooled grid, interleaved back to the input grid. Its forward is the
+  elementwise maximum of the window's strided slices: as a `reduce_window`,
+  the CPU flag's YNNPACK reduction fusion took it together with every
+  convolution before it (VGG16's whole feature stack), and YNNPACK's
+  convolutions are slower than Eigen's (VGG16 Grad-CAM: 2.9 -> 2.2 s).
 * **LayerNorm gradients.** Autodiff of a LayerNorm reduces `g * scale` and
   `g * scale * x_hat` over the feature axis; XLA's CPU backend fed those
   reductions a materialised (B, N, D) broadcast of `scale`. `LayerNorm`'s
@@ -111,10 +115,30 @@ def max_pool(x: jax.Array, window_shape: Sequence[int],
   return _max_pool2d(x, window, strides, pads)
 
 
+def _window_slices(xp, window, strides, out_hw):
+  """The (i, j) window element of every output, as strided slices of the
+  padded input, in row-major window order."""
+  (kh, kw), (sh, sw), (ho, wo) = window, strides, out_hw
+  n, c = xp.shape[0], xp.shape[-1]
+  for i in range(kh):
+    for j in range(kw):
+      yield i, j, lax.slice(xp, (0, i, j, 0), (n, i + sh * (ho - 1) + 1,
+                                               j + sw * (wo - 1) + 1, c),
+                            (1, sh, sw, 1))
+
+
 def _reduce_max(x, window, strides, pads):
-  return lax.reduce_window(
-      x, jnp.array(-jnp.inf, x.dtype), lax.max, (1, *window, 1),
-      (1, *strides, 1), ((0, 0), *pads, (0, 0)))
+  """Max over the window as elementwise maxima of strided slices (one loop
+  fusion, no `reduce_window`: see the module docstring)."""
+  (kh, kw), (sh, sw), ((pt, pb), (pl, pr)) = window, strides, pads
+  ho = (x.shape[1] + pt + pb - kh) // sh + 1
+  wo = (x.shape[2] + pl + pr - kw) // sw + 1
+  xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)),
+               constant_values=-jnp.inf)
+  y = None
+  for _, _, xs in _window_slices(xp, window, strides, (ho, wo)):
+    y = xs if y is None else jnp.maximum(y, xs)
+  return y
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
@@ -146,18 +170,14 @@ def _max_pool2d_bwd(window, strides, pads, res, g):
   zero = jnp.zeros_like(g)
   plane = {}
   taken = jnp.zeros(y.shape, bool)
-  for i in range(kh):
-    for j in range(kw):
-      xs = lax.slice(xp, (0, i, j, 0),
-                     (n, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, c),
-                     (1, sh, sw, 1))
-      hit = (xs == y) & ~taken
-      taken = taken | hit
-      di, dj = i // sh, j // sw
-      part = jnp.pad(jnp.where(hit, g, zero),
-                     ((0, 0), (di, hc - ho - di), (dj, wc - wo - dj), (0, 0)))
-      key = (i % sh, j % sw)
-      plane[key] = plane[key] + part if key in plane else part
+  for i, j, xs in _window_slices(xp, window, strides, (ho, wo)):
+    hit = (xs == y) & ~taken
+    taken = taken | hit
+    di, dj = i // sh, j // sw
+    part = jnp.pad(jnp.where(hit, g, zero),
+                   ((0, 0), (di, hc - ho - di), (dj, wc - wo - dj), (0, 0)))
+    key = (i % sh, j % sw)
+    plane[key] = plane[key] + part if key in plane else part
   empty = jnp.zeros((n, hc, wc, c), g.dtype)
   grid = jnp.stack([jnp.stack([plane.get((a, b), empty) for b in range(sw)],
                               axis=3) for a in range(sh)], axis=2)
