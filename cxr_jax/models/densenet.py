@@ -59,10 +59,10 @@ class DenseLayer(nn.Module):
     """`moments`: norm1's batch statistics of `x_BHWC`, if already known."""
     y = nn.relu(_bn(train, self.dtype, 'norm1')(x_BHWC, moments=moments))
     y = ops.Conv(self.bn_size * self.growth_rate, (1, 1), use_bias=False,
-                dtype=self.dtype, name='conv1')(y)
+                 dtype=self.dtype, name='conv1')(y)
     y = nn.relu(_bn(train, self.dtype, 'norm2')(y))
     return ops.Conv(self.growth_rate, (3, 3), padding=((1, 1), (1, 1)),
-                   use_bias=False, dtype=self.dtype, name='conv2')(y)
+                    use_bias=False, dtype=self.dtype, name='conv2')(y)
 
 
 class DenseBlock(nn.Module):
@@ -93,7 +93,7 @@ class DenseBlock(nn.Module):
       known = (tuple(jnp.concatenate(m) for m in zip(*moments)) if train
                else None)
       feats.append(layer(jnp.concatenate(feats, axis=-1), train, known))
-      if train:
+      if train and i + 1 < self.num_layers:  # read by the next layers
         moments.append(batch_moments(feats[-1]))
     return jnp.concatenate(feats, axis=-1)
 
@@ -107,7 +107,7 @@ class Transition(nn.Module):
   def __call__(self, x_BHWC: jax.Array, train: bool) -> jax.Array:
     x = nn.relu(_bn(train, self.dtype, 'norm')(x_BHWC))
     x = ops.Conv(self.features, (1, 1), use_bias=False, dtype=self.dtype,
-                name='conv')(x)
+                 name='conv')(x)
     return nn.avg_pool(x, (2, 2), strides=(2, 2))
 
 
@@ -144,8 +144,9 @@ class Model(nn.Module):
     blocks, growth, init_features, bn_size = VARIANTS[self.variant]
     out = {}
     x = jnp.asarray(x_BHWC, self.dtype)
-    x = ops.Conv(init_features, (7, 7), strides=(2, 2), padding=((3, 3), (3, 3)),
-                use_bias=False, dtype=self.dtype, name='conv0')(x)
+    x = ops.Conv(init_features, (7, 7), strides=(2, 2),
+                 padding=((3, 3), (3, 3)), use_bias=False, dtype=self.dtype,
+                 name='conv0')(x)
     x = nn.relu(_bn(train, self.dtype, 'norm0')(x))
     x = ops.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     ch = init_features

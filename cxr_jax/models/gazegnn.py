@@ -104,7 +104,7 @@ class Conv1x1BN(nn.Module):
   @nn.compact
   def __call__(self, x_BHWC: jax.Array, train: bool) -> jax.Array:
     x = ops.Conv(self.features, (1, 1), feature_group_count=self.groups,
-                dtype=self.dtype, name='0')(x_BHWC)
+                 dtype=self.dtype, name='0')(x_BHWC)
     return _bn(train, self.dtype, '1')(x)
 
 
@@ -263,7 +263,7 @@ class Model(nn.Module):
     if self.drop_rate:
       y = nn.Dropout(self.drop_rate, deterministic=not train)(y)
     y = ops.Conv(self.num_classes, (1, 1), dtype=self.dtype,
-                name='prediction_4')(y)
+                 name='prediction_4')(y)
     return y[:, 0, 0, :], out
 
 
@@ -283,8 +283,8 @@ class Stem(nn.Module):
       last = i == self.n_down
       width = self.dim if last else self.dim // 2 ** (self.n_down - 1 - i)
       x = ops.Conv(width, (3, 3), strides=1 if last else 2,
-                  padding=((1, 1), (1, 1)), dtype=self.dtype,
-                  name=str(3 * i))(x)
+                   padding=((1, 1), (1, 1)), dtype=self.dtype,
+                   name=str(3 * i))(x)
       x = _bn(train, self.dtype, str(3 * i + 1))(x)
       if not last:
         x = _gelu(x)

@@ -51,8 +51,8 @@ class BasicConv2d(nn.Module):
   @nn.compact
   def __call__(self, x_BHWC: jax.Array, train: bool) -> jax.Array:
     x = ops.Conv(self.features, self.kernel, strides=self.strides,
-                padding=self.padding, use_bias=False, dtype=self.dtype,
-                name='conv')(x_BHWC)
+                 padding=self.padding, use_bias=False, dtype=self.dtype,
+                 name='conv')(x_BHWC)
     x = BatchNorm(use_running_average=not train, momentum=0.9,
                   epsilon=BN_EPS, dtype=self.dtype, name='bn')(x)
     return nn.relu(x)

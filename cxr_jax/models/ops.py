@@ -1,6 +1,6 @@
 """CPU-friendly forms of three primitives, with the same math.
 
-XLA's CPU backend (jaxlib 0.10.2) has two slow spots in a ResNet train step
+XLA's CPU backend (jaxlib 0.10.2) runs three common ops slowly
 (`benchmarks/README.md`, "Speed levers"):
 
 * **1x1 convolutions.** The weight gradient of a convolution is lowered as
@@ -28,10 +28,11 @@ XLA's CPU backend (jaxlib 0.10.2) has two slow spots in a ResNet train step
   custom VJP writes them as matrix-vector products with `scale`, so nothing
   is broadcast (ViT-B/16 block, forward + backward: -4%).
 
-All three are used only when JAX's default backend is the CPU; elsewhere (cuDNN
-on GPU, TPU) they are exactly `lax.conv_general_dilated` and
-`flax.linen.max_pool`. Results are the same up to float summation order
-(tests compare against the lax forms, values and gradients).
+All three are used only when JAX's default backend is the CPU; elsewhere
+(cuDNN on GPU, TPU) they are exactly `lax.conv_general_dilated`,
+`flax.linen.max_pool` and autodiff of the LayerNorm formula. Results are the
+same up to float summation order (tests compare against the lax/Flax forms,
+values and gradients).
 """
 from __future__ import annotations
 
@@ -127,28 +128,29 @@ def _window_slices(xp, window, strides, out_hw):
                             (1, sh, sw, 1))
 
 
-def _reduce_max(x, window, strides, pads):
-  """Max over the window as elementwise maxima of strided slices (one loop
-  fusion, no `reduce_window`: see the module docstring)."""
+def _pool_padded(x, window, strides, pads):
+  """(max over each window, the -inf-padded input it was read from).
+
+  The max is the elementwise maximum of the window's strided slices (one
+  loop fusion, no `reduce_window`: see the module docstring)."""
   (kh, kw), (sh, sw), ((pt, pb), (pl, pr)) = window, strides, pads
-  ho = (x.shape[1] + pt + pb - kh) // sh + 1
-  wo = (x.shape[2] + pl + pr - kw) // sw + 1
   xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)),
                constant_values=-jnp.inf)
+  out_hw = ((xp.shape[1] - kh) // sh + 1, (xp.shape[2] - kw) // sw + 1)
   y = None
-  for _, _, xs in _window_slices(xp, window, strides, (ho, wo)):
+  for _, _, xs in _window_slices(xp, window, strides, out_hw):
     y = xs if y is None else jnp.maximum(y, xs)
-  return y
+  return y, xp
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
 def _max_pool2d(x, window, strides, pads):
-  return _reduce_max(x, window, strides, pads)
+  return _pool_padded(x, window, strides, pads)[0]
 
 
 def _max_pool2d_fwd(x, window, strides, pads):
-  y = _reduce_max(x, window, strides, pads)
-  return y, (x, y)
+  y, xp = _pool_padded(x, window, strides, pads)
+  return y, (xp, y)
 
 
 def _max_pool2d_bwd(window, strides, pads, res, g):
@@ -160,12 +162,11 @@ def _max_pool2d_bwd(window, strides, pads, res, g):
   (i//sh, j//sw) pooled cells. Each class is summed on the pooled grid, the
   classes are interleaved back, and the padding is cropped.
   """
-  x, y = res
+  xp, y = res
   (kh, kw), (sh, sw), ((pt, pb), (pl, pr)) = window, strides, pads
-  n, h, w, c = x.shape
+  n, c = xp.shape[0], xp.shape[-1]
+  h, w = xp.shape[1] - pt - pb, xp.shape[2] - pl - pr
   ho, wo = y.shape[1:3]
-  xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)),
-               constant_values=-jnp.inf)
   hc, wc = ho + (kh - 1) // sh, wo + (kw - 1) // sw
   zero = jnp.zeros_like(g)
   plane = {}

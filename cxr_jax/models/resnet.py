@@ -108,8 +108,8 @@ class Model(nn.Module):
     out = {}
     x = x_BHWC.astype(self.dtype)
     x = ops.Conv(widths[0], (7, 7), (2, 2), padding=((3, 3), (3, 3)),
-                use_bias=False, dtype=self.dtype,
-                kernel_init=layers.conv_kernel_init, name='conv1')(x)
+                 use_bias=False, dtype=self.dtype,
+                 kernel_init=layers.conv_kernel_init, name='conv1')(x)
     x = layers.BatchNorm(use_running_average=not train, dtype=self.dtype,
                          name='bn1')(x)
     x = nn.relu(x)

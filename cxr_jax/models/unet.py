@@ -52,7 +52,7 @@ def variant_cfg(variant: str) -> tuple[tuple[int, ...], str]:
 
 def _conv(features: int, dtype: Dtype, name: str, k: int = 3) -> nn.Module:
   return ops.Conv(features, (k, k), padding='SAME', use_bias=True, dtype=dtype,
-                 kernel_init=layers.conv_kernel_init, name=name)
+                  kernel_init=layers.conv_kernel_init, name=name)
 
 
 def _bn(train: bool, dtype: Dtype, name: str) -> nn.Module:
@@ -195,9 +195,9 @@ class SaliencyHead(nn.Module):
     # 1-channel output gives logits with std ~3-5 and a near one-hot first
     # prediction, whose KL of tens of nats stalled stage 2 on the phantom.)
     s_BHW = ops.Conv(1, (1, 1), use_bias=True, dtype=self.dtype,
-                    kernel_init=nn.initializers.variance_scaling(
-                        1 / 3, 'fan_in', 'uniform'), name='out')(
-                            x_BHWC)[..., 0]
+                     kernel_init=nn.initializers.variance_scaling(
+                         1 / 3, 'fan_in', 'uniform'), name='out')(
+                             x_BHWC)[..., 0]
     return saliency_log_softmax(s_BHW)
 
 

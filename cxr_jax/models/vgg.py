@@ -99,8 +99,8 @@ class Model(nn.Module):
     for i, (depth, width) in enumerate(zip(depths, widths)):
       for k in range(depth):
         x = ops.Conv(width, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype,
-                    kernel_init=layers.conv_kernel_init,
-                    name=f'conv{i + 1}_{k + 1}')(x)
+                     kernel_init=layers.conv_kernel_init,
+                     name=f'conv{i + 1}_{k + 1}')(x)
         x = nn.relu(x)
       if i == len(depths) - 1:
         x = self.perturb('features', x)

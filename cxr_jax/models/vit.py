@@ -230,6 +230,7 @@ class Attention(nn.Module):
                    for n in ('query', 'key', 'value')))
     w_D3HK = jnp.stack(ws, 1).astype(self.dtype)
     b_3HK = jnp.stack(bs, 0).astype(self.dtype)
+
     def project(x_BND, w_DTHK, b_THK):  # one GEMM over all tokens
       y = _rows(x_BND) @ w_DTHK.reshape(d, -1) + b_THK.reshape(1, -1)
       return y.reshape(x_BND.shape[:2] + b_THK.shape)
