@@ -66,7 +66,8 @@ class DenseLayer(nn.Module):
 
 
 class DenseBlock(nn.Module):
-  """`num_layers` dense layers, each fed the concatenation of all before.
+  """`num_layers` dense layers, each fed the concatenation of all before
+  (the block's input grows by one concatenation per layer).
 
   In training mode each layer's norm1 normalises that concatenation with its
   batch statistics, which are per channel: the statistics of a feature chunk
@@ -85,30 +86,45 @@ class DenseBlock(nn.Module):
   def __call__(self, x_BHWC: jax.Array, train: bool) -> jax.Array:
     layer_cls = (nn.remat(DenseLayer, static_argnums=(2,)) if self.remat
                  else DenseLayer)
-    feats = [x_BHWC]
-    moments = [batch_moments(x_BHWC)] if train else []
+    x = x_BHWC
+    moments = batch_moments(x) if train else None
     for i in range(self.num_layers):
       layer = layer_cls(self.growth_rate, self.bn_size, dtype=self.dtype,
                         name=f'denselayer{i + 1}')
-      known = (tuple(jnp.concatenate(m) for m in zip(*moments)) if train
-               else None)
-      feats.append(layer(jnp.concatenate(feats, axis=-1), train, known))
+      new = layer(x, train, moments)
       if train and i + 1 < self.num_layers:  # read by the next layers
-        moments.append(batch_moments(feats[-1]))
-    return jnp.concatenate(feats, axis=-1)
+        moments = tuple(jnp.concatenate(m) for m in zip(moments,
+                                                         batch_moments(new)))
+      x = jnp.concatenate([x, new], axis=-1)
+    return x
+
+
+def avg_pool2(x_BHWC: jax.Array) -> jax.Array:
+  """2x2, stride-2 average pooling (a trailing odd row/column is dropped, as
+  `nn.avg_pool` with 'VALID' padding does), as a mean over a reshape: its
+  gradient is a broadcast, where `reduce_window`'s was a padded
+  `reduce_window` (slow on XLA's CPU backend)."""
+  b, h, w, c = x_BHWC.shape
+  x = x_BHWC[:, :h - h % 2, :w - w % 2]
+  return x.reshape(b, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
 
 
 class Transition(nn.Module):
-  """norm-relu-conv1x1-avgpool2 (halves channels and resolution)."""
+  """norm-relu-conv1x1-avgpool2 (halves channels and resolution).
+
+  Computed as norm-relu-avgpool2-conv1x1: the 1x1 convolution and the
+  average pooling are both linear and act on different axes, so they
+  commute (same result up to rounding) and the convolution runs on a
+  quarter of the pixels (DenseNet-201: 4x fewer transition FLOPs; train
+  step, batch 16, 2 CPU cores: 4.35 -> 3.97 s)."""
   features: int
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x_BHWC: jax.Array, train: bool) -> jax.Array:
     x = nn.relu(_bn(train, self.dtype, 'norm')(x_BHWC))
-    x = ops.Conv(self.features, (1, 1), use_bias=False, dtype=self.dtype,
-                 name='conv')(x)
-    return nn.avg_pool(x, (2, 2), strides=(2, 2))
+    return ops.Conv(self.features, (1, 1), use_bias=False, dtype=self.dtype,
+                    name='conv')(avg_pool2(x))
 
 
 class Model(nn.Module):

@@ -1,6 +1,6 @@
-"""CPU-friendly forms of three primitives, with the same math.
+"""CPU-friendly forms of four primitives, with the same math.
 
-XLA's CPU backend (jaxlib 0.10.2) runs three common ops slowly
+XLA's CPU backend (jaxlib 0.10.2) runs four common ops slowly
 (`benchmarks/README.md`, "Speed levers"):
 
 * **1x1 convolutions.** The weight gradient of a convolution is lowered as
@@ -16,8 +16,11 @@ XLA's CPU backend (jaxlib 0.10.2) runs three common ops slowly
   reduce-window over index tuples (five full-size buffers of iotas) and a
   scatter. `max_pool`'s custom VJP instead routes each output gradient to
   the first maximum of its window (the element `select_and_scatter` with
-  `>=` and torch's `max_pool2d` pick) with comparisons and shifted adds on
-  the pooled grid, interleaved back to the input grid. Its forward is the
+  `>=` and torch's `max_pool2d` pick), whose window offset the forward
+  pass stores (one byte per output, like torch's indices): scatter-added
+  for overlapping windows (ResNet/DenseNet's 3x3/2 stem pool), shifted
+  adds on the pooled grid interleaved back to the input grid for windows
+  that tile it (VGG's 2x2/2; the scatter was slower there). Its forward is the
   elementwise maximum of the window's strided slices: as a `reduce_window`,
   the CPU flag's YNNPACK reduction fusion took it together with every
   convolution before it (VGG16's whole feature stack), and YNNPACK's
@@ -27,12 +30,15 @@ XLA's CPU backend (jaxlib 0.10.2) runs three common ops slowly
   reductions a materialised (B, N, D) broadcast of `scale`. `LayerNorm`'s
   custom VJP writes them as matrix-vector products with `scale`, so nothing
   is broadcast (ViT-B/16 block, forward + backward: -4%).
+* **Exact GELU.** `gelu` writes it with `erf` (torch's formula) instead of
+  jax's `erfc` form, which XLA's CPU backend computes with an exponential
+  and selects: half the time, forward + backward.
 
-All three are used only when JAX's default backend is the CPU; elsewhere
+All four are used only when JAX's default backend is the CPU; elsewhere
 (cuDNN on GPU, TPU) they are exactly `lax.conv_general_dilated`,
-`flax.linen.max_pool` and autodiff of the LayerNorm formula. Results are the
-same up to float summation order (tests compare against the lax/Flax forms,
-values and gradients).
+`flax.linen.max_pool`, autodiff of the LayerNorm formula and
+`flax.linen.gelu`. Results are the same up to float rounding (tests compare
+against the lax/Flax forms, values and gradients).
 """
 from __future__ import annotations
 
@@ -128,8 +134,9 @@ def _window_slices(xp, window, strides, out_hw):
                             (1, sh, sw, 1))
 
 
-def _pool_padded(x, window, strides, pads):
-  """(max over each window, the -inf-padded input it was read from).
+def _pool_padded(x, window, strides, pads, with_index=False):
+  """The max over each window (and, `with_index`, the row-major window
+  offset of its first maximum, int8; int32 for windows over 127).
 
   The max is the elementwise maximum of the window's strided slices (one
   loop fusion, no `reduce_window`: see the module docstring)."""
@@ -137,55 +144,88 @@ def _pool_padded(x, window, strides, pads):
   xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)),
                constant_values=-jnp.inf)
   out_hw = ((xp.shape[1] - kh) // sh + 1, (xp.shape[2] - kw) // sw + 1)
-  y = None
-  for _, _, xs in _window_slices(xp, window, strides, out_hw):
-    y = xs if y is None else jnp.maximum(y, xs)
-  return y, xp
+  index_dtype = jnp.int8 if kh * kw <= 127 else jnp.int32
+  y = k = None
+  for i, j, xs in _window_slices(xp, window, strides, out_hw):
+    if y is None:
+      y, k = xs, jnp.zeros(xs.shape, index_dtype)
+      continue
+    if with_index:  # strictly greater: the first maximum keeps its offset
+      k = jnp.where(xs > y, jnp.asarray(i * kw + j, index_dtype), k)
+    y = jnp.maximum(y, xs)
+  return (y, k) if with_index else y
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
 def _max_pool2d(x, window, strides, pads):
-  return _pool_padded(x, window, strides, pads)[0]
+  return _pool_padded(x, window, strides, pads)
 
 
 def _max_pool2d_fwd(x, window, strides, pads):
-  y, xp = _pool_padded(x, window, strides, pads)
-  return y, (xp, y)
+  y, k = _pool_padded(x, window, strides, pads, with_index=True)
+  return y, (k, x.shape)
 
 
 def _max_pool2d_bwd(window, strides, pads, res, g):
-  """Each output's gradient to the first maximum of its window.
+  """Each output's gradient to the first maximum of its window, whose
+  offset the forward pass stored (`k`, one byte per output)."""
+  k, x_shape = res
+  if tuple(window) == tuple(strides):  # windows tile the input
+    return (_route_by_phase(k, g, window, strides, pads, x_shape),)
+  return (_route_by_scatter(k, g, window, strides, pads, x_shape),)
 
-  Window offset (i, j) of output (h, w) reads padded input row
-  sh*h + i = sh*(h + i//sh) + i%sh: the offsets of one residue class
+
+def _route_by_phase(k, g, window, strides, pads, x_shape):
+  """Gather-free: window offset (i, j) of output (h, w) reads padded input
+  row sh*h + i = sh*(h + i//sh) + i%sh, so the offsets of one residue class
   (i%sh, j%sw) land on one sub-grid of the padded input, shifted by
   (i//sh, j//sw) pooled cells. Each class is summed on the pooled grid, the
-  classes are interleaved back, and the padding is cropped.
-  """
-  xp, y = res
+  classes are interleaved back, and the padding is cropped. Reads `g` once
+  per window offset: used when the windows tile the input (VGG's 2x2/2),
+  where that is once in all."""
   (kh, kw), (sh, sw), ((pt, pb), (pl, pr)) = window, strides, pads
-  n, c = xp.shape[0], xp.shape[-1]
-  h, w = xp.shape[1] - pt - pb, xp.shape[2] - pl - pr
-  ho, wo = y.shape[1:3]
+  n, h, w, c = x_shape
+  ho, wo = k.shape[1:3]
   hc, wc = ho + (kh - 1) // sh, wo + (kw - 1) // sw
   zero = jnp.zeros_like(g)
   plane = {}
-  taken = jnp.zeros(y.shape, bool)
-  for i, j, xs in _window_slices(xp, window, strides, (ho, wo)):
-    hit = (xs == y) & ~taken
-    taken = taken | hit
-    di, dj = i // sh, j // sw
-    part = jnp.pad(jnp.where(hit, g, zero),
-                   ((0, 0), (di, hc - ho - di), (dj, wc - wo - dj), (0, 0)))
-    key = (i % sh, j % sw)
-    plane[key] = plane[key] + part if key in plane else part
+  for i in range(kh):
+    for j in range(kw):
+      di, dj = i // sh, j // sw
+      hit = k == jnp.asarray(i * kw + j, k.dtype)
+      part = jnp.pad(jnp.where(hit, g, zero),
+                     ((0, 0), (di, hc - ho - di), (dj, wc - wo - dj), (0, 0)))
+      key = (i % sh, j % sw)
+      plane[key] = plane[key] + part if key in plane else part
   empty = jnp.zeros((n, hc, wc, c), g.dtype)
   grid = jnp.stack([jnp.stack([plane.get((a, b), empty) for b in range(sw)],
                               axis=3) for a in range(sh)], axis=2)
   dxp = grid.reshape(n, hc * sh, wc * sw, c)  # padded-input coordinates
   dxp = jnp.pad(dxp, ((0, 0), (0, max(0, pt + h - hc * sh)),
                       (0, max(0, pl + w - wc * sw)), (0, 0)))
-  return (dxp[:, pt:pt + h, pl:pl + w, :],)
+  return dxp[:, pt:pt + h, pl:pl + w, :]
+
+
+def _route_by_scatter(k, g, window, strides, pads, x_shape):
+  """Scatter-adds each output's gradient to its input element (overlapping
+  windows may pick the same one), reading each element of `g` once. The
+  phase form reads `g` once per window offset, and XLA fused the whole
+  chain that produced `g` (DenseNet's first-block gradient) into each of
+  the nine reads of a 3x3/2 window: 318 ms of a one-thread DenseNet-201
+  step, against 7 ms for the scatter."""
+  (_, kw), (sh, sw), ((pt, _), (pl, _)) = window, strides, pads
+  n, h, w, c = x_shape
+  ho, wo = k.shape[1:3]
+  k = k.astype(jnp.int32)
+  rows = (jnp.arange(ho) * sh)[None, :, None, None] + k // kw - pt
+  cols = (jnp.arange(wo) * sw)[None, None, :, None] + k % kw - pl
+  inside = (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)
+  flat = ((jnp.arange(n)[:, None, None, None] * h + rows) * w + cols) * c
+  flat = jnp.where(inside, flat + jnp.arange(c).reshape(1, 1, 1, c),
+                   n * h * w * c)  # outside: dropped
+  dx = jnp.zeros(n * h * w * c, g.dtype).at[flat.reshape(-1)].add(
+      g.reshape(-1), mode='drop')
+  return dx.reshape(x_shape)
 
 
 _max_pool2d.defvjp(_max_pool2d_fwd, _max_pool2d_bwd)
@@ -245,3 +285,14 @@ def _layer_norm_bwd(epsilon, res, g):
 
 
 _layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
+
+
+def gelu(x: jax.Array, approximate: bool = False) -> jax.Array:
+  """`flax.linen.gelu`; on the CPU the exact form is x/2 * (1 + erf(x/sqrt2))
+  (torch's formula), not jax's x/2 * erfc(-x/sqrt2): XLA's CPU `erfc` runs an
+  exponential and two selects per element where `erf` is one rational
+  polynomial, and the MLP's GELU (forward + backward) took 5% of a
+  ViT-B/16 train step."""
+  if approximate or not _on_cpu():
+    return nn.gelu(x, approximate=approximate)
+  return x * (0.5 * (1 + lax.erf(x * jnp.asarray(0.5 ** 0.5, x.dtype))))

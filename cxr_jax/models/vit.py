@@ -235,18 +235,14 @@ class Attention(nn.Module):
       y = _rows(x_BND) @ w_DTHK.reshape(d, -1) + b_THK.reshape(1, -1)
       return y.reshape(x_BND.shape[:2] + b_THK.shape)
 
-    if queries is None:
-      qkv_BN3HK = project(x_BND, w_D3HK, b_3HK)
-      q_BNHK, k_BNHK, v_BNHK = (qkv_BN3HK[:, :, i] for i in range(3))
-    else:
-      q_BNHK = project(x_BND[:, :queries], w_D3HK[:, :1], b_3HK[:1])[:, :, 0]
-      kv_BN2HK = project(x_BND, w_D3HK[:, 1:], b_3HK[1:])
-      k_BNHK, v_BNHK = kv_BN2HK[:, :, 0], kv_BN2HK[:, :, 1]
     scale = head_dim ** -0.5
     need_weights = self.return_weights or (train and self.attn_dropout_rate)
     attn_BHNN = None
     implementation = self.resolved_implementation()
-    if implementation is not None and not need_weights and queries is None:
+    fused = implementation is not None and not need_weights and queries is None
+    if fused:
+      q_BNHK, k_BNHK, v_BNHK = (
+          t[:, :, 0] for t in jnp.split(project(x_BND, w_D3HK, b_3HK), 3, 2))
       y_BNHK = fused_attention(
           q_BNHK, k_BNHK, v_BNHK, scale=scale,
           implementation=implementation,
@@ -255,9 +251,19 @@ class Attention(nn.Module):
       # Heads-major (B, heads, N, head_dim): both attention matmuls are then
       # plain batched GEMMs; in (B, N, heads, head_dim), the layout
       # `dot_product_attention` takes, XLA's CPU batched dots ran 1.5x slower
-      # (ViT-B/16 forward: 100 -> 65 ms per block at batch 16).
-      q_BHNK, k_BHNK, v_BHNK = (t.transpose(0, 2, 1, 3)
-                                for t in (q_BNHK, k_BNHK, v_BNHK))
+      # (ViT-B/16 forward: 100 -> 65 ms per block at batch 16). The
+      # projections go there in one transpose each and are split (`split`'s
+      # gradient is one concatenation; indexing's was a zero-padded copy
+      # per slice, summed).
+      def heads_major(x_BND, w_DTHK, b_THK):
+        y_TBHNK = project(x_BND, w_DTHK, b_THK).transpose(2, 0, 3, 1, 4)
+        return [t[0] for t in jnp.split(y_TBHNK, y_TBHNK.shape[0])]
+
+      if queries is None:
+        q_BHNK, k_BHNK, v_BHNK = heads_major(x_BND, w_D3HK, b_3HK)
+      else:
+        q_BHNK, = heads_major(x_BND[:, :queries], w_D3HK[:, :1], b_3HK[:1])
+        k_BHNK, v_BHNK = heads_major(x_BND, w_D3HK[:, 1:], b_3HK[1:])
       q_BHNK = q_BHNK * jnp.asarray(scale, q_BHNK.dtype)
       logits_BHNN = jnp.einsum('bhqk,bhnk->bhqn', q_BHNK, k_BHNK)
       attn_BHNN = jax.nn.softmax(logits_BHNN.astype(jnp.float32), axis=-1)
@@ -288,7 +294,7 @@ class Mlp(nn.Module):
     shape = x.shape
     x = _rows(x)
     x = nn.Dense(self.hidden, dtype=self.dtype, name='fc1')(x)
-    x = nn.gelu(x, approximate=self.gelu_approximate)
+    x = ops.gelu(x, approximate=self.gelu_approximate)
     x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
     x = nn.Dense(shape[-1], dtype=self.dtype, name='fc2')(x)
     x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
