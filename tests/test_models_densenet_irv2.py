@@ -266,3 +266,39 @@ def test_headless_and_small_input_error():
   with pytest.raises(ValueError, match='75'):
     jax.eval_shape(lambda: get_model('inception_resnet_v2').init(
         jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3))))
+
+
+@pytest.mark.parametrize('shape', [(2, 8, 6, 3), (1, 7, 9, 2)])
+def test_avg_pool2_matches_flax_avg_pool(shape):
+  """Values and gradients of the reshape form equal `nn.avg_pool`'s 2x2/2,
+  odd sizes included (the last row/column is dropped)."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(4)
+  x = jnp.asarray(rng.normal(size=shape).astype(np.float32))
+  y_ref, vjp_ref = jax.vjp(lambda v: nn.avg_pool(v, (2, 2), (2, 2)), x)
+  y, vjp = jax.vjp(densenet.avg_pool2, x)
+  np.testing.assert_allclose(y, y_ref, rtol=1e-6, atol=1e-6)
+  g = jnp.asarray(rng.normal(size=y.shape).astype(np.float32))
+  np.testing.assert_allclose(vjp(g)[0], vjp_ref(g)[0], rtol=1e-6, atol=1e-6)
+
+
+def test_transition_pools_before_its_conv():
+  """norm-relu-avgpool-conv equals the torchvision order norm-relu-conv-
+  avgpool (both linear maps commute), in eval and train mode."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(5)
+  x = jnp.asarray(rng.normal(size=(2, 6, 10, 8)).astype(np.float32))
+  t = densenet.Transition(4)
+  v = t.init(jax.random.key(0), x, False)
+  v = jax.tree.map(lambda a: a + 0.1 * jnp.asarray(
+      rng.normal(size=a.shape).astype(np.float32)), v)
+  for train in (False, True):
+    y = t.apply(v, x, train, mutable=['batch_stats'])[0]
+    z = nn.relu(layers.BatchNorm(use_running_average=not train, momentum=0.9,
+                                 epsilon=1e-5).apply(
+        {'params': v['params']['norm'],
+         'batch_stats': v['batch_stats']['norm']}, x,
+        mutable=['batch_stats'])[0])
+    z = jnp.einsum('bhwc,cd->bhwd', z, v['params']['conv']['kernel'][0, 0])
+    np.testing.assert_allclose(y, nn.avg_pool(z, (2, 2), (2, 2)),
+                               rtol=1e-5, atol=1e-5)

@@ -15,6 +15,8 @@ POOLS = [  # (input shape, window, strides, padding)
     ((2, 11, 11, 2), (3, 3), (2, 2), 'VALID'),  # Inception-ResNet-v2
     ((1, 8, 8, 2), (1, 1), (2, 2), 'VALID'),  # window smaller than stride
     ((1, 12, 13, 2), (5, 3), (2, 3), ((2, 1), (0, 1))),  # uneven everything
+    ((1, 14, 13, 1), (12, 12), (1, 1), 'VALID'),  # int32 offsets, scatter
+    ((1, 24, 24, 1), (12, 12), (12, 12), 'VALID'),  # int32 offsets, tiled
 ]
 
 
@@ -117,3 +119,19 @@ def test_layer_norm_keeps_compute_dtype():
   assert p['params']['scale'].dtype == jnp.float32
   g = jax.grad(lambda v: m.apply(p, v).astype(jnp.float32).sum())(x)
   assert g.dtype == jnp.bfloat16
+
+
+@pytest.mark.parametrize('shape', [(3, 7), (2, 5, 64)])
+def test_gelu_matches_flax_exact_gelu(shape):
+  """The CPU erf form equals jax's erfc form (values and gradients)."""
+  rng = np.random.default_rng(3)
+  x = jnp.asarray(4 * rng.normal(size=shape).astype(np.float32))
+  g = jnp.asarray(rng.normal(size=shape).astype(np.float32))
+  y_ref, vjp_ref = jax.vjp(lambda v: nn.gelu(v, approximate=False), x)
+  y, vjp = jax.vjp(ops.gelu, x)
+  np.testing.assert_allclose(y, y_ref, rtol=1e-6, atol=2e-6)
+  np.testing.assert_allclose(vjp(g)[0], vjp_ref(g)[0], rtol=1e-5, atol=2e-6)
+  np.testing.assert_allclose(ops.gelu(x, approximate=True),
+                             nn.gelu(x, approximate=True), rtol=0, atol=0)
+  if jax.default_backend() == 'cpu':  # the speed path: no erfc
+    assert 'erfc' not in str(jax.make_jaxpr(ops.gelu)(x))
