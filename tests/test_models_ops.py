@@ -135,3 +135,15 @@ def test_gelu_matches_flax_exact_gelu(shape):
                              nn.gelu(x, approximate=True), rtol=0, atol=0)
   if jax.default_backend() == 'cpu':  # the speed path: no erfc
     assert 'erfc' not in str(jax.make_jaxpr(ops.gelu)(x))
+
+
+def test_stored_gradient_is_an_exact_identity():
+  rng = np.random.default_rng(6)
+  x = jnp.asarray(rng.normal(size=(2, 3, 4, 5)).astype(np.float32))
+  g = jnp.asarray(rng.normal(size=x.shape).astype(np.float32))
+  y, vjp = jax.vjp(ops.stored_gradient, x)
+  np.testing.assert_array_equal(y, x)
+  np.testing.assert_array_equal(vjp(g)[0], g)  # g @ I: g * 1 plus zeros
+  if jax.default_backend() == 'cpu':  # the speed path: a matrix product
+    f = lambda v: (ops.stored_gradient(v) ** 2).sum()
+    assert 'dot_general' in str(jax.make_jaxpr(jax.grad(f))(x))

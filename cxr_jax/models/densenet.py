@@ -69,6 +69,12 @@ class DenseBlock(nn.Module):
   """`num_layers` dense layers, each fed the concatenation of all before
   (the block's input grows by one concatenation per layer).
 
+  Each layer's output passes `ops.stored_gradient`: its gradient is a sum of
+  slices of every later layer's input gradient, which XLA's CPU backend
+  otherwise recomputed in both of its consumers, the 3x3 convolution's input
+  gradient and the batch-minor copy for its weight gradient (DenseNet-201
+  train step, 2 CPU cores: 3.93 -> 3.61 s).
+
   In training mode each layer's norm1 normalises that concatenation with its
   batch statistics, which are per channel: the statistics of a feature chunk
   are the same for every later layer. They are computed once per chunk
@@ -91,7 +97,7 @@ class DenseBlock(nn.Module):
     for i in range(self.num_layers):
       layer = layer_cls(self.growth_rate, self.bn_size, dtype=self.dtype,
                         name=f'denselayer{i + 1}')
-      new = layer(x, train, moments)
+      new = ops.stored_gradient(layer(x, train, moments))
       if train and i + 1 < self.num_layers:  # read by the next layers
         moments = tuple(jnp.concatenate(m) for m in zip(moments,
                                                          batch_moments(new)))

@@ -38,7 +38,9 @@ All four are used only when JAX's default backend is the CPU; elsewhere
 (cuDNN on GPU, TPU) they are exactly `lax.conv_general_dilated`,
 `flax.linen.max_pool`, autodiff of the LayerNorm formula and
 `flax.linen.gelu`. Results are the same up to float rounding (tests compare
-against the lax/Flax forms, values and gradients).
+against the lax/Flax forms, values and gradients). `stored_gradient`, an
+identity whose gradient XLA computes once (DenseNet's feature chunks), is
+also CPU-only and documented where it is defined.
 """
 from __future__ import annotations
 
@@ -296,3 +298,36 @@ def gelu(x: jax.Array, approximate: bool = False) -> jax.Array:
   if approximate or not _on_cpu():
     return nn.gelu(x, approximate=approximate)
   return x * (0.5 * (1 + lax.erf(x * jnp.asarray(0.5 ** 0.5, x.dtype))))
+
+
+def stored_gradient(x: jax.Array) -> jax.Array:
+  """Identity whose gradient XLA's CPU backend computes once and stores.
+
+  A gradient built by a long elementwise chain (a DenseNet chunk's: slices
+  of every later layer's input gradient, summed) is fused by XLA into each
+  of its consumers, i.e. recomputed per consumer; `lax.optimization_barrier`
+  does not stop that (XLA's CPU pipeline removes barriers before fusion).
+  The backward pass here multiplies the gradient by an identity matrix: a
+  matrix product's operand and result are buffers, so the chain runs once
+  and every consumer reads the result. Exact for finite values (x * 1 plus
+  zeros). Elsewhere than on the CPU, the plain identity.
+  """
+  return _stored_gradient(x) if _on_cpu() else x
+
+
+@jax.custom_vjp
+def _stored_gradient(x):
+  return x
+
+
+def _stored_gradient_fwd(x):
+  return x, None
+
+
+def _stored_gradient_bwd(_, g):
+  c = g.shape[-1]
+  eye = jnp.eye(c, dtype=g.dtype)
+  return (jnp.dot(g.reshape(-1, c), eye).reshape(g.shape),)
+
+
+_stored_gradient.defvjp(_stored_gradient_fwd, _stored_gradient_bwd)
