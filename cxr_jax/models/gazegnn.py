@@ -65,10 +65,6 @@ VARIANTS = {
 }
 
 
-def _gelu(x: jax.Array) -> jax.Array:
-  return nn.gelu(x, approximate=False)
-
-
 def _bn(train: bool, dtype: Any, name: str) -> nn.Module:
   return BatchNorm(use_running_average=not train, momentum=0.9,
                    epsilon=1e-5, dtype=dtype, name=name)
@@ -124,7 +120,7 @@ class MRConv(nn.Module):
     y = jnp.stack([x_BNC, rel_BNC], axis=-1).reshape(b, h, w, 2 * c)
     y = Conv1x1BN(self.features, groups=4, dtype=self.dtype, name='nn')(
         y, train)
-    return _gelu(y)
+    return ops.gelu(y)
 
 
 class Grapher(nn.Module):
@@ -163,7 +159,7 @@ class FFN(nn.Module):
 
   @nn.compact
   def __call__(self, x_BHWC: jax.Array, train: bool) -> jax.Array:
-    y = _gelu(Conv1x1BN(self.hidden, dtype=self.dtype, name='fc1')(
+    y = ops.gelu(Conv1x1BN(self.hidden, dtype=self.dtype, name='fc1')(
         x_BHWC, train))
     return Conv1x1BN(x_BHWC.shape[-1], dtype=self.dtype, name='fc2')(
         y, train) + x_BHWC
@@ -259,7 +255,7 @@ class Model(nn.Module):
       return pooled, out
     y = ops.Conv(hidden, (1, 1), dtype=self.dtype, name='prediction_0')(
         pooled[:, None, None, :])
-    y = _gelu(_bn(train, self.dtype, 'prediction_1')(y))
+    y = ops.gelu(_bn(train, self.dtype, 'prediction_1')(y))
     if self.drop_rate:
       y = nn.Dropout(self.drop_rate, deterministic=not train)(y)
     y = ops.Conv(self.num_classes, (1, 1), dtype=self.dtype,
@@ -287,7 +283,7 @@ class Stem(nn.Module):
                    name=str(3 * i))(x)
       x = _bn(train, self.dtype, str(3 * i + 1))(x)
       if not last:
-        x = _gelu(x)
+        x = ops.gelu(x)
     return x
 
 

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 import functools
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -150,7 +151,9 @@ def _pool_padded(x, window, strides, pads, with_index=False):
   y = k = None
   for i, j, xs in _window_slices(xp, window, strides, out_hw):
     if y is None:
-      y, k = xs, jnp.zeros(xs.shape, index_dtype)
+      y = xs
+      if with_index:
+        k = jnp.zeros(xs.shape, index_dtype)
       continue
     if with_index:  # strictly greater: the first maximum keeps its offset
       k = jnp.where(xs > y, jnp.asarray(i * kw + j, index_dtype), k)
@@ -172,7 +175,9 @@ def _max_pool2d_bwd(window, strides, pads, res, g):
   """Each output's gradient to the first maximum of its window, whose
   offset the forward pass stored (`k`, one byte per output)."""
   k, x_shape = res
-  if tuple(window) == tuple(strides):  # windows tile the input
+  # Windows that tile the input, or an input too large for int32 flat
+  # indices: the phase form.
+  if tuple(window) == tuple(strides) or math.prod(x_shape) >= 2 ** 31 - 1:
     return (_route_by_phase(k, g, window, strides, pads, x_shape),)
   return (_route_by_scatter(k, g, window, strides, pads, x_shape),)
 
