@@ -28,6 +28,11 @@ from absl import app
 from absl import flags
 
 _PREFIX = 'RESULT '
+# Which sides' processes start with glibc.malloc.hugetlb=1 in
+# $GLIBC_TUNABLES (cxr_jax/hostmem.py: what `main.py` does for its own
+# process); benchmarks/run.py sets it from --hugepage_malloc and
+# --torch_hugepage_malloc. torch runs as users run it unless asked.
+HUGEPAGE_MALLOC = {'jax': True, 'torch': False}
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -47,6 +52,17 @@ def make_side(task: str, side: str, *, model: str, batch: int, size: int,
   raise ValueError(f'unknown task {task!r}')
 
 
+def side_env(side: str) -> dict[str, str]:
+  """The environment of one side's timing process."""
+  from cxr_jax import hostmem  # pylint: disable=g-import-not-at-top
+  env = dict(os.environ, PYTHONUNBUFFERED='1',
+             PYTHONPATH=os.pathsep.join(filter(None, (
+                 _ROOT, os.environ.get('PYTHONPATH')))))
+  if HUGEPAGE_MALLOC.get(side) and hostmem.needs_restart(env):
+    env['GLIBC_TUNABLES'] = hostmem.merged_tunables(env.get('GLIBC_TUNABLES'))
+  return env
+
+
 def run_alternating(task: str, *, rounds: int, steps: int, warmup: int,
                     timeout: float = 3600, **kw) -> tuple[
                         dict[str, list[float]], dict[str, Any]]:
@@ -62,9 +78,7 @@ def run_alternating(task: str, *, rounds: int, steps: int, warmup: int,
                   f'--{k}={v}' for k, v in kw.items()]
       proc = subprocess.run(args, capture_output=True, text=True,
                             timeout=timeout, check=False, cwd=_ROOT,
-                            env=dict(os.environ, PYTHONUNBUFFERED='1',
-                                     PYTHONPATH=os.pathsep.join(filter(None, (
-                                         _ROOT, os.environ.get('PYTHONPATH'))))))
+                            env=side_env(side))
       lines = [l for l in proc.stdout.splitlines() if l.startswith(_PREFIX)]
       if proc.returncode or not lines:
         raise RuntimeError(

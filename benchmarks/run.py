@@ -60,6 +60,12 @@ _ISOLATE = flags.DEFINE_bool(
     'isolate', None, 'Time JAX and torch in separate processes (2 per side, '
     'alternating) instead of interleaved in this one; default: on for CPU, '
     'off for GPU. See benchmarks/isolated.py.')
+_HUGEPAGE_MALLOC = flags.DEFINE_bool(
+    'hugepage_malloc', True, 'Start the JAX side\'s timing processes with '
+    'glibc.malloc.hugetlb=1, as main.py does (cxr_jax/hostmem.py).')
+_TORCH_HUGEPAGE_MALLOC = flags.DEFINE_bool(
+    'torch_hugepage_malloc', False, 'Also for the torch side (by default it '
+    'runs as users run it).')
 _MATMUL_N = flags.DEFINE_integer('matmul_n', 2048, 'Matmul peak size.')
 _CPU_XLA_FLAGS = flags.DEFINE_string(
     'cpu_xla_flags', xla_flags.CPU_XLA_FLAGS,
@@ -243,6 +249,12 @@ def report(res: dict[str, Any]) -> str:
   out = [f"# cxr_jax benchmarks: {m['device']}, {m['cpu_count']} CPUs, "
          f"dtype {res['config']['dtype']}, load avg {m['load_avg_start']:.1f} "
          f"at start, {m['time_utc']} UTC", '']
+  hp = res['config'].get('hugepage_malloc') or {}
+  if res['config'].get('isolate'):
+    out += ['Processes started with glibc.malloc.hugetlb=1 '
+            '(cxr_jax/hostmem.py): ' + (', '.join(
+                k for k in ('jax', 'torch') if hp.get(k)) or 'none') + '.',
+            '']
   if res.get('train'):
     out += ['## Train step (images/s, median; ratio = JAX / torch)', '',
             _table(res['train'], [
@@ -294,12 +306,16 @@ def main(argv: list[str]) -> None:
   if unknown:
     raise SystemExit(f'--only: unknown parts {sorted(unknown)}')
   torch_device = _torch_device()
+  from benchmarks import isolated  # pylint: disable=g-import-not-at-top
+  isolated.HUGEPAGE_MALLOC.update(jax=_HUGEPAGE_MALLOC.value,
+                                  torch=_TORCH_HUGEPAGE_MALLOC.value)
   res = _RESULTS
   res.update(
       machine=_machine(), config=dict(
           quick=quick, steps=steps, warmup=_WARMUP.value, dtype=_DTYPE.value,
           batch=_BATCH.value, size=_SIZE.value, device=_DEVICE.value,
           torch_device=torch_device, isolate=_isolate(),
+          hugepage_malloc=dict(isolated.HUGEPAGE_MALLOC),
           argv=sys.argv[1:]))
   res['partial'] = True
   train_rows = []
