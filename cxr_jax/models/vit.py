@@ -265,12 +265,15 @@ class Attention(nn.Module):
         q_BHNK, = heads_major(x_BND[:, :queries], w_D3HK[:, :1], b_3HK[:1])
         k_BHNK, v_BHNK = heads_major(x_BND, w_D3HK[:, 1:], b_3HK[1:])
       q_BHNK = q_BHNK * jnp.asarray(scale, q_BHNK.dtype)
-      logits_BHNN = jnp.einsum('bhqk,bhnk->bhqn', q_BHNK, k_BHNK)
-      attn_BHNN = jax.nn.softmax(logits_BHNN.astype(jnp.float32), axis=-1)
-      attn_BHNN = attn_BHNN.astype(self.dtype)
-      probs = nn.Dropout(self.attn_dropout_rate)(attn_BHNN,
-                                                 deterministic=not train)
-      y_BHNK = jnp.einsum('bhqn,bhnk->bhqk', probs, v_BHNK)
+      if need_weights:
+        logits_BHNN = jnp.einsum('bhqk,bhnk->bhqn', q_BHNK, k_BHNK)
+        attn_BHNN = jax.nn.softmax(logits_BHNN.astype(jnp.float32), axis=-1)
+        attn_BHNN = attn_BHNN.astype(self.dtype)
+        probs = nn.Dropout(self.attn_dropout_rate)(attn_BHNN,
+                                                   deterministic=not train)
+        y_BHNK = jnp.einsum('bhqn,bhnk->bhqk', probs, v_BHNK)
+      else:  # no probabilities to return: normalised after P V on CPU
+        y_BHNK = ops.attention(q_BHNK, k_BHNK, v_BHNK)
       y_BNHK = y_BHNK.transpose(0, 2, 1, 3)
       if not self.return_weights:
         attn_BHNN = None
