@@ -77,8 +77,18 @@ _CRASHING_MAIN = textwrap.dedent('''
     def save_latest(self, step, *args, **kwargs):
       _save_latest(self, step, *args, **kwargs)
       if step >= _AT:
+        # Every process has finished the save before any exits, and the
+        # coordinator (process 0, which hosts the coordination service)
+        # exits last: a process still waiting on the service when it dies
+        # aborts (exit -6) instead of crashing as planned.
+        import time
+        import jax
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(f'crash-{step}')
         print(f'CRASHING after the step-{step} checkpoint', flush=True)
         sys.stderr.flush()
+        if jax.process_index() == 0:
+          time.sleep(2)
         os._exit(75)
 
     ckpt.Checkpointer.save_latest = save_latest
