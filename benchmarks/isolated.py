@@ -58,9 +58,7 @@ def side_env(side: str) -> dict[str, str]:
   env = dict(os.environ, PYTHONUNBUFFERED='1',
              PYTHONPATH=os.pathsep.join(filter(None, (
                  _ROOT, os.environ.get('PYTHONPATH')))))
-  if HUGEPAGE_MALLOC.get(side) and hostmem.needs_restart(env):
-    env['GLIBC_TUNABLES'] = hostmem.merged_tunables(env.get('GLIBC_TUNABLES'))
-  return env
+  return hostmem.with_tunable(env) if HUGEPAGE_MALLOC.get(side) else env
 
 
 def run_alternating(task: str, *, rounds: int, steps: int, warmup: int,

@@ -6,7 +6,7 @@ it when the execution ends. glibc serves such a block with a fresh `mmap`
 and returns it with `munmap`, so on every step the kernel faults in and
 zeroes it again 4 KiB at a time: about 800,000 page faults and 1.3 s of
 system time per step on the 2-core VM, where the whole step takes 3.5 s
-(DenseNet-201) to 7 s (ViT-B/16) (`benchmarks/README.md`, lever 13).
+(DenseNet-201) to 7 s (ViT-B/16) (`benchmarks/README.md`, lever 14).
 
 With glibc's tunable `glibc.malloc.hugetlb=1` (glibc >= 2.35), malloc
 advises the kernel to back such mappings with transparent huge pages when
@@ -76,11 +76,18 @@ def needs_restart(environ: Mapping[str, str] | None = None) -> bool:
   return _glibc_supports_hugetlb() and _thp_on_request()
 
 
-def restart_command(environ: Mapping[str, str] | None = None
-                    ) -> tuple[str, list[str], dict[str, str]]:
+def with_tunable(environ: Mapping[str, str]) -> dict[str, str]:
+  """A copy of `environ` with `TUNABLE` added where it would take effect
+  (for a child process: the benchmarks' JAX side)."""
+  env = dict(environ)
+  if needs_restart(env):
+    env['GLIBC_TUNABLES'] = merged_tunables(env.get('GLIBC_TUNABLES'))
+  return env
+
+
+def restart_command() -> tuple[str, list[str], dict[str, str]]:
   """(executable, argv, environment) that `ensure` executes."""
-  env = dict(os.environ if environ is None else environ)
-  env['GLIBC_TUNABLES'] = merged_tunables(env.get('GLIBC_TUNABLES'))
+  env = with_tunable(os.environ)
   env[_MARK] = '1'
   argv = list(getattr(sys, 'orig_argv', None) or [sys.executable] + sys.argv)
   argv[0] = sys.executable

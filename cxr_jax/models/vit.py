@@ -266,9 +266,7 @@ class Attention(nn.Module):
         k_BHNK, v_BHNK = heads_major(x_BND, w_D3HK[:, 1:], b_3HK[1:])
       q_BHNK = q_BHNK * jnp.asarray(scale, q_BHNK.dtype)
       if need_weights:
-        logits_BHNN = jnp.einsum('bhqk,bhnk->bhqn', q_BHNK, k_BHNK)
-        attn_BHNN = jax.nn.softmax(logits_BHNN.astype(jnp.float32), axis=-1)
-        attn_BHNN = attn_BHNN.astype(self.dtype)
+        attn_BHNN = ops.attention_probs(q_BHNK, k_BHNK).astype(self.dtype)
         probs = nn.Dropout(self.attn_dropout_rate)(attn_BHNN,
                                                    deterministic=not train)
         y_BHNK = jnp.einsum('bhqn,bhnk->bhqk', probs, v_BHNK)
