@@ -31,6 +31,8 @@ BATCH="${BATCH:-128}"
 PARTS="${PARTS:-train}"
 mkdir -p "$OUT_DIR"
 export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
+# torch shares the process with JAX: leave it room on an 80 GB card.
+export XLA_PYTHON_CLIENT_MEM_FRACTION="${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.55}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 if ls .whl/*.whl >/dev/null 2>&1; then
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
@@ -52,15 +54,14 @@ part() { [[ ",$PARTS," == *",$1,"* ]]; }
 COMMON=(--device=gpu --batch="$BATCH" --steps=10 --warmup=2 --matmul_n=8192)
 
 if part vit; then
-  echo "== vit: ViT-B/16 bf16 variants"
-  timeout 200 "$PY" -m benchmarks.xla_ab --device=gpu --dtype=bfloat16 \
+  echo "== vit: ViT-B/16 bf16 variants (+ a device-time profile of one)"
+  timeout 150 "$PY" -m benchmarks.xla_ab --device=gpu --dtype=bfloat16 \
     --model=vit_b16 --batch="$BATCH" --steps=10 --warmup=2 \
     --variant=default: \
-    --variant=written_out:model.attn_implementation=none \
-    --variant=full_last_block:model.full_last_block=true \
-    --variant=tanh:model.gelu_approximate=true \
     --variant=tanh_b256:model.gelu_approximate=true,batch=256 \
-    --out="$OUT_DIR/vit_ab.json" 2>&1 | tee "$OUT_DIR/vit_ab.log"
+    --variant=no_triton_gemm:model.gelu_approximate=true,batch=256,xla_gpu_enable_triton_gemm=false \
+    --variant=full_last_block:model.gelu_approximate=true,batch=256,model.full_last_block=true \
+    --profile=tanh_b256 --out="$OUT_DIR/vit_ab.json" 2>&1 | tee "$OUT_DIR/vit_ab.log"
 fi
 
 if part train; then
@@ -76,12 +77,16 @@ if part train; then
 fi
 
 if part full; then
+  # XLA autotunes each of the ~600 cuDNN convolutions; level 2 skips the
+  # correctness check of every candidate (timings, hence choices, as level 4).
   echo "== full: DenseNet-201 bf16 train step"
-  timeout 200 "$PY" -m benchmarks.run "${COMMON[@]}" --nostage2 \
-    --models=densenet201 --dtype=bfloat16 --only=train,flops \
-    --out="$OUT_DIR/densenet" 2>&1 | tee "$OUT_DIR/densenet.log"
-  echo "== full: stage-2 steps (demo 128x96 batch 8, thesis 640x512 batch 8)"
-  timeout 180 "$PY" -m benchmarks.run "${COMMON[@]}" --models= \
+  XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_autotune_level=2" timeout 200 "$PY" \
+    -m benchmarks.run "${COMMON[@]}" --nostage2 --models=densenet201 \
+    --dtype=bfloat16 --only=train,flops --out="$OUT_DIR/densenet" 2>&1 \
+    | tee "$OUT_DIR/densenet.log"
+  echo "== full: stage-2 steps (${STAGE2_SIZES:-full}; thesis 640x512 / demo 128x96, batch 8)"
+  XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_autotune_level=2" timeout 190 "$PY" \
+    -m benchmarks.run "${COMMON[@]}" --models= --stage2_sizes="${STAGE2_SIZES:-full}" \
     --dtype=bfloat16 --only=train,flops --out="$OUT_DIR/stage2" 2>&1 \
     | tee "$OUT_DIR/stage2.log"
 fi

@@ -53,6 +53,13 @@ _WARMUP = flags.DEFINE_integer('warmup', 2, 'Untimed steps per side.')
 _STAGE2_BATCH = flags.DEFINE_integer('stage2_batch', 0, 'Full-size stage-2 '
                                      'batch (0: 2 on CPU, 8 on GPU).')
 _STAGE2 = flags.DEFINE_bool('stage2', True, 'Time the stage-2 step(s).')
+_STAGE2_SIZES = flags.DEFINE_list(
+    'stage2_sizes', ['demo', 'full'], "Stage-2 steps to time, in this order: "
+    "'demo' (128x96, batch 8), 'full' (the thesis's 640x512; skipped by "
+    '--quick).')
+flags.register_validator(
+    'stage2_sizes', lambda v: set(v) <= {'demo', 'full'},
+    "--stage2_sizes: each entry must be 'demo' or 'full'")
 _NUM_CLASSES = flags.DEFINE_integer('num_classes', 1000, 'Classifier heads.')
 _TORCH = flags.DEFINE_bool('torch', True, 'Run the torch references (on GPU '
                            'only if torch sees CUDA).')
@@ -161,15 +168,15 @@ def run_train(steps: int, warmup: int, torch_device: str | None,
   gpu = _DEVICE.value == 'gpu'
   if not _STAGE2.value:
     return rows
-  rows.append(train_step.bench_stage2(demo=True, batch=8, steps=steps,
-                                      warmup=warmup, dtype=_DTYPE.value))
-  print(rows[-1], flush=True)
-  _save(_RESULTS)
-  if not quick:
+  for size in _STAGE2_SIZES.value:
+    if size == 'full' and quick:
+      continue
+    demo = size == 'demo'
     rows.append(train_step.bench_stage2(
-        demo=False, batch=_STAGE2_BATCH.value or (8 if gpu else 2),
-        steps=steps if gpu else max(2, steps // 3), warmup=1,
-        dtype=_DTYPE.value))
+        demo=demo, batch=8 if demo else _STAGE2_BATCH.value or (
+            8 if gpu else 2),
+        steps=steps if demo or gpu else max(2, steps // 3),
+        warmup=warmup if demo else 1, dtype=_DTYPE.value))
     print(rows[-1], flush=True)
     _save(_RESULTS)
   return rows

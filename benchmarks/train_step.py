@@ -117,6 +117,8 @@ class TorchTrainStep:
     import torch  # pylint: disable=g-import-not-at-top
     self.torch = torch
     torch.manual_seed(seed)
+    if device == 'cuda':  # as a tuned torch run would: cuDNN autotuning
+      torch.backends.cudnn.benchmark = True  # (XLA autotunes its convs too)
     self.device = device
     self.model = torch_model(name, num_classes, size).to(device).train()
     self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-4)

@@ -76,6 +76,18 @@ def split_options(opts: dict[str, object], batch: int
   return batch, model, opts
 
 
+def profile(fn, name: str, steps: int, trace_dir: str) -> None:
+  """Traces `steps` calls of a warmed-up step and prints the summary."""
+  from benchmarks import trace_summary  # pylint: disable=g-import-not-at-top
+  with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+    for _ in range(steps):
+      fn()
+  print(f'== profile of {name!r} ({trace_dir})')
+  print(trace_summary.report(
+      trace_summary.summarise(trace_summary.load_events(trace_dir)), steps),
+        flush=True)
+
+
 def define_flags() -> None:
   """The command-line flags (defined only when run as a script, so that
   importing this module next to `benchmarks.run` does not clash)."""
@@ -92,6 +104,12 @@ def define_flags() -> None:
       'model.FIELD=V or an XLA option (the last value may contain commas).')
   flags.DEFINE_bool('torch', True, 'Also time the torch reference.')
   flags.DEFINE_string('out', None, 'Write the rows to this JSON file.')
+  flags.DEFINE_string('profile', None, 'After timing, trace this variant '
+                      'for --profile_steps steps and print where its device '
+                      'time goes (benchmarks.trace_summary).')
+  flags.DEFINE_integer('profile_steps', 3, 'Steps traced by --profile.')
+  flags.DEFINE_string('profile_dir', '/tmp/cxr_jax_xla_ab_trace',
+                      'Where --profile writes the trace.')
 
 
 def main(argv):
@@ -148,6 +166,8 @@ def main(argv):
         line += f'  MFU {row["mfu_pct"]:.1f}%'
     print(line, flush=True)
   print(f'load average {os.getloadavg()}')
+  if f.profile:
+    profile(fns[f.profile], f.profile, f.profile_steps, f.profile_dir)
   if f.out:
     with open(f.out, 'w') as fh:
       json.dump(dict(device=kind, model=f.model, dtype=f.dtype,

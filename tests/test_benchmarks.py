@@ -140,3 +140,34 @@ def test_jaxpr_flops_closed_forms_and_xla_agreement():
   # value + both gradients of a matmul: three matmuls of the same size.
   g = jax.value_and_grad(lambda a, b: jnp.sum(jax.jit(mm)(a, b)), (0, 1))
   assert flops.jaxpr_flops(g, a, b) == 3 * 2 * 8 * 16 * 32
+
+
+def test_trace_summary_union_and_device_breakdown():
+  from benchmarks import trace_summary  # pylint: disable=g-import-not-at-top
+  # Overlaps count once, gaps not at all, touching intervals merge.
+  assert trace_summary.union_length([(0, 2), (1, 3), (5, 6), (6, 7)]) == 5
+  assert trace_summary.union_length([]) == 0
+  meta = [
+      dict(ph='M', pid=1, name='process_name', args=dict(name='/host:CPU')),
+      dict(ph='M', pid=2, name='process_name',
+           args=dict(name='/device:GPU:0')),
+      dict(ph='M', pid=2, tid=7, name='thread_name',
+           args=dict(name='Stream #7(Compute)')),
+      dict(ph='M', pid=2, tid=8, name='thread_name',
+           args=dict(name='XLA Ops')),
+  ]
+  x = lambda tid, ts, dur, name, pid=2: dict(  # noqa: E731
+      ph='X', pid=pid, tid=tid, ts=ts, dur=dur, name=name)
+  events = meta + [
+      x(7, 0, 4, 'sm90_xmma_gemm_bf16'), x(7, 4, 2, 'loop_add_fusion'),
+      x(7, 10, 3, 'cudnn_fmha_fwd'), x(7, 13, 1, 'sm90_xmma_gemm_bf16'),
+      x(8, 0, 6, 'fusion.3'), x(1, 0, 100, 'python', pid=1)]
+  dev, = trace_summary.summarise(events)
+  assert dev['device'] == '/device:GPU:0'  # the host is left out
+  assert dev['stream'] == 'Stream #7(Compute)'
+  assert dev['busy_fraction'] == pytest.approx(10 / 14)  # gap 6..10
+  assert dev['by_kind'] == {'matmul': 5, 'attention': 3, 'fusion': 2}
+  assert dev['top'][0] == dict(name='sm90_xmma_gemm_bf16', us=5, count=2)
+  assert dev['top_ops'] == [dict(name='fusion.3', us=6, count=1)]
+  text = trace_summary.report([dev], steps=1)
+  assert 'busy 71.4%' in text and 'XLA Ops' in text
