@@ -11,10 +11,13 @@
 #          the default (cuDNN fused attention, class-token last block),
 #          attention written out, full last block, tanh GELU, batch 256;
 #          torch (timm) in the same process                     (< 3 min)
-#   full   DenseNet-201 train step vs torch, then the stage-2 steps of the
-#          cooperative model at demo and thesis size (no torch reference);
+#   full   = densenet,stage2                                   (< 7 min)
+#   densenet  DenseNet-201 train step vs torch
+#   stage2    the stage-2 step of the cooperative model (no torch reference)
+#          at STAGE2_SIZES (default full: the thesis's 640x512; demo);
 #          their compiles (XLA autotuning of ~600 cuDNN convolutions) take
-#          minutes                                               (< 6 min)
+#          minutes (AUTOTUNE_LEVEL, below)
+#   hlo    the ViT-B/16 batch-256 step's optimised HLO, gzipped (< 1 min)
 #
 # $OUT defaults to /tmp/cxr_jax_bench_gpu. If JAX already sees a GPU nothing
 # is installed from PyPI; otherwise it tries `pip install -r requirements.txt
@@ -76,18 +79,32 @@ if part train; then
     --out="$OUT_DIR/fp32" 2>&1 | tee "$OUT_DIR/train_fp32.log"
 fi
 
-if part full; then
-  # XLA autotunes each of the ~600 cuDNN convolutions; level 2 skips the
-  # correctness check of every candidate (timings, hence choices, as level 4).
-  echo "== full: DenseNet-201 bf16 train step"
-  XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_autotune_level=2" timeout 200 "$PY" \
-    -m benchmarks.run "${COMMON[@]}" --nostage2 --models=densenet201 \
-    --dtype=bfloat16 --only=train,flops --out="$OUT_DIR/densenet" 2>&1 \
-    | tee "$OUT_DIR/densenet.log"
-  echo "== full: stage-2 steps (${STAGE2_SIZES:-full}; thesis 640x512 / demo 128x96, batch 8)"
-  XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_autotune_level=2" timeout 190 "$PY" \
-    -m benchmarks.run "${COMMON[@]}" --models= --stage2_sizes="${STAGE2_SIZES:-full}" \
-    --dtype=bfloat16 --only=train,flops --out="$OUT_DIR/stage2" 2>&1 \
-    | tee "$OUT_DIR/stage2.log"
+# XLA autotunes each of the ~600 cuDNN convolutions of DenseNet-201 and the
+# cooperative model; AUTOTUNE_LEVEL=2 (default) skips the correctness check of
+# every candidate (same timings, hence choices, as XLA's default 4); 0 takes
+# cuDNN's heuristic choice untimed (fast compiles, maybe slower steps). On a
+# timeout, SIGABRT makes Python print where each part was (faulthandler).
+XLA_FULL="${XLA_FLAGS:-} --xla_gpu_autotune_level=${AUTOTUNE_LEVEL:-2}"
+if part full || part densenet; then
+  echo "== densenet: DenseNet-201 bf16 train step (autotune level ${AUTOTUNE_LEVEL:-2})"
+  XLA_FLAGS="$XLA_FULL" timeout -s ABRT "${DENSENET_TIMEOUT:-200}" "$PY" \
+    -X faulthandler -m benchmarks.run "${COMMON[@]}" --nostage2 \
+    --models=densenet201 --dtype=bfloat16 --only=train,flops \
+    --out="$OUT_DIR/densenet" 2>&1 | tee "$OUT_DIR/densenet.log"
+fi
+if part full || part stage2; then
+  echo "== stage2: stage-2 steps (${STAGE2_SIZES:-full}; thesis 640x512 / demo 128x96, batch 8)"
+  XLA_FLAGS="$XLA_FULL" timeout -s ABRT "${STAGE2_TIMEOUT:-190}" "$PY" \
+    -X faulthandler -m benchmarks.run "${COMMON[@]}" --models= \
+    --stage2_sizes="${STAGE2_SIZES:-full}" --dtype=bfloat16 \
+    --only=train,flops --out="$OUT_DIR/stage2" 2>&1 | tee "$OUT_DIR/stage2.log"
+fi
+
+if part hlo; then  # the optimised HLO of the ViT-B/16 step, for offline reading
+  echo "== hlo: ViT-B/16 bf16 batch 256 step HLO"
+  timeout 90 "$PY" -m benchmarks.xla_ab --device=gpu --dtype=bfloat16 \
+    --model=vit_b16 --notorch --steps=1 --warmup=0 --hlo_out="$OUT_DIR/hlo" \
+    --variant=tanh_b256:model.gelu_approximate=true,batch=256 2>&1 \
+    | tee "$OUT_DIR/hlo.log"
 fi
 ls -R "$OUT_DIR" 2>/dev/null | head -20

@@ -173,6 +173,8 @@ def build_jax_step(config: ml_collections.ConfigDict,
                                          jax.random.key(config.seed))
   jax.block_until_ready(state)
   init_s = time.perf_counter() - t
+  print(f'  [{config.model.name}] state built in {init_s:.1f} s; compiling '
+        'the step', flush=True)
   frozen = optim.frozen_top_level(labels)
   if frozen:
     model = train.build_model(config.model, frozen)
@@ -181,6 +183,8 @@ def build_jax_step(config: ml_collections.ConfigDict,
   lowered = jax.jit(step, donate_argnums=(0,)).lower(state, batch)
   compiled = lowered.compile(compiler_options=compiler_options or None)
   compile_s = time.perf_counter() - t
+  print(f'  [{config.model.name}] step compiled in {compile_s:.1f} s',
+        flush=True)
   flops = flops_lib.compiled_flops(lowered)
   if flops is None:  # e.g. GPU: count the same program lowered for the CPU
     try:

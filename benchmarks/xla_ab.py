@@ -27,6 +27,7 @@ chosen.
 """
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import statistics
@@ -107,6 +108,8 @@ def define_flags() -> None:
   flags.DEFINE_string('profile', None, 'After timing, trace this variant '
                       'for --profile_steps steps and print where its device '
                       'time goes (benchmarks.trace_summary).')
+  flags.DEFINE_string('hlo_out', None, 'Write each variant\'s optimised HLO '
+                      '(`Compiled.as_text()`) to DIR/NAME.hlo.txt.gz.')
   flags.DEFINE_integer('profile_steps', 3, 'Steps traced by --profile.')
   flags.DEFINE_string('profile_dir', '/tmp/cxr_jax_xla_ab_trace',
                       'Where --profile writes the trace.')
@@ -133,6 +136,10 @@ def main(argv):
     print(f'{name}: batch {batch} model {model_kw} xla {xla_opts}: init '
           f'{js.init_s:.1f} s, compiled in {js.compile_s:.1f} s', flush=True)
     fns[name] = js
+    if f.hlo_out:
+      os.makedirs(f.hlo_out, exist_ok=True)
+      with gzip.open(os.path.join(f.hlo_out, f'{name}.hlo.txt.gz'), 'wt') as fh:
+        fh.write(js.compiled.as_text())
     rows[name] = dict(variant=name, batch=batch, model_kw=model_kw,
                       xla_options=xla_opts, init_s=js.init_s,
                       compile_s=js.compile_s, flops_per_step=js.flops)
