@@ -72,6 +72,18 @@ def _conv_flops(eqn) -> float:
   return 2.0 * float(_prod(eqn.outvars[0].aval.shape)) * per_output / holes
 
 
+def _fused_attention_flops(eqn, backward: bool) -> float:
+  """cuDNN's fused attention (`jax.nn.dot_product_attention(implementation=
+  'cudnn')`): Q K^T and P V forward (2 products), dV, dP, dQ, dK backward
+  (4; the kernel's recomputation of P is not counted, as model FLOPs go)."""
+  q, k = (v.aval.shape for v in eqn.invars[:2])
+  bnth = 'BNTH' in str(eqn.params.get('layout', ''))
+  b, heads, tq, dim = ((q[0], q[1], q[2], q[3]) if bnth else
+                       (q[0], q[2], q[1], q[3]))
+  tk = k[2] if bnth else k[1]
+  return (4 if backward else 2) * 2.0 * b * heads * tq * tk * dim
+
+
 def _prod(xs) -> int:
   n = 1
   for x in xs:
@@ -96,6 +108,9 @@ def _count(jaxpr) -> float:
       total += _dot_flops(eqn)
     elif name == 'conv_general_dilated':
       total += _conv_flops(eqn)
+    elif name in ('dot_product_attention_fwd_wrapper',
+                  'dot_product_attention_bwd_wrapper'):
+      total += _fused_attention_flops(eqn, backward=name.endswith('bwd_wrapper'))
     elif name == 'cond':  # one branch runs: count the costliest
       total += max((_count(b.jaxpr) for b in eqn.params['branches']),
                    default=0.0)
@@ -108,8 +123,8 @@ def _count(jaxpr) -> float:
 
 
 def jaxpr_flops(fn, *args) -> float:
-  """FLOPs of `fn(*args)`'s matrix products and convolutions (2 per
-  multiply-add), counted on its jaxpr: backend-independent, a `scan` body
+  """FLOPs of `fn(*args)`'s matrix products, convolutions and cuDNN fused
+  attentions (2 per multiply-add), counted on its jaxpr: backend-independent, a `scan` body
   times its length, a `while` body once, the costliest `cond` branch."""
   return _count(jax.make_jaxpr(fn)(*args).jaxpr)
 

@@ -8,9 +8,11 @@
 #   train  bf16: ResNet-50, VGG16, ViT-B/16 train steps vs torch, Grad-CAM
 #          vs pytorch-grad-cam, FLOP/s and MFU; fp32 train steps   (< 5 min)
 #   vit    ViT-B/16 bf16 step variants side by side (benchmarks.xla_ab):
-#          the default (cuDNN fused attention, class-token last block),
-#          attention written out, full last block, tanh GELU, batch 256;
-#          torch (timm) in the same process                     (< 3 min)
+#          the default (cuDNN fused attention, class-token last block) at
+#          batch 128; tanh GELU at batch 256, also without Triton GEMMs and
+#          with the full last block; torch (timm) in the same process; then
+#          where the batch-256 step's device time goes (trace_summary)
+#                                                               (< 2.5 min)
 #   full   = densenet,stage2                                   (< 7 min)
 #   densenet  DenseNet-201 train step vs torch
 #   stage2    the stage-2 step of the cooperative model (no torch reference)

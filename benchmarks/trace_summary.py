@@ -10,8 +10,9 @@ device (`/device:GPU:0`, ...; the host when there is none):
 - the busy fraction of the busiest stream: the union of its kernel intervals
   over the traced span, so gaps (launch overhead, host waits) show as the
   rest;
-- the time by kind of work (matmul, attention, convolution, fused
-  elementwise/reduction, copies, other), judged from kernel names;
+- the time by kind of work (attention, matmul, convolution, transposes and
+  copies, other fusions, other), judged from kernel names (a fusion that
+  transposes counts as a transpose);
 - the top kernels by summed time (and the top HLO ops, where the trace has
   an 'XLA Ops' timeline, as GPU traces do).
 
@@ -30,11 +31,13 @@ from typing import Any, Iterable
 
 # Kinds of work by kernel / op name (first match wins; lower-case names).
 KINDS = (
-    ('attention', re.compile(r'fmha|flash|attention|sdpa|cudnn.*mha')),
-    ('matmul', re.compile(r'gemm|cublas|cutlass|nvjet|sm90_xmma|matmul|dot|'
-                          r'triton_gemm|wgmma')),
-    ('convolution', re.compile(r'conv|implicit_gemm|cudnn|winograd|fft')),
-    ('copy', re.compile(r'memcpy|memset|copy|transpose')),
+    ('attention', re.compile(r'fmha|flash|attention|sdpa|cudnn.*mha|'
+                             r'dot_do_o|convert_dq')),  # cuDNN's helpers
+    ('convolution', re.compile(r'fprop|dgrad|wgrad|implicit_gemm|'
+                               r'conv(?!ert)|winograd|fft|cudnn')),
+    ('matmul', re.compile(r'gemm|cublas|cutlass|nvjet|xmma|matmul|\bdot|'
+                          r'wgmma')),
+    ('transpose/copy', re.compile(r'memcpy|memset|copy|transpose')),
     ('fusion', re.compile(r'fusion|loop_|input_|reduce|triton|elementwise')),
 )
 

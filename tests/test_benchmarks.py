@@ -142,6 +142,30 @@ def test_jaxpr_flops_closed_forms_and_xla_agreement():
   assert flops.jaxpr_flops(g, a, b) == 3 * 2 * 8 * 16 * 32
 
 
+
+def test_jaxpr_flops_counts_cudnn_fused_attention(monkeypatch):
+  """cuDNN's fused attention is one primitive per direction: counted as the
+  products it replaces (Q K^T, P V forward; dV, dP, dQ, dK backward), i.e.
+  the same as XLA's written-out attention of the same shapes."""
+  from benchmarks import flops  # pylint: disable=g-import-not-at-top
+  from jax._src.cudnn import fused_attention_stablehlo as fa  # pylint: disable=g-import-not-at-top
+  # Trace (never run) the cuDNN path on a host without cuDNN.
+  monkeypatch.setattr(fa, 'check_cudnn_version', lambda: 91000)
+  monkeypatch.setattr(fa, 'check_compute_capability', lambda *a, **k: True)
+  b, t, h, k = 2, 24, 3, 16
+  qkv = [jnp.ones((b, t, h, k), jnp.bfloat16)] * 3
+
+  def loss(impl):
+    return lambda q, k, v: jax.nn.dot_product_attention(
+        q, k, v, implementation=impl).astype(jnp.float32).sum()
+
+  fused = jax.value_and_grad(loss('cudnn'), (0, 1, 2))
+  written = jax.value_and_grad(loss('xla'), (0, 1, 2))
+  assert flops.jaxpr_flops(fused, *qkv) == 6 * 2 * b * h * t * t * k
+  assert flops.jaxpr_flops(fused, *qkv) == flops.jaxpr_flops(written, *qkv)
+  # Forward only: the two products.
+  assert flops.jaxpr_flops(loss('cudnn'), *qkv) == 2 * 2 * b * h * t * t * k
+
 def test_trace_summary_union_and_device_breakdown():
   from benchmarks import trace_summary  # pylint: disable=g-import-not-at-top
   # Overlaps count once, gaps not at all, touching intervals merge.
@@ -169,5 +193,13 @@ def test_trace_summary_union_and_device_breakdown():
   assert dev['by_kind'] == {'matmul': 5, 'attention': 3, 'fusion': 2}
   assert dev['top'][0] == dict(name='sm90_xmma_gemm_bf16', us=5, count=2)
   assert dev['top_ops'] == [dict(name='fusion.3', us=6, count=1)]
+  kind = trace_summary.kind_of
+  assert kind('loop_convert_multiply_fusion') == 'fusion'  # not 'conv'
+  assert kind('cudnn::fusion::compute_dot_do_o_specialized') == 'attention'
+  assert kind('cudnn::fusion::convert_dq_to_16bits') == 'attention'
+  assert kind('sm90_xmma_fprop_implicit_gemm_bf16') == 'convolution'
+  assert kind('nvjet_sm90_tst_128x160_64x5_2x1_v_bz_NNT') == 'matmul'
+  assert kind('cudnn_infer_conv2d_nhwc') == 'convolution'
+  assert kind('input_transpose_fusion_24') == 'transpose/copy'
   text = trace_summary.report([dev], steps=1)
   assert 'busy 71.4%' in text and 'XLA Ops' in text
