@@ -183,3 +183,32 @@ def test_attention_matches_softmax_form(q_len):
         q, k, v).jaxpr
     assert (b, h, q_len, n) in [e.outvars[0].aval.shape for e in plain.eqns
                                 if e.primitive.name == 'div']
+
+
+@pytest.mark.parametrize('x_dtype', [jnp.float32, jnp.bfloat16])
+def test_add_over_batch_gradient_is_the_batch_sum(x_dtype):
+  """The accelerator form (a (1, B) @ (B, rest) product for v's gradient)
+  gives what autodiff of `x + v` gives: same values, x's gradient passed
+  through, v's gradient the batch sum in v's dtype (float32)."""
+  kx, kv, kg = jax.random.split(jax.random.key(0), 3)
+  x = jax.random.normal(kx, (5, 7, 6)).astype(x_dtype)
+  v = jax.random.normal(kv, (1, 7, 6))
+  g = jax.random.normal(kg, (5, 7, 6)).astype(x_dtype)
+  plain = lambda x, v: x + v.astype(x.dtype)  # noqa: E731
+  y, vjp = jax.vjp(ops._add_over_batch, x, v)  # pylint: disable=protected-access
+  y_ref, vjp_ref = jax.vjp(plain, x, v)
+  assert y.dtype == x_dtype
+  np.testing.assert_array_equal(np.asarray(y, np.float32),
+                                np.asarray(y_ref, np.float32))
+  (dx, dv), (dx_ref, dv_ref) = vjp(g), vjp_ref(g)
+  np.testing.assert_array_equal(np.asarray(dx, np.float32),
+                                np.asarray(dx_ref, np.float32))
+  assert dv.dtype == jnp.float32 and dv.shape == v.shape
+  exact = np.asarray(g, np.float64).sum(0, keepdims=True)
+  tol = 1e-5 if x_dtype == jnp.float32 else 3e-2
+  np.testing.assert_allclose(np.asarray(dv), exact, rtol=tol, atol=tol)
+  np.testing.assert_allclose(np.asarray(dv_ref, np.float64), exact,
+                             rtol=tol, atol=tol)
+  # On the CPU the public function is the plain sum.
+  np.testing.assert_array_equal(np.asarray(ops.add_over_batch(x, v)),
+                                np.asarray(y_ref))

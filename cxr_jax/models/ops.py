@@ -41,6 +41,10 @@ All four are used only when JAX's default backend is the CPU; elsewhere
 against the lax/Flax forms, values and gradients). `stored_gradient`, an
 identity whose gradient XLA computes once (DenseNet's feature chunks), is
 also CPU-only and documented where it is defined.
+
+One form goes the other way, for accelerators: `add_over_batch` (a ViT's
+position embedding) gives its broadcast operand a gradient that keeps XLA's
+GPU layouts row-major; on the CPU it is the plain sum.
 """
 from __future__ import annotations
 
@@ -387,3 +391,42 @@ def _stored_gradient_bwd(_, g):
 
 
 _stored_gradient.defvjp(_stored_gradient_fwd, _stored_gradient_bwd)
+
+
+def add_over_batch(x: jax.Array, v: jax.Array) -> jax.Array:
+  """`x + v` for a `v` of shape (1, *x.shape[1:]) (a ViT's position
+  embedding), in x's dtype; `v`'s gradient comes back in v's dtype.
+
+  Autodiff gives `v` the sum of x's gradient over the batch, a reduction
+  over the major axis. XLA's GPU layout assignment turns it into a row
+  reduction by making the batch the *minor* axis of that gradient and of
+  everything it shares a layout with: in ViT-B/16 that was the whole
+  residual stream (tokens x features x batch), so every LayerNorm wrote a
+  transposed copy for the next GEMM, fusions that took 16% of the step on an
+  H100 (`benchmarks/README.md`, session 7). Off the CPU the gradient is
+  instead a (1, B) @ (B, rest) product with float32 accumulation, which
+  leaves the layouts row-major. On the CPU it is the plain sum.
+  """
+  if _on_cpu():
+    return x + v.astype(x.dtype)
+  return _add_over_batch(x, v)
+
+
+@jax.custom_vjp
+def _add_over_batch(x, v):
+  return x + v.astype(x.dtype)
+
+
+def _add_over_batch_fwd(x, v):
+  return _add_over_batch(x, v), jnp.zeros((0,), v.dtype)  # v's dtype only
+
+
+def _add_over_batch_bwd(res, g):
+  b = g.shape[0]
+  dv = lax.dot_general(jnp.ones((1, b), g.dtype), g.reshape(b, -1),
+                       (((1,), (0,)), ((), ())),
+                       preferred_element_type=jnp.float32)
+  return g, dv.reshape((1,) + g.shape[1:]).astype(res.dtype)
+
+
+_add_over_batch.defvjp(_add_over_batch_fwd, _add_over_batch_bwd)

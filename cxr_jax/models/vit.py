@@ -425,7 +425,7 @@ class Model(nn.Module):
                      (1, gh * gw + 1, cfg.dim), jnp.float32)
     x_BND = jnp.concatenate(
         [jnp.broadcast_to(cls.astype(self.dtype), (b, 1, cfg.dim)), x_BND], 1)
-    x_BND = x_BND + pos.astype(self.dtype)
+    x_BND = ops.add_over_batch(x_BND, pos)
     x_BND = nn.Dropout(self.dropout_rate)(x_BND, deterministic=not train)
 
     def features_hook(y_BND: jax.Array) -> jax.Array:
