@@ -203,3 +203,31 @@ def test_trace_summary_union_and_device_breakdown():
   assert kind('input_transpose_fusion_24') == 'transpose/copy'
   text = trace_summary.report([dev], steps=1)
   assert 'busy 71.4%' in text and 'XLA Ops' in text
+
+
+def test_aot_gpu_hlo_summary():
+  """Bytes per HLO type string, fusions by kind, transposes and batch-minor
+  arrays read off an optimised module's entry computation."""
+  from benchmarks import aot_gpu  # pylint: disable=g-import-not-at-top
+  assert aot_gpu.shape_bytes('bf16[4,8]{1,0}') == 64
+  assert aot_gpu.shape_bytes('(f32[2,3]{1,0}, s8[5]{0})') == 29
+  hlo = '\n'.join([
+      '%fused_transpose.3 (p: bf16[8,4,16]) -> bf16[4,16,8] {',
+      '  ROOT %t = bf16[4,16,8]{2,1,0} transpose(%p), dimensions={1,2,0}',
+      '}',
+      'ENTRY %main (a: bf16[8,4,16]) -> bf16[8,4,16] {',
+      '  %input_transpose_fusion.3 = bf16[4,16,8]{2,1,0} fusion(%a), '
+      'kind=kInput, calls=%fused_transpose.3',
+      '  %loop_add_fusion = (f32[8,4,16]{2,1,0}, f32[4]{0}) fusion(%a), '
+      'kind=kLoop, calls=%fused_add.1',
+      '  ROOT %cc = bf16[8,4,16]{2,1,0} custom-call(%a), '
+      'custom_call_target="__cudnn$fmhaSoftmax"',
+      '}'])
+  s = aot_gpu.summarise_hlo(hlo, batch=8)
+  assert s['fusions'] == {
+      'add': dict(count=1, bytes=8 * 4 * 16 * 4 + 16),
+      'transpose': dict(count=1, bytes=1024),
+      'custom-call __cudnn$fmhaSoftmax': dict(count=1, bytes=1024)}
+  assert s['bytes_written'] == 2064 + 2048
+  assert s['transposing'] == ['input_transpose_fusion.3']
+  assert s['batch_minor_shapes'] == ['bf16[4,16,8]{2,1,0}']
