@@ -9,9 +9,10 @@
 #          vs pytorch-grad-cam, FLOP/s and MFU; fp32 train steps   (< 5 min)
 #   vit    ViT-B/16 bf16 step variants side by side (benchmarks.xla_ab):
 #          the default (cuDNN fused attention, class-token last block) at
-#          batch 128; tanh GELU at batch 256, also without Triton GEMMs and
-#          with the full last block; torch (timm) in the same process; then
-#          where the batch-256 step's device time goes (trace_summary)
+#          batch 128; tanh GELU at batch 256, also with autodiff's
+#          position-embedding gradient (the batch-minor layout, session 7);
+#          torch (timm) in the same process; then where the batch-256
+#          step's device time goes (trace_summary)
 #                                                               (< 2.5 min)
 #   full   = densenet,stage2                                   (< 7 min)
 #   densenet  DenseNet-201 train step vs torch
@@ -64,8 +65,7 @@ if part vit; then
     --model=vit_b16 --batch="$BATCH" --steps=10 --warmup=2 \
     --variant=default: \
     --variant=tanh_b256:model.gelu_approximate=true,batch=256 \
-    --variant=no_triton_gemm:model.gelu_approximate=true,batch=256,xla_gpu_enable_triton_gemm=false \
-    --variant=full_last_block:model.gelu_approximate=true,batch=256,model.full_last_block=true \
+    --variant=sum_grad_b256:model.gelu_approximate=true,batch=256,model.pos_embed_grad=sum \
     --profile=tanh_b256 --out="$OUT_DIR/vit_ab.json" 2>&1 | tee "$OUT_DIR/vit_ab.log"
 fi
 

@@ -209,6 +209,11 @@ def test_add_over_batch_gradient_is_the_batch_sum(x_dtype):
   np.testing.assert_allclose(np.asarray(dv), exact, rtol=tol, atol=tol)
   np.testing.assert_allclose(np.asarray(dv_ref, np.float64), exact,
                              rtol=tol, atol=tol)
-  # On the CPU the public function is the plain sum.
+  # On the CPU the public function is the plain sum; 'matmul' forces the
+  # product, 'sum' the plain form, anything else is refused.
   np.testing.assert_array_equal(np.asarray(ops.add_over_batch(x, v)),
                                 np.asarray(y_ref))
+  _, vjp_mm = jax.vjp(lambda x, v: ops.add_over_batch(x, v, 'matmul'), x, v)
+  np.testing.assert_array_equal(np.asarray(vjp_mm(g)[1]), np.asarray(dv))
+  with pytest.raises(ValueError, match="grad 'rows'"):
+    ops.add_over_batch(x, v, 'rows')

@@ -393,9 +393,13 @@ def _stored_gradient_bwd(_, g):
 _stored_gradient.defvjp(_stored_gradient_fwd, _stored_gradient_bwd)
 
 
-def add_over_batch(x: jax.Array, v: jax.Array) -> jax.Array:
+def add_over_batch(x: jax.Array, v: jax.Array, grad: str = 'auto'
+                   ) -> jax.Array:
   """`x + v` for a `v` of shape (1, *x.shape[1:]) (a ViT's position
   embedding), in x's dtype; `v`'s gradient comes back in v's dtype.
+
+  `grad`: 'auto' (a matrix product off the CPU, the sum on it), 'matmul' or
+  'sum' (autodiff's, for A/B timings: `benchmarks/xla_ab.py`).
 
   Autodiff gives `v` the sum of x's gradient over the batch, a reduction
   over the major axis. XLA's GPU layout assignment turns it into a row
@@ -407,7 +411,10 @@ def add_over_batch(x: jax.Array, v: jax.Array) -> jax.Array:
   instead a (1, B) @ (B, rest) product with float32 accumulation, which
   leaves the layouts row-major. On the CPU it is the plain sum.
   """
-  if _on_cpu():
+  if grad not in ('auto', 'matmul', 'sum'):
+    raise ValueError(f"add_over_batch grad {grad!r}: expected 'auto', "
+                     "'matmul' or 'sum'")
+  if grad == 'sum' or (grad == 'auto' and _on_cpu()):
     return x + v.astype(x.dtype)
   return _add_over_batch(x, v)
 

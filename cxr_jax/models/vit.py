@@ -370,6 +370,10 @@ class Model(nn.Module):
     gelu_approximate: the MLP's GELU in its tanh form (as big_vision's ViT;
       XLA can fuse it into a cuBLAS epilogue on GPUs) instead of timm's exact
       erf form. Off by default: converted timm weights expect erf.
+    pos_embed_grad: how the position embedding's gradient is formed
+      (`ops.add_over_batch`): 'auto' (default) = a (1, B) @ (B, N*D) product
+      off the CPU, which keeps XLA's GPU layouts row-major; 'sum' =
+      autodiff's batch sum (for A/B timings), 'matmul' = the product always.
   """
   num_classes: int | None = 1000
   variant: str = 'b16'
@@ -384,6 +388,7 @@ class Model(nn.Module):
   attn_implementation: str | None = 'auto'
   gelu_approximate: bool = False
   full_last_block: bool = False
+  pos_embed_grad: str = 'auto'
 
   def geometry(self, hw: tuple[int, int] | None = None
                ) -> tuple[tuple[int, int], int, tuple[int, int]]:
@@ -425,7 +430,7 @@ class Model(nn.Module):
                      (1, gh * gw + 1, cfg.dim), jnp.float32)
     x_BND = jnp.concatenate(
         [jnp.broadcast_to(cls.astype(self.dtype), (b, 1, cfg.dim)), x_BND], 1)
-    x_BND = ops.add_over_batch(x_BND, pos)
+    x_BND = ops.add_over_batch(x_BND, pos, grad=self.pos_embed_grad)
     x_BND = nn.Dropout(self.dropout_rate)(x_BND, deterministic=not train)
 
     def features_hook(y_BND: jax.Array) -> jax.Array:
