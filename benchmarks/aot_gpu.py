@@ -83,8 +83,7 @@ def compile_for_target(config, batch_np, target_config: str,
   """(compiled, seconds) of the trainer's step for an absent GPU."""
   from jax._src.cudnn import fused_attention_stablehlo as fa  # pylint: disable=g-import-not-at-top
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from cxr_jax import optim  # pylint: disable=g-import-not-at-top
+  from benchmarks import train_step  # pylint: disable=g-import-not-at-top
   from cxr_jax import train  # pylint: disable=g-import-not-at-top
   from cxr_jax.models import ops  # pylint: disable=g-import-not-at-top
   fa.check_compute_capability = lambda *a, **k: True  # no device to ask
@@ -94,13 +93,7 @@ def compile_for_target(config, batch_np, target_config: str,
                                       topology='1x1x1')
   mesh = jax.sharding.Mesh(topo.devices, ('d',))
   rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  model = train.build_model(config.model)
-  batch = {k: jnp.asarray(v) for k, v in batch_np.items()}
-  state, (tx, labels) = train.init_state(config, model, batch,
-                                         jax.random.key(config.seed))
-  frozen = optim.frozen_top_level(labels)
-  if frozen:
-    model = train.build_model(config.model, frozen)
+  model, state, batch, tx, _ = train_step.build_state(config, batch_np)
   step = train.make_train_step(config, model, tx)
   abstract = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep),

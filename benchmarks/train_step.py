@@ -154,6 +154,24 @@ class JaxTrainStep:
     jax.block_until_ready((self.state, metrics))
 
 
+def build_state(config: ml_collections.ConfigDict,
+                batch_np: dict[str, np.ndarray]):
+  """(model, state, batch, tx, seconds) as `cxr_jax.train.run` builds them:
+  the state initialised, the model rebuilt with the schedule's frozen
+  submodules."""
+  model = train.build_model(config.model)
+  batch = {k: jnp.asarray(v) for k, v in batch_np.items()}
+  t = time.perf_counter()
+  state, (tx, labels) = train.init_state(config, model, batch,
+                                         jax.random.key(config.seed))
+  jax.block_until_ready(state)
+  init_s = time.perf_counter() - t
+  frozen = optim.frozen_top_level(labels)
+  if frozen:
+    model = train.build_model(config.model, frozen)
+  return model, state, batch, tx, init_s
+
+
 def build_jax_step(config: ml_collections.ConfigDict,
                    batch_np: dict[str, np.ndarray],
                    make_step: Callable | None = None,
@@ -166,18 +184,9 @@ def build_jax_step(config: ml_collections.ConfigDict,
   the step's compile (`benchmarks.xla_ab`). `init_s` is the time to build
   the state (the init program's compile and run), `compile_s` the step's.
   """
-  model = train.build_model(config.model)
-  batch = {k: jnp.asarray(v) for k, v in batch_np.items()}
-  t = time.perf_counter()
-  state, (tx, labels) = train.init_state(config, model, batch,
-                                         jax.random.key(config.seed))
-  jax.block_until_ready(state)
-  init_s = time.perf_counter() - t
+  model, state, batch, tx, init_s = build_state(config, batch_np)
   print(f'  [{config.model.name}] state built in {init_s:.1f} s; compiling '
         'the step', flush=True)
-  frozen = optim.frozen_top_level(labels)
-  if frozen:
-    model = train.build_model(config.model, frozen)
   step = (make_step or train.make_train_step)(config, model, tx)
   t = time.perf_counter()
   lowered = jax.jit(step, donate_argnums=(0,)).lower(state, batch)
