@@ -8,9 +8,12 @@ XLA compiles for the card that `--target_config` describes (default:
 optimised GPU program (fusions, layouts, custom calls) can be read and
 compared on any machine: what a short lease on a real GPU cannot afford.
 Prints the compile time, the fusions by kind with the bytes their outputs
-write per step, the transposing fusions, and arrays stored batch-minor (the
-batch size as the minor dimension of an array of rank >= 3; pick a batch
-size no feature axis has, e.g. 120, or channels of that size show up too).
+write and their operands read per step (an estimate of the memory traffic:
+a fusion may read an operand more than once), the transposing fusions, and
+arrays stored batch-minor (the batch size as the minor dimension of an array
+of rank >= 3; pick a batch size no feature axis has, e.g. 120, or channels
+of that size show up too). `--xla_option` passes further XLA options (e.g.
+xla_gpu_enable_triton_gemm=false for cuBLAS GEMMs).
 No timing: autotuning is off (level 0), the kernels are not run. This is
 how the ViT's batch-minor residual stream was found and removed
 (`cxr_jax.models.ops.add_over_batch`; `benchmarks/README.md`, session 7).
@@ -52,13 +55,20 @@ def shape_bytes(text: str) -> int:
 def summarise_hlo(text: str, batch: int) -> dict[str, object]:
   """Entry-computation facts of an optimised HLO module (see module doc)."""
   entry = text[text.index('\nENTRY'):] if '\nENTRY' in text else text
-  by_kind: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])
+  by_kind: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0, 0])
   transposing = []
+  types = dict(re.findall(r'(\w[\w.-]*): (\w+\[[0-9,]*\])',
+                          entry.split('\n', 2)[1]))  # ENTRY's parameters
   for line in entry.splitlines():
-    m = re.match(r'\s*(?:ROOT )?%(\S+) = (.*?) (fusion|custom-call)\(', line)
-    if not m:
+    m = re.match(r'\s*(?:ROOT )?%(\S+) = (.*?) ([\w-]+)\((.*?)\)[,\s]*',
+                 line)
+    if m:
+      types[m.group(1)] = m.group(2)
+    if not m or m.group(3) not in ('fusion', 'custom-call'):
       continue
-    name, out_type, op = m.groups()
+    name, out_type, op, operands = m.groups()
+    by_kind_read = sum(shape_bytes(types.get(o, ''))
+                       for o in re.findall(r'%([\w.-]+)', operands))
     calls = re.search(r'calls=%([A-Za-z_]+)', line)
     target = re.search(r'custom_call_target="([^"]+)"', line)
     kind = (calls.group(1) if calls else
@@ -66,21 +76,25 @@ def summarise_hlo(text: str, batch: int) -> dict[str, object]:
     kind = re.sub(r'^(fused_|wrapped_)', '', kind)
     by_kind[kind][0] += 1
     by_kind[kind][1] += shape_bytes(out_type)
+    by_kind[kind][2] += by_kind_read
     if 'transpose' in kind:
       transposing.append(name)
   minor = sorted({s for s in re.findall(r'\b\w+\[[0-9,]+\]\{[0-9,]+\}', entry)
                   if re.search(rf'\[(?:\d+,){{2,}}{batch}\]\{{(?:\d+,)*0\}}',
                                s)})
   return dict(
-      fusions={k: dict(count=c, bytes=b) for k, (c, b) in
+      fusions={k: dict(count=c, bytes=b, bytes_read=r) for k, (c, b, r) in
                sorted(by_kind.items(), key=lambda kv: -kv[1][1])},
-      bytes_written=sum(b for _, b in by_kind.values()),
+      bytes_written=sum(v[1] for v in by_kind.values()),
+      bytes_read=sum(v[2] for v in by_kind.values()),
       transposing=transposing, batch_minor_shapes=minor)
 
 
 def compile_for_target(config, batch_np, target_config: str,
-                       autotune_level: int = 0):
-  """(compiled, seconds) of the trainer's step for an absent GPU."""
+                       autotune_level: int = 0,
+                       options: dict[str, object] | None = None):
+  """(compiled, seconds) of the trainer's step for an absent GPU;
+  `options`: further XLA options for the compile."""
   from jax._src.cudnn import fused_attention_stablehlo as fa  # pylint: disable=g-import-not-at-top
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
   from benchmarks import train_step  # pylint: disable=g-import-not-at-top
@@ -100,7 +114,8 @@ def compile_for_target(config, batch_np, target_config: str,
       (state, batch))
   t = time.perf_counter()
   compiled = jax.jit(step, donate_argnums=(0,)).lower(*abstract).compile(
-      compiler_options={'xla_gpu_autotune_level': autotune_level})
+      compiler_options={'xla_gpu_autotune_level': autotune_level,
+                        **(options or {})})
   return compiled, time.perf_counter() - t
 
 
@@ -123,6 +138,9 @@ def define_flags() -> None:
   flags.DEFINE_string('hlo_out', None, 'Write the optimised HLO.')
   flags.DEFINE_integer('autotune_level', 0, 'XLA GPU autotuning (only 0 '
                        'works without a device).')
+  flags.DEFINE_list('xla_option', [], 'KEY=VALUE XLA options for the '
+                    'compile (as `benchmarks.xla_ab` variants take them), '
+                    'e.g. xla_gpu_enable_triton_gemm=false.')
 
 
 def main(argv):
@@ -131,6 +149,7 @@ def main(argv):
   from benchmarks import train_step  # pylint: disable=g-import-not-at-top
   from benchmarks import xla_ab  # pylint: disable=g-import-not-at-top
   _, kw = xla_ab.parse_variant('x:' + ','.join(f.model_kw))
+  _, options = xla_ab.parse_variant('x:' + ','.join(f.xla_option))
   name, b = f.model, f.batch
   if name in ('stage2', 'stage2_demo'):
     config = train_step.stage2_config(demo=name == 'stage2_demo', batch=b,
@@ -143,18 +162,21 @@ def main(argv):
   with open(f.target_config) as fh:
     target = fh.read()
   compiled, seconds = compile_for_target(config, batch_np, target,
-                                         f.autotune_level)
+                                         f.autotune_level, options)
   text = compiled.as_text()
   if f.hlo_out:
     with open(f.hlo_out, 'w') as fh:
       fh.write(text)
   s = summarise_hlo(text, b)
-  print(f'{name} batch {b} {f.dtype} {kw}: compiled in {seconds:.1f} s '
+  print(f'{name} batch {b} {f.dtype} {kw} {options or ""}: compiled in '
+        f'{seconds:.1f} s '
         f'for {target.split("device_description_str:")[-1].strip()}')
   print(f'fusion/custom-call outputs: {s["bytes_written"] / 1e9:.2f} GB '
-        'written per step')
+        f'written, operands {s["bytes_read"] / 1e9:.2f} GB read per step')
+  print(f'  {"kind":40s} {"count":>6s} {"written":>8s} {"read":>8s}')
   for kind, v in list(s['fusions'].items())[:15]:
-    print(f'  {kind:40s} {v["count"]:5d}x {v["bytes"] / 1e9:8.2f} GB')
+    print(f'  {kind:40s} {v["count"]:5d}x {v["bytes"] / 1e9:8.2f} '
+          f'{v["bytes_read"] / 1e9:8.2f} GB')
   print(f'transposing fusions: {len(s["transposing"])}')
   print(f'batch-minor array shapes: {len(s["batch_minor_shapes"])} '
         f'{s["batch_minor_shapes"][:6]}')

@@ -206,8 +206,9 @@ def test_trace_summary_union_and_device_breakdown():
 
 
 def test_aot_gpu_hlo_summary():
-  """Bytes per HLO type string, fusions by kind, transposes and batch-minor
-  arrays read off an optimised module's entry computation."""
+  """Bytes per HLO type string, fusions by kind (bytes written and read),
+  transposes and batch-minor arrays read off an optimised module's entry
+  computation."""
   from benchmarks import aot_gpu  # pylint: disable=g-import-not-at-top
   assert aot_gpu.shape_bytes('bf16[4,8]{1,0}') == 64
   assert aot_gpu.shape_bytes('(f32[2,3]{1,0}, s8[5]{0})') == 29
@@ -220,14 +221,17 @@ def test_aot_gpu_hlo_summary():
       'kind=kInput, calls=%fused_transpose.3',
       '  %loop_add_fusion = (f32[8,4,16]{2,1,0}, f32[4]{0}) fusion(%a), '
       'kind=kLoop, calls=%fused_add.1',
-      '  ROOT %cc = bf16[8,4,16]{2,1,0} custom-call(%a), '
+      '  ROOT %cc = bf16[8,4,16]{2,1,0} '
+      'custom-call(%input_transpose_fusion.3), '
       'custom_call_target="__cudnn$fmhaSoftmax"',
       '}'])
   s = aot_gpu.summarise_hlo(hlo, batch=8)
-  assert s['fusions'] == {
-      'add': dict(count=1, bytes=8 * 4 * 16 * 4 + 16),
-      'transpose': dict(count=1, bytes=1024),
-      'custom-call __cudnn$fmhaSoftmax': dict(count=1, bytes=1024)}
+  assert s['fusions'] == {  # each reads `a` or the transpose (1024 B)
+      'add': dict(count=1, bytes=8 * 4 * 16 * 4 + 16, bytes_read=1024),
+      'transpose': dict(count=1, bytes=1024, bytes_read=1024),
+      'custom-call __cudnn$fmhaSoftmax': dict(count=1, bytes=1024,
+                                              bytes_read=1024)}
   assert s['bytes_written'] == 2064 + 2048
+  assert s['bytes_read'] == 3 * 1024
   assert s['transposing'] == ['input_transpose_fusion.3']
   assert s['batch_minor_shapes'] == ['bf16[4,16,8]{2,1,0}']

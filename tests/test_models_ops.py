@@ -217,3 +217,59 @@ def test_add_over_batch_gradient_is_the_batch_sum(x_dtype):
   np.testing.assert_array_equal(np.asarray(vjp_mm(g)[1]), np.asarray(dv))
   with pytest.raises(ValueError, match="grad 'rows'"):
     ops.add_over_batch(x, v, 'rows')
+
+
+@pytest.mark.parametrize('x_dtype', [jnp.float32, jnp.bfloat16])
+def test_lean_layer_norm_matches_autodiff(monkeypatch, x_dtype):
+  """The accelerator form (statistics kept for the backward pass) gives
+  autodiff's values and gradients for x, scale and bias, in x's dtype; on
+  the CPU `lean` changes nothing."""
+  monkeypatch.setattr(ops, '_on_cpu', lambda: False)
+  rng = np.random.default_rng(4)
+  x = jnp.asarray((3 + 2 * rng.normal(size=(3, 5, 32))).astype(np.float32)
+                  ).astype(x_dtype)
+  w = jnp.asarray(rng.normal(size=x.shape).astype(np.float32))
+  lean, plain = ops.LayerNorm(lean=True), ops.LayerNorm(lean=False)
+  p = jax.tree.map(
+      lambda a: a + jnp.asarray(rng.normal(size=a.shape), a.dtype),
+      plain.init(jax.random.key(0), x))
+  loss = lambda m: lambda p, v: jnp.sum(  # noqa: E731
+      jnp.tanh(m.apply(p, v).astype(jnp.float32)) * w)
+  assert 'optimization_barrier' in str(jax.make_jaxpr(
+      jax.grad(loss(lean), (0, 1)))(p, x))
+  y, y_ref = lean.apply(p, x), plain.apply(p, x)
+  assert y.dtype == x_dtype
+  tol = 1e-5 if x_dtype == jnp.float32 else 1e-2
+  np.testing.assert_allclose(np.asarray(y, np.float32),
+                             np.asarray(y_ref, np.float32), rtol=tol, atol=tol)
+  g = jax.grad(loss(lean), (0, 1))(p, x)
+  g_ref = jax.grad(loss(plain), (0, 1))(p, x)
+  assert g[1].dtype == x_dtype
+  for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref)):
+    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    np.testing.assert_allclose(a, b, rtol=10 * tol, atol=10 * tol)
+  monkeypatch.setattr(ops, '_on_cpu', lambda: True)
+  assert (str(jax.make_jaxpr(lambda v: lean.apply(p, v))(x))
+          == str(jax.make_jaxpr(lambda v: plain.apply(p, v))(x)))
+
+
+@pytest.mark.parametrize('approximate', [False, True])
+def test_lean_gelu_matches_autodiff(monkeypatch, approximate):
+  """The accelerator form (derivative recomputed from the input) gives the
+  values and gradients of autodiff's GELU, exact and tanh forms."""
+  monkeypatch.setattr(ops, '_on_cpu', lambda: False)
+  rng = np.random.default_rng(5)
+  x = jnp.asarray(4 * rng.normal(size=(6, 40)).astype(np.float32))
+  g = jnp.asarray(rng.normal(size=x.shape).astype(np.float32))
+  y, vjp = jax.vjp(lambda v: ops.gelu(v, approximate), x)
+  y_ref, vjp_ref = jax.vjp(lambda v: ops.gelu(v, approximate, lean=False), x)
+  np.testing.assert_array_equal(y, y_ref)
+  np.testing.assert_allclose(vjp(g)[0], vjp_ref(g)[0], rtol=1e-5, atol=1e-6)
+  xb, gb = x.astype(jnp.bfloat16), g.astype(jnp.bfloat16)
+  dxb = jax.vjp(lambda v: ops.gelu(v, approximate), xb)[1](gb)[0]
+  dxb_ref = jax.vjp(lambda v: ops.gelu(v, approximate, lean=False),
+                    xb)[1](gb)[0]
+  assert dxb.dtype == jnp.bfloat16
+  np.testing.assert_allclose(np.asarray(dxb, np.float32),
+                             np.asarray(dxb_ref, np.float32), rtol=2e-2,
+                             atol=2e-2)

@@ -281,3 +281,45 @@ def test_class_token_last_block_equals_full_last_block(implementation):
                  grads['short'][2], grads['full'][2])
   assert full.apply(variables, x)[1]['block_out'].shape == (2, 4, 4, 32)
   assert 'block_out' not in short.apply(variables, x)[1]
+
+
+@pytest.mark.parametrize('full_last_block', [False, True])
+def test_sequence_padded_once_equals_unpadded(full_last_block):
+  """`memory_lean` pads the sequence once after the embedding on the fused
+  attention path (17 tokens -> 24 with `seq_multiple=8`, checked on XLA's
+  implementation of the same call); logits, the Grad-CAM target and every
+  gradient (parameters and the target's perturbation) equal those of the
+  unpadded model, in eval and train mode."""
+  x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
+  kw = dict(num_classes=3, variant='tiny', attn_implementation='xla',
+            full_last_block=full_last_block)
+  padded = vit.Model(**kw, seq_multiple=8)
+  plain = vit.Model(**kw, memory_lean=False)
+  # pylint: disable=protected-access
+  assert padded._sequence_padding(17, train=True) == 7
+  assert plain._sequence_padding(17, train=True) == 0
+  assert vit.Model(**kw)._sequence_padding(17, train=True) == 0  # xla: 1
+  # pylint: enable=protected-access
+  variables = np_init(plain, x)
+
+  def run(model, pert, params, train):
+    v = {**variables, 'params': params, 'perturbations': pert}
+    logits, out = model.apply(v, x, train=train)
+    return (logits * jnp.arange(3.)[None]).sum(), (logits, out)
+
+  jaxpr = str(jax.make_jaxpr(lambda p: run(padded, variables['perturbations'],
+                                           p, False))(variables['params']))
+  assert 'pad[' in jaxpr and 'f32[2,24,32]' in jaxpr
+  for train in (False, True):
+    res = {}
+    for name, model in (('padded', padded), ('plain', plain)):
+      (_, (logits, out)), g = jax.value_and_grad(
+          lambda p, q, m=model: run(m, p, q, train), (0, 1), has_aux=True)(
+              variables['perturbations'], variables['params'])
+      res[name] = (logits, out['features'], g)
+    np.testing.assert_allclose(res['padded'][0], res['plain'][0], rtol=1e-5,
+                               atol=1e-5)
+    np.testing.assert_allclose(res['padded'][1], res['plain'][1], atol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4,
+                                                         atol=1e-5),
+                 res['padded'][2], res['plain'][2])

@@ -245,18 +245,32 @@ _max_pool2d.defvjp(_max_pool2d_fwd, _max_pool2d_bwd)
 class LayerNorm(nn.Module):
   """LayerNorm over the last axis, parameters as `nn.LayerNorm`'s (`scale`,
   `bias`, float32), statistics in float32 in two passes (torch's formula);
-  output in `dtype` (default: the input's)."""
+  output in `dtype` (default: the input's).
+
+  The backward pass: on the CPU, a custom VJP whose residual is the
+  normalised input (`_layer_norm`). Elsewhere, with `lean` (default), a
+  custom VJP whose residuals are the input and the per-row mean and
+  1/std, kept behind an optimisation barrier: with autodiff's form XLA's GPU
+  backend recomputed the statistics in the backward pass, which put row
+  reductions in front of the scale gradient's column reduction, so a
+  float32 (rows, D) product was written to memory and read back for it
+  (ViT-B/16, batch 256: 24 x 155 MB a step); from stored statistics that
+  product fuses into the column reduction. `lean=False`: autodiff's.
+  """
   epsilon: float = 1e-6
   dtype: Any = None
+  lean: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     d = x.shape[-1]
     scale = self.param('scale', nn.initializers.ones, (d,), jnp.float32)
     bias = self.param('bias', nn.initializers.zeros, (d,), jnp.float32)
+    dtype = jnp.dtype(self.dtype or x.dtype)
+    if not _on_cpu() and self.lean:
+      return _layer_norm_stats(x, scale, bias, self.epsilon, dtype)
     norm = _layer_norm if _on_cpu() else _layer_norm_formula
-    y = norm(x.astype(jnp.float32), scale, bias, self.epsilon)
-    return y.astype(self.dtype or x.dtype)
+    return norm(x.astype(jnp.float32), scale, bias, self.epsilon).astype(dtype)
 
 
 def _normalise(x, epsilon):
@@ -298,15 +312,83 @@ def _layer_norm_bwd(epsilon, res, g):
 _layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
 
 
-def gelu(x: jax.Array, approximate: bool = False) -> jax.Array:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _layer_norm_stats(x, scale, bias, epsilon, dtype):
+  return _layer_norm_stats_fwd(x, scale, bias, epsilon, dtype)[0]
+
+
+def _layer_norm_stats_fwd(x, scale, bias, epsilon, dtype):
+  xf = x.astype(jnp.float32)
+  mean = jnp.mean(xf, -1, keepdims=True)
+  xc = xf - mean
+  r = lax.rsqrt(jnp.mean(xc * xc, -1, keepdims=True) + epsilon)
+  y = (xc * r * _bcast(scale, x) + _bcast(bias, x)).astype(dtype)
+  # Without the barrier XLA fuses the statistics' reductions into the
+  # backward pass's consumers again (recomputing them), see LayerNorm.
+  mean, r = lax.optimization_barrier((mean, r))
+  return y, (x, mean, r, scale)
+
+
+def _layer_norm_stats_bwd(epsilon, dtype, res, g):
+  del epsilon, dtype
+  x, mean, r, scale = res
+  xh = (x.astype(jnp.float32) - mean) * r
+  g = g.astype(jnp.float32)
+  gs = g * _bcast(scale, g)
+  dx = r * (gs - jnp.mean(gs, -1, keepdims=True)
+            - xh * jnp.mean(gs * xh, -1, keepdims=True))
+  rows = tuple(range(g.ndim - 1))
+  return dx.astype(x.dtype), jnp.sum(g * xh, rows), jnp.sum(g, rows)
+
+
+_layer_norm_stats.defvjp(_layer_norm_stats_fwd, _layer_norm_stats_bwd)
+
+
+def gelu(x: jax.Array, approximate: bool = False, lean: bool = True
+         ) -> jax.Array:
   """`flax.linen.gelu`; on the CPU the exact form is x/2 * (1 + erf(x/sqrt2))
   (torch's formula), not jax's x/2 * erfc(-x/sqrt2): XLA's CPU `erfc` runs an
   exponential and two selects per element where `erf` is one rational
   polynomial, and the MLP's GELU (forward + backward) took 5% of a
-  ViT-B/16 train step."""
+  ViT-B/16 train step.
+
+  Off the CPU, with `lean` (default), a custom VJP keeps only the input and
+  recomputes the derivative in the backward pass: XLA's GPU backend wrote
+  autodiff's `tanh` (or `erf`) residual as a second full-size output of the
+  forward fusion and read it back (ViT-B/16, batch 256: 12 x 310 MB each
+  way a step); the recomputation is elementwise work in a fusion that reads
+  the same input anyway. `lean=False`: autodiff's.
+  """
+  if not _on_cpu() and lean:
+    return _gelu_recompute(x, approximate)
   if approximate or not _on_cpu():
     return nn.gelu(x, approximate=approximate)
   return x * (0.5 * (1 + lax.erf(x * jnp.asarray(0.5 ** 0.5, x.dtype))))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _gelu_recompute(x, approximate):
+  return nn.gelu(x, approximate=approximate)
+
+
+def _gelu_recompute_fwd(x, approximate):
+  return nn.gelu(x, approximate=approximate), x
+
+
+def _gelu_recompute_bwd(approximate, x, g):
+  xf = x.astype(jnp.float32)
+  if approximate:
+    c = math.sqrt(2 / math.pi)
+    t = jnp.tanh(c * (xf + 0.044715 * xf ** 3))
+    d = 0.5 * (1 + t) + (0.5 * c) * xf * (1 - t * t) * (
+        1 + (3 * 0.044715) * xf * xf)
+  else:
+    d = (0.5 * (1 + lax.erf(xf * math.sqrt(0.5)))
+         + xf * jnp.exp(-0.5 * xf * xf) * (1 / math.sqrt(2 * math.pi)))
+  return ((g.astype(jnp.float32) * d).astype(x.dtype),)
+
+
+_gelu_recompute.defvjp(_gelu_recompute_fwd, _gelu_recompute_bwd)
 
 
 def attention(q_BHQK: jax.Array, k_BHNK: jax.Array, v_BHNK: jax.Array

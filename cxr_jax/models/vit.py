@@ -150,28 +150,47 @@ class PatchEmbed(nn.Module):
 
 def fused_attention(q_BNHK: jax.Array, k_BNHK: jax.Array, v_BNHK: jax.Array,
                     *, scale: float, implementation: str | None,
-                    pad_to: int = 1) -> jax.Array:
+                    pad_to: int = 1, length: int | None = None) -> jax.Array:
   """`jax.nn.dot_product_attention` with the sequence padded to `pad_to`.
 
   cuDNN's fused attention rejects odd sequence lengths when training (a
   ViT-B/16 at 224 px has 197 tokens), so for it the tokens are zero-padded
   to a multiple of `pad_to` and the padding is masked out as keys
   (`key_value_seq_lengths`) and sliced off as queries: the result and its
-  gradients are those of the unpadded attention.
+  gradients are those of the unpadded attention. `length`: the inputs are
+  already padded and only their first `length` tokens are real (masked
+  likewise; the output keeps every row, those past `length` are padding).
   """
   b, n = q_BNHK.shape[:2]
   pad = -n % pad_to
-  if not pad:
+  if not pad and (length is None or length == n):
     return jax.nn.dot_product_attention(q_BNHK, k_BNHK, v_BNHK, scale=scale,
                                         implementation=implementation)
   widths = ((0, 0), (0, pad), (0, 0), (0, 0))
-  q_BNHK, k_BNHK, v_BNHK = (jnp.pad(t, widths)
-                            for t in (q_BNHK, k_BNHK, v_BNHK))
-  lengths = jnp.full((b,), n, jnp.int32)
+  if pad:
+    q_BNHK, k_BNHK, v_BNHK = (jnp.pad(t, widths)
+                              for t in (q_BNHK, k_BNHK, v_BNHK))
+  lengths = jnp.full((b,), n if length is None else length, jnp.int32)
   y_BNHK = jax.nn.dot_product_attention(
       q_BNHK, k_BNHK, v_BNHK, scale=scale, query_seq_lengths=lengths,
       key_value_seq_lengths=lengths, implementation=implementation)
   return y_BNHK[:, :n]
+
+
+def resolve_attn_implementation(implementation: str | None, dtype: Dtype
+                                ) -> str | None:
+  """None, 'xla' or 'cudnn' for an `attn_implementation` field ('auto' =
+  'cudnn' on a GPU with a bf16/fp16 compute dtype, else None)."""
+  if implementation not in (None, 'auto', 'xla', 'cudnn'):
+    raise ValueError(
+        f'attn_implementation {implementation!r}: expected None, '
+        "'auto', 'xla' or 'cudnn'")
+  if implementation != 'auto':
+    return implementation
+  if (jax.default_backend() == 'gpu' and
+      jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)):
+    return 'cudnn'
+  return None
 
 
 class Attention(nn.Module):
@@ -201,23 +220,22 @@ class Attention(nn.Module):
   implementation: str | None = 'auto'
 
   def resolved_implementation(self) -> str | None:
-    if self.implementation not in (None, 'auto', 'xla', 'cudnn'):
-      raise ValueError(
-          f'attn_implementation {self.implementation!r}: expected None, '
-          "'auto', 'xla' or 'cudnn'")
-    if self.implementation != 'auto':
-      return self.implementation
-    if (jax.default_backend() == 'gpu' and
-        jnp.dtype(self.dtype) in (jnp.bfloat16, jnp.float16)):
-      return 'cudnn'
-    return None
+    return resolve_attn_implementation(self.implementation, self.dtype)
+
+  def fused(self, train: bool, queries: int | None = None) -> bool:
+    """Whether the attention goes through `fused_attention`."""
+    need_weights = self.return_weights or (train and self.attn_dropout_rate)
+    return (self.resolved_implementation() is not None and not need_weights
+            and queries is None)
 
   @nn.compact
   def __call__(self, x_BND: jax.Array, *, train: bool,
-               queries: int | None = None
+               queries: int | None = None, length: int | None = None
                ) -> tuple[jax.Array, jax.Array | None]:
     """`queries`: attend from the first `queries` tokens only (all tokens
-    are keys and values); the output then has `queries` rows."""
+    are keys and values); the output then has `queries` rows. `length`
+    (fused path only): the first `length` tokens are real, the rest is
+    padding, masked as keys."""
     d = x_BND.shape[-1]
     head_dim = d // self.heads
     flat_init = nn.initializers.lecun_normal()
@@ -239,14 +257,15 @@ class Attention(nn.Module):
     need_weights = self.return_weights or (train and self.attn_dropout_rate)
     attn_BHNN = None
     implementation = self.resolved_implementation()
-    fused = implementation is not None and not need_weights and queries is None
-    if fused:
+    if length is not None and not self.fused(train, queries):
+      raise ValueError('Attention(length=...) needs the fused path')
+    if self.fused(train, queries):
       q_BNHK, k_BNHK, v_BNHK = (
           t[:, :, 0] for t in jnp.split(project(x_BND, w_D3HK, b_3HK), 3, 2))
       y_BNHK = fused_attention(
           q_BNHK, k_BNHK, v_BNHK, scale=scale,
           implementation=implementation,
-          pad_to=8 if implementation == 'cudnn' else 1)
+          pad_to=8 if implementation == 'cudnn' else 1, length=length)
     else:
       # Heads-major (B, heads, N, head_dim): both attention matmuls are then
       # plain batched GEMMs; in (B, N, heads, head_dim), the layout
@@ -289,13 +308,14 @@ class Mlp(nn.Module):
   dropout_rate: float = 0.
   dtype: Dtype = jnp.float32
   gelu_approximate: bool = False
+  lean: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     shape = x.shape
     x = _rows(x)
     x = nn.Dense(self.hidden, dtype=self.dtype, name='fc1')(x)
-    x = ops.gelu(x, approximate=self.gelu_approximate)
+    x = ops.gelu(x, approximate=self.gelu_approximate, lean=self.lean)
     x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
     x = nn.Dense(shape[-1], dtype=self.dtype, name='fc2')(x)
     x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
@@ -314,14 +334,18 @@ class Block(nn.Module):
   return_attn: bool = False
   attn_implementation: str | None = 'auto'
   gelu_approximate: bool = False
+  memory_lean: bool = True
 
   @nn.compact
   def __call__(self, x_BND: jax.Array, *, train: bool,
                norm1_hook: Callable[[jax.Array], jax.Array] | None = None,
-               queries: int | None = None
+               queries: int | None = None, length: int | None = None
                ) -> tuple[jax.Array, jax.Array | None]:
+    """`length`: tokens past it are padding (see `Attention`)."""
     d = x_BND.shape[-1]
-    y = ops.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name='norm1')(x_BND)
+    lean = self.memory_lean
+    y = ops.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, lean=lean,
+                      name='norm1')(x_BND)
     if norm1_hook is not None:
       y = norm1_hook(y)
     y, attn_BHNN = Attention(self.heads, self.attn_dropout_rate,
@@ -329,13 +353,15 @@ class Block(nn.Module):
                              return_weights=self.return_attn,
                              implementation=self.attn_implementation,
                              name='attn')(
-                                 y, train=train, queries=queries)
+                                 y, train=train, queries=queries,
+                                 length=length)
     if queries is not None:
       x_BND = x_BND[:, :queries]
     x_BND = x_BND + DropPath(self.drop_path_rate)(y, train=train)
-    y = ops.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name='norm2')(x_BND)
+    y = ops.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, lean=lean,
+                      name='norm2')(x_BND)
     y = Mlp(int(d * self.mlp_ratio), self.dropout_rate, self.dtype,
-            self.gelu_approximate, name='mlp')(y, train=train)
+            self.gelu_approximate, lean, name='mlp')(y, train=train)
     x_BND = x_BND + DropPath(self.drop_path_rate)(y, train=train)
     return x_BND, attn_BHNN
 
@@ -374,6 +400,18 @@ class Model(nn.Module):
       (`ops.add_over_batch`): 'auto' (default) = a (1, B) @ (B, N*D) product
       off the CPU, which keeps XLA's GPU layouts row-major; 'sum' =
       autodiff's batch sum (for A/B timings), 'matmul' = the product always.
+    memory_lean: forms that cut the memory traffic of the step off the CPU,
+      same math (default on; off = session 7's program, for A/B timings):
+      LayerNorm's backward pass reads stored statistics and GELU's
+      recomputes its derivative (`ops.LayerNorm`, `ops.gelu`), and on the
+      fused attention path the sequence is padded once, after the
+      embedding, to a multiple of `seq_multiple` (padding masked as keys,
+      dropped before the last block) instead of padded and sliced in every
+      block. Deviceless H100 compile of the ViT-B/16 step (batch 256, bf16):
+      `benchmarks/README.md`.
+    seq_multiple: the multiple `memory_lean` pads the sequence to on the
+      fused path; None = 8 for cuDNN (its fused attention rejects odd
+      lengths when training), else 1 (no padding).
   """
   num_classes: int | None = 1000
   variant: str = 'b16'
@@ -389,6 +427,8 @@ class Model(nn.Module):
   gelu_approximate: bool = False
   full_last_block: bool = False
   pos_embed_grad: str = 'auto'
+  memory_lean: bool = True
+  seq_multiple: int | None = None
 
   def geometry(self, hw: tuple[int, int] | None = None
                ) -> tuple[tuple[int, int], int, tuple[int, int]]:
@@ -408,6 +448,20 @@ class Model(nn.Module):
     if img[0] % patch or img[1] % patch:
       raise ValueError(f'img_size {img} is not a multiple of patch {patch}')
     return img, patch, (img[0] // patch, img[1] // patch)
+
+  def _sequence_padding(self, n: int, train: bool) -> int:
+    """Tokens `memory_lean` appends once after the embedding: up to a
+    multiple of `seq_multiple`, when every block but the last takes the
+    fused attention path (which can mask them as keys)."""
+    impl = resolve_attn_implementation(self.attn_implementation, self.dtype)
+    multiple = self.seq_multiple or (8 if impl == 'cudnn' else 1)
+    probe = Attention(_cfg(self.variant).heads, self.attn_dropout_rate,
+                      return_weights=self.return_attn,
+                      implementation=self.attn_implementation,
+                      dtype=self.dtype, parent=None)
+    if not (self.memory_lean and probe.fused(train)):
+      return 0
+    return -n % multiple
 
   @nn.compact
   def __call__(self, x_BHWC: jax.Array, *, train: bool = False
@@ -440,6 +494,10 @@ class Model(nn.Module):
       return jnp.concatenate([y_BND[:, :1], grid_to_tokens(grid)], 1)
 
     full = self.full_last_block or self.return_attn
+    n = x_BND.shape[1]
+    pad = self._sequence_padding(n, train)
+    if pad:  # padded once here, dropped before the last block
+      x_BND = jnp.pad(x_BND, ((0, 0), (0, pad), (0, 0)))
     dpr = np.linspace(0., self.drop_path_rate, cfg.depth)
     attns = []
     for i in range(cfg.depth):
@@ -450,9 +508,12 @@ class Model(nn.Module):
           drop_path_rate=float(dpr[i]), dtype=self.dtype,
           return_attn=self.return_attn,
           attn_implementation=self.attn_implementation,
-          gelu_approximate=self.gelu_approximate, name=f'blocks_{i}')(
-              x_BND, train=train, norm1_hook=features_hook if last else None,
-              queries=1 if last and not full else None)
+          gelu_approximate=self.gelu_approximate,
+          memory_lean=self.memory_lean, name=f'blocks_{i}')(
+              x_BND[:, :n] if last and pad else x_BND, train=train,
+              norm1_hook=features_hook if last else None,
+              queries=1 if last and not full else None,
+              length=n if pad and not last else None)
       if self.return_attn:
         attns.append(attn)
     if full:
