@@ -89,11 +89,15 @@ fi
 # cuDNN's heuristic choice untimed (fast compiles, maybe slower steps). On a
 # timeout, SIGABRT makes Python print where each part was (faulthandler).
 XLA_FULL="${XLA_FLAGS:-} --xla_gpu_autotune_level=${AUTOTUNE_LEVEL:-2}"
+# Untuned XLA against untuned torch: level 0 turns torch's cuDNN autotuning
+# (cudnn.benchmark, ~100 distinct DenseNet-201 convolutions) off too.
+TORCH_TUNE=--torch_cudnn_benchmark
+[ "${AUTOTUNE_LEVEL:-2}" = 0 ] && TORCH_TUNE=--notorch_cudnn_benchmark
 if part full || part densenet; then
   echo "== densenet: DenseNet-201 bf16 train step (autotune level ${AUTOTUNE_LEVEL:-2})"
   XLA_FLAGS="$XLA_FULL" timeout -s ABRT "${DENSENET_TIMEOUT:-200}" "$PY" \
     -X faulthandler -m benchmarks.run "${COMMON[@]}" --nostage2 \
-    --models=densenet201 --dtype=bfloat16 --only=train,flops \
+    --models=densenet201 --dtype=bfloat16 --only=train,flops "$TORCH_TUNE" \
     --out="$OUT_DIR/densenet" 2>&1 | tee "$OUT_DIR/densenet.log"
 fi
 if part full || part stage2; then

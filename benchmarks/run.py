@@ -73,6 +73,11 @@ _HUGEPAGE_MALLOC = flags.DEFINE_bool(
 _TORCH_HUGEPAGE_MALLOC = flags.DEFINE_bool(
     'torch_hugepage_malloc', False, 'Also for the torch side (by default it '
     'runs as users run it).')
+_TORCH_CUDNN_BENCHMARK = flags.DEFINE_bool(
+    'torch_cudnn_benchmark', True, 'torch.backends.cudnn.benchmark for the '
+    'torch side on a GPU (cuDNN autotuning, as XLA autotunes its '
+    'convolutions); off = cuDNN\'s heuristics, the counterpart of '
+    '--xla_gpu_autotune_level=0 (benchmarks/gpu.sh AUTOTUNE_LEVEL=0).')
 _MATMUL_N = flags.DEFINE_integer('matmul_n', 2048, 'Matmul peak size.')
 _CPU_XLA_FLAGS = flags.DEFINE_string(
     'cpu_xla_flags', xla_flags.CPU_XLA_FLAGS,
@@ -162,7 +167,8 @@ def run_train(steps: int, warmup: int, torch_device: str | None,
     rows.append(train_step.bench_classifier(
         name, batch=_BATCH.value, size=_SIZE.value, steps=steps,
         warmup=warmup, num_classes=_NUM_CLASSES.value, dtype=_DTYPE.value,
-        torch_device=torch_device, isolate=_isolate()))
+        torch_device=torch_device, isolate=_isolate(),
+        torch_cudnn_benchmark=_TORCH_CUDNN_BENCHMARK.value))
     print(rows[-1], flush=True)
     _save(_RESULTS)
   gpu = _DEVICE.value == 'gpu'

@@ -113,12 +113,16 @@ class TorchTrainStep:
   """One torch train step (`model.train()`, Adam, cross-entropy) per call."""
 
   def __init__(self, name: str, *, batch: int, size: int, num_classes: int,
-               dtype: str = 'float32', device: str = 'cpu', seed: int = 0):
+               dtype: str = 'float32', device: str = 'cpu', seed: int = 0,
+               cudnn_benchmark: bool = True):
+    """`cudnn_benchmark` (CUDA): cuDNN autotuning, as a tuned torch run
+    would (XLA autotunes its convolutions too); False = cuDNN's heuristics,
+    the counterpart of XLA's autotune level 0."""
     import torch  # pylint: disable=g-import-not-at-top
     self.torch = torch
     torch.manual_seed(seed)
-    if device == 'cuda':  # as a tuned torch run would: cuDNN autotuning
-      torch.backends.cudnn.benchmark = True  # (XLA autotunes its convs too)
+    if device == 'cuda':
+      torch.backends.cudnn.benchmark = cudnn_benchmark
     self.device = device
     self.model = torch_model(name, num_classes, size).to(device).train()
     self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-4)
@@ -249,8 +253,8 @@ def stage2_batch(config, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
 # ------------------------------------------------------------- benchmarks --
 def make_side(side: str, name: str, *, batch: int, size: int,
               num_classes: int = 1000, dtype: str = 'float32',
-              device: str = 'cpu') -> tuple[Callable[[], Any],
-                                            dict[str, Any]]:
+              device: str = 'cpu', cudnn_benchmark: bool = True
+              ) -> tuple[Callable[[], Any], dict[str, Any]]:
   """One side of the classifier benchmark: (one-step callable, info)."""
   if side == 'jax':
     js = build_jax_step(classifier_config(name, num_classes=num_classes,
@@ -260,18 +264,20 @@ def make_side(side: str, name: str, *, batch: int, size: int,
                     flops=js.flops)
   return TorchTrainStep(name, batch=batch, size=size, num_classes=num_classes,
                         dtype=dtype,
-                        device='cuda' if device == 'gpu' else device), {}
+                        device='cuda' if device == 'gpu' else device,
+                        cudnn_benchmark=cudnn_benchmark), {}
 
 
 def bench_classifier(name: str, *, batch: int, size: int, steps: int,
                      warmup: int, num_classes: int = 1000,
                      dtype: str = 'float32', torch_device: str | None = 'cpu',
-                     isolate: bool = False, rounds: int = 2
-                     ) -> dict[str, Any]:
+                     isolate: bool = False, rounds: int = 2,
+                     torch_cudnn_benchmark: bool = True) -> dict[str, Any]:
   """JAX vs torch train step of one classifier; a result row.
 
   `isolate`: each side in its own processes (`rounds` per side, alternating;
   `benchmarks.isolated`), else both interleaved (ABBA) in this process.
+  `torch_cudnn_benchmark`: see `TorchTrainStep`.
   """
   side_kw = dict(batch=batch, size=size, num_classes=num_classes, dtype=dtype,
                  device='gpu' if torch_device == 'cuda' else 'cpu')
@@ -283,7 +289,8 @@ def bench_classifier(name: str, *, batch: int, size: int, steps: int,
   else:
     fns, infos = {}, {}
     for side in ('jax', 'torch') if torch_device else ('jax',):
-      fns[side], infos[side] = make_side(side, name, **side_kw)
+      fns[side], infos[side] = make_side(
+          side, name, **side_kw, cudnn_benchmark=torch_cudnn_benchmark)
     times = interleaved(fns, steps, warmup)
     info = infos['jax']
     del fns
@@ -293,6 +300,8 @@ def bench_classifier(name: str, *, batch: int, size: int, steps: int,
              jax_step_s=statistics.median(times['jax']),
              jax_compile_s=info['compile_s'], jax_init_s=info['init_s'],
              flops_per_step=info['flops'])
+  if torch_device == 'cuda':
+    row['torch_cudnn_benchmark'] = torch_cudnn_benchmark
   if times.get('torch'):
     row['torch_images_per_s'] = rate(times['torch'], batch)
     row['torch_step_s'] = statistics.median(times['torch'])
