@@ -9,6 +9,7 @@ import timm
 import torch
 
 from cxr_jax.models import layers
+from cxr_jax.models import ops
 from cxr_jax.models import vit
 
 jax.config.update('jax_numpy_rank_promotion', 'raise')
@@ -283,13 +284,19 @@ def test_class_token_last_block_equals_full_last_block(implementation):
   assert 'block_out' not in short.apply(variables, x)[1]
 
 
-@pytest.mark.parametrize('full_last_block', [False, True])
-def test_sequence_padded_once_equals_unpadded(full_last_block):
+@pytest.mark.parametrize('full_last_block,off_cpu', [
+    (False, False), (True, False), (False, True)])
+def test_sequence_padded_once_equals_unpadded(monkeypatch, full_last_block,
+                                              off_cpu):
   """`memory_lean` pads the sequence once after the embedding on the fused
   attention path (17 tokens -> 24 with `seq_multiple=8`, checked on XLA's
   implementation of the same call); logits, the Grad-CAM target and every
   gradient (parameters and the target's perturbation) equal those of the
-  unpadded model, in eval and train mode."""
+  unpadded model, in eval and train mode. `off_cpu`: the program an
+  accelerator runs, with the lean LayerNorm and GELU too, against its plain
+  form."""
+  if off_cpu:
+    monkeypatch.setattr(ops, '_on_cpu', lambda: False)
   x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
   kw = dict(num_classes=3, variant='tiny', attn_implementation='xla',
             full_last_block=full_last_block)
@@ -307,9 +314,11 @@ def test_sequence_padded_once_equals_unpadded(full_last_block):
     logits, out = model.apply(v, x, train=train)
     return (logits * jnp.arange(3.)[None]).sum(), (logits, out)
 
-  jaxpr = str(jax.make_jaxpr(lambda p: run(padded, variables['perturbations'],
-                                           p, False))(variables['params']))
+  jaxpr = str(jax.make_jaxpr(jax.grad(
+      lambda p: run(padded, variables['perturbations'], p, False)[0]))(
+          variables['params']))
   assert 'pad[' in jaxpr and 'f32[2,24,32]' in jaxpr
+  assert ('optimization_barrier' in jaxpr) == off_cpu  # the lean LayerNorm
   for train in (False, True):
     res = {}
     for name, model in (('padded', padded), ('plain', plain)):
