@@ -9,11 +9,13 @@ optimised GPU program (fusions, layouts, custom calls) can be read and
 compared on any machine: what a short lease on a real GPU cannot afford.
 Prints the compile time, the fusions by kind with the bytes their outputs
 write and their operands read per step (an estimate of the memory traffic:
-a fusion may read an operand more than once), the transposing fusions, and
-arrays stored batch-minor (the batch size as the minor dimension of an array
-of rank >= 3; pick a batch size no feature axis has, e.g. 120, or channels
-of that size show up too). `--xla_option` passes further XLA options (e.g.
-xla_gpu_enable_triton_gemm=false for cuBLAS GEMMs).
+each operand counted whole and once, so a fusion that slices an operand is
+over-counted and one that reads it twice under-counted), the transposing
+fusions, and arrays stored batch-minor (the batch size as the minor
+dimension of an array of rank >= 3; pick a batch size no feature axis has,
+e.g. 120, or channels of that size show up too). `--xla_option` passes
+further XLA options (e.g. xla_gpu_enable_triton_gemm=false for cuBLAS
+GEMMs).
 No timing: autotuning is off (level 0), the kernels are not run. This is
 how the ViT's batch-minor residual stream was found and removed
 (`cxr_jax.models.ops.add_over_batch`; `benchmarks/README.md`, session 7).
