@@ -248,6 +248,33 @@ def test_gelu_approximate_same_parameters_close_outputs():
   np.testing.assert_allclose(a, b, atol=5e-3 * float(jnp.abs(a).max()))
 
 
+def loss_outputs_grads(model, variables, x, train):
+  """(logits, Grad-CAM target, gradients of a logit sum w.r.t. the target's
+  perturbation and the parameters) of `model` in eval or train mode."""
+  def run(pert, params):
+    v = {**variables, 'params': params, 'perturbations': pert}
+    logits, out = model.apply(v, x, train=train,
+                              rngs={'dropout': jax.random.key(0)})
+    return (logits * jnp.arange(1., 1. + logits.shape[1])[None]).sum(), (
+        logits, out)
+  (_, (logits, out)), g = jax.value_and_grad(run, (0, 1), has_aux=True)(
+      variables['perturbations'], variables['params'])
+  return logits, out, g
+
+
+def assert_same_outputs_and_grads(a, b, variables, x):
+  """Models `a` and `b` give the same logits, Grad-CAM target and
+  gradients (eval and train mode); returns their last `out` dicts."""
+  for train in (False, True):
+    (la, oa, ga), (lb, ob, gb) = (loss_outputs_grads(m, variables, x, train)
+                                  for m in (a, b))
+    np.testing.assert_allclose(la, lb, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(oa['features'], ob['features'], atol=1e-6)
+    jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-4,
+                                                         atol=1e-5), ga, gb)
+  return oa, ob
+
+
 @pytest.mark.parametrize('implementation', [None, 'xla'])
 def test_class_token_last_block_equals_full_last_block(implementation):
   """By default the last block's output is computed for the class token
@@ -259,27 +286,8 @@ def test_class_token_last_block_equals_full_last_block(implementation):
   short, full = vit.Model(**kw), vit.Model(**kw, full_last_block=True)
   variables = np_init(full, x)
   jax.tree.map(np.testing.assert_array_equal, variables, np_init(short, x))
-
-  def run(model, pert, params, train):
-    v = {**variables, 'params': params, 'perturbations': pert}
-    logits, out = model.apply(v, x, train=train,
-                              rngs={'dropout': jax.random.key(0)})
-    return logits[:, 1].sum(), (logits, out)
-
-  for train in (False, True):
-    grads = {}
-    for name, model in (('short', short), ('full', full)):
-      (_, (logits, out)), g = jax.value_and_grad(
-          lambda p, q, m=model: run(m, p, q, train), (0, 1), has_aux=True)(
-              variables['perturbations'], variables['params'])
-      grads[name] = (logits, out['features'], g)
-    assert 'block_out' not in out or name == 'full'
-    np.testing.assert_allclose(grads['short'][0], grads['full'][0], rtol=1e-5,
-                               atol=1e-5)
-    np.testing.assert_allclose(grads['short'][1], grads['full'][1], atol=1e-6)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4,
-                                                         atol=1e-5),
-                 grads['short'][2], grads['full'][2])
+  out_short, _ = assert_same_outputs_and_grads(short, full, variables, x)
+  assert 'block_out' not in out_short
   assert full.apply(variables, x)[1]['block_out'].shape == (2, 4, 4, 32)
   assert 'block_out' not in short.apply(variables, x)[1]
 
@@ -308,27 +316,8 @@ def test_sequence_padded_once_equals_unpadded(monkeypatch, full_last_block,
   assert vit.Model(**kw)._sequence_padding(17, train=True) == 0  # xla: 1
   # pylint: enable=protected-access
   variables = np_init(plain, x)
-
-  def run(model, pert, params, train):
-    v = {**variables, 'params': params, 'perturbations': pert}
-    logits, out = model.apply(v, x, train=train)
-    return (logits * jnp.arange(3.)[None]).sum(), (logits, out)
-
-  jaxpr = str(jax.make_jaxpr(jax.grad(
-      lambda p: run(padded, variables['perturbations'], p, False)[0]))(
-          variables['params']))
+  jaxpr = str(jax.make_jaxpr(
+      lambda v: loss_outputs_grads(padded, v, x, False))(variables))
   assert 'pad[' in jaxpr and 'f32[2,24,32]' in jaxpr
   assert ('optimization_barrier' in jaxpr) == off_cpu  # the lean LayerNorm
-  for train in (False, True):
-    res = {}
-    for name, model in (('padded', padded), ('plain', plain)):
-      (_, (logits, out)), g = jax.value_and_grad(
-          lambda p, q, m=model: run(m, p, q, train), (0, 1), has_aux=True)(
-              variables['perturbations'], variables['params'])
-      res[name] = (logits, out['features'], g)
-    np.testing.assert_allclose(res['padded'][0], res['plain'][0], rtol=1e-5,
-                               atol=1e-5)
-    np.testing.assert_allclose(res['padded'][1], res['plain'][1], atol=1e-6)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4,
-                                                         atol=1e-5),
-                 res['padded'][2], res['plain'][2])
+  assert_same_outputs_and_grads(padded, plain, variables, x)
