@@ -9,8 +9,8 @@ optimised GPU program (fusions, layouts, custom calls) can be read and
 compared on any machine: what a short lease on a real GPU cannot afford.
 Prints the compile time, the fusions by kind with the bytes their outputs
 write and their operands read per step (an estimate of the memory traffic:
-each operand counted whole and once, so a fusion that slices an operand is
-over-counted and one that reads it twice under-counted), the transposing
+each operand counted once, whole unless the fusion only slices it; a
+fusion that reads an operand twice is under-counted), the transposing
 fusions, and arrays stored batch-minor (the batch size as the minor
 dimension of an array of rank >= 3; pick a batch size no feature axis has,
 e.g. 120, or channels of that size show up too). `--xla_option` passes
@@ -54,6 +54,30 @@ def shape_bytes(text: str) -> int:
   return total
 
 
+def _sliced_reads(text: str, computation: str) -> dict[int, int]:
+  """{parameter number: bytes} for the parameters of a fused computation
+  that are only sliced inside it (the bytes of the slices, not of the
+  whole operand)."""
+  start = text.find(f'\n%{computation} (')
+  if start < 0:
+    return {}
+  body = text[start:text.find('\n}', start)].splitlines()[1:]
+  params = {}
+  for line in body:
+    m = re.match(r'\s*(?:ROOT )?%(\S+) = \S+ parameter\((\d+)\)', line)
+    if m:
+      params[m.group(1)] = int(m.group(2))
+  reads = {}
+  for pname, number in params.items():
+    uses = [re.match(r'\s*(?:ROOT )?%\S+ = (.*?) ([\w-]+)\(', line)
+            for line in body if re.search(rf'%{re.escape(pname)}[,)]', line)
+            and not re.match(rf'\s*%{re.escape(pname)} = ', line)]
+    if uses and all(u and u.group(2) in ('slice', 'dynamic-slice')
+                    for u in uses):
+      reads[number] = sum(shape_bytes(u.group(1)) for u in uses)
+  return reads
+
+
 def summarise_hlo(text: str, batch: int) -> dict[str, object]:
   """Entry-computation facts of an optimised HLO module (see module doc)."""
   entry = text[text.index('\nENTRY'):] if '\nENTRY' in text else text
@@ -69,8 +93,11 @@ def summarise_hlo(text: str, batch: int) -> dict[str, object]:
     if not m or m.group(3) not in ('fusion', 'custom-call'):
       continue
     name, out_type, op, operands = m.groups()
-    by_kind_read = sum(shape_bytes(types.get(o, ''))
-                       for o in re.findall(r'%([\w.-]+)', operands))
+    called = re.search(r'calls=%([\w.-]+)', line)
+    sliced = _sliced_reads(text, called.group(1)) if called else {}
+    by_kind_read = sum(
+        sliced.get(i, shape_bytes(types.get(o, '')))
+        for i, o in enumerate(re.findall(r'%([\w.-]+)', operands)))
     calls = re.search(r'calls=%([A-Za-z_]+)', line)
     target = re.search(r'custom_call_target="([^"]+)"', line)
     kind = (calls.group(1) if calls else
@@ -109,8 +136,9 @@ def compile_for_target(config, batch_np, target_config: str,
                                       topology='1x1x1')
   mesh = jax.sharding.Mesh(topo.devices, ('d',))
   rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  model, state, batch, tx, _ = train_step.build_state(config, batch_np)
-  step = train.make_train_step(config, model, tx)
+  model, state, batch, tx, labels, _ = train_step.build_state(config,
+                                                               batch_np)
+  step = train.make_train_step(config, model, tx, labels)
   abstract = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep),
       (state, batch))

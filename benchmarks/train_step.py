@@ -160,9 +160,10 @@ class JaxTrainStep:
 
 def build_state(config: ml_collections.ConfigDict,
                 batch_np: dict[str, np.ndarray]):
-  """(model, state, batch, tx, seconds) as `cxr_jax.train.run` builds them:
-  the state initialised, the model rebuilt with the schedule's frozen
-  submodules."""
+  """(model, state, batch, tx, labels, seconds) as `cxr_jax.train.run`
+  builds them: the state initialised, the model rebuilt with the schedule's
+  frozen submodules, and the schedule's labels, which the step needs to
+  skip the frozen parameters' backward pass."""
   model = train.build_model(config.model)
   batch = {k: jnp.asarray(v) for k, v in batch_np.items()}
   t = time.perf_counter()
@@ -173,7 +174,7 @@ def build_state(config: ml_collections.ConfigDict,
   frozen = optim.frozen_top_level(labels)
   if frozen:
     model = train.build_model(config.model, frozen)
-  return model, state, batch, tx, init_s
+  return model, state, batch, tx, labels, init_s
 
 
 def build_jax_step(config: ml_collections.ConfigDict,
@@ -183,15 +184,16 @@ def build_jax_step(config: ml_collections.ConfigDict,
                    ) -> JaxTrainStep:
   """Builds the trainer's step for `config` as `cxr_jax.train.run` does.
 
-  `make_step(config, model, tx)` replaces `train.make_train_step` (used only
-  to time variants of the step); `compiler_options` are XLA debug options for
-  the step's compile (`benchmarks.xla_ab`). `init_s` is the time to build
-  the state (the init program's compile and run), `compile_s` the step's.
+  `make_step(config, model, tx, labels)` replaces `train.make_train_step`
+  (used only to time variants of the step); `compiler_options` are XLA debug
+  options for the step's compile (`benchmarks.xla_ab`). `init_s` is the time
+  to build the state (the init program's compile and run), `compile_s` the
+  step's.
   """
-  model, state, batch, tx, init_s = build_state(config, batch_np)
+  model, state, batch, tx, labels, init_s = build_state(config, batch_np)
   print(f'  [{config.model.name}] state built in {init_s:.1f} s; compiling '
         'the step', flush=True)
-  step = (make_step or train.make_train_step)(config, model, tx)
+  step = (make_step or train.make_train_step)(config, model, tx, labels)
   t = time.perf_counter()
   lowered = jax.jit(step, donate_argnums=(0,)).lower(state, batch)
   compiled = lowered.compile(compiler_options=compiler_options or None)
