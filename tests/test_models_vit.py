@@ -314,6 +314,8 @@ def test_sequence_padded_once_equals_unpadded(monkeypatch, full_last_block,
   assert padded._sequence_padding(17, train=True) == 7
   assert plain._sequence_padding(17, train=True) == 0
   assert vit.Model(**kw)._sequence_padding(17, train=True) == 0  # xla: 1
+  with pytest.raises(ValueError, match='seq_multiple 0'):
+    vit.Model(**kw, seq_multiple=0)._sequence_padding(17, train=True)
   # pylint: enable=protected-access
   variables = np_init(plain, x)
   jaxpr = str(jax.make_jaxpr(

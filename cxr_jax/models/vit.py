@@ -453,6 +453,9 @@ class Model(nn.Module):
     """Tokens `memory_lean` appends once after the embedding: up to a
     multiple of `seq_multiple`, when every block but the last takes the
     fused attention path (which can mask them as keys)."""
+    if self.seq_multiple is not None and self.seq_multiple < 1:
+      raise ValueError(f'seq_multiple {self.seq_multiple}: expected None or '
+                       'a positive token count')
     impl = resolve_attn_implementation(self.attn_implementation, self.dtype)
     multiple = self.seq_multiple or (8 if impl == 'cudnn' else 1)
     probe = Attention(_cfg(self.variant).heads, self.attn_dropout_rate,
