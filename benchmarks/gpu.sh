@@ -10,11 +10,12 @@
 #   vit    ViT-B/16 bf16 step variants side by side (benchmarks.xla_ab):
 #          the default (cuDNN fused attention, class-token last block) at
 #          batch 128; tanh GELU at batch 256, also without the memory-lean
-#          forms (model.memory_lean=false, session 8) and without them and
-#          with autodiff's position-embedding gradient (session 7's
-#          program, whose layouts were batch-minor); torch (timm) in the
-#          same process; then where the batch-256 step's device time goes
-#          (trace_summary)                                      (< 3.5 min)
+#          forms (model.memory_lean=false, session 8), with cuBLAS GEMMs
+#          instead of Triton's (their epilogues take the bias and GELU),
+#          and without the lean forms and with autodiff's position-
+#          embedding gradient (session 7's program, whose layouts were
+#          batch-minor); torch (timm) in the same process; then where the
+#          batch-256 step's device time goes (trace_summary)   (< 4 min)
 #   full   = densenet,stage2                                   (< 7 min)
 #   densenet  DenseNet-201 train step vs torch
 #   stage2    the stage-2 step of the cooperative model (no torch reference)
@@ -62,11 +63,12 @@ COMMON=(--device=gpu --batch="$BATCH" --steps=10 --warmup=2 --matmul_n=8192)
 
 if part vit; then
   echo "== vit: ViT-B/16 bf16 variants (+ a device-time profile of one)"
-  timeout 200 "$PY" -m benchmarks.xla_ab --device=gpu --dtype=bfloat16 \
+  timeout 240 "$PY" -m benchmarks.xla_ab --device=gpu --dtype=bfloat16 \
     --model=vit_b16 --batch="$BATCH" --steps=10 --warmup=2 \
     --variant=default: \
     --variant=tanh_b256:model.gelu_approximate=true,batch=256 \
     --variant=plain_b256:model.gelu_approximate=true,batch=256,model.memory_lean=false \
+    --variant=cublas_b256:model.gelu_approximate=true,batch=256,xla_gpu_enable_triton_gemm=false \
     --variant=s7_b256:model.gelu_approximate=true,batch=256,model.memory_lean=false,model.pos_embed_grad=sum \
     --profile=tanh_b256 --out="$OUT_DIR/vit_ab.json" 2>&1 | tee "$OUT_DIR/vit_ab.log"
 fi
