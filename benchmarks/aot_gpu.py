@@ -9,8 +9,9 @@ optimised GPU program (fusions, layouts, custom calls) can be read and
 compared on any machine: what a short lease on a real GPU cannot afford.
 Prints the compile time, the fusions by kind with the bytes their outputs
 write and their operands read per step (an estimate of the memory traffic:
-each operand counted once, whole unless the fusion only slices it; a
-fusion that reads an operand twice is under-counted), the transposing
+each operand counted once: whole, or only its sliced part, or for a loop
+fusion at most one element per output element, so fusions that read an
+operand twice or reduce inside a loop are under-counted), the transposing
 fusions, and arrays stored batch-minor (the batch size as the minor
 dimension of an array of rank >= 3; pick a batch size no feature axis has,
 e.g. 120, or channels of that size show up too). `--xla_option` passes
@@ -43,15 +44,26 @@ _BYTES = {'pred': 1, 's8': 1, 'u8': 1, 'bf16': 2, 'f16': 2, 's16': 2,
           'f32': 4, 's32': 4, 'u32': 4, 'f64': 8, 's64': 8, 'u64': 8}
 
 
-def shape_bytes(text: str) -> int:
-  """Bytes of every array shape in an HLO type string (tuples summed)."""
-  total = 0
+def _arrays(text: str) -> list[tuple[int, int]]:
+  """(elements, bytes per element) of every array shape in an HLO type."""
+  out = []
   for dtype, dims in re.findall(r'\b(\w+)\[([0-9,]*)\]', text):
     n = 1
     for d in filter(None, dims.split(',')):
       n *= int(d)
-    total += n * _BYTES.get(dtype, 0)
-  return total
+    out.append((n, _BYTES.get(dtype, 0)))
+  return out
+
+
+def shape_bytes(text: str) -> int:
+  """Bytes of every array shape in an HLO type string (tuples summed)."""
+  return sum(n * b for n, b in _arrays(text))
+
+
+def _loop_read(operand_type: str, out_elements: int) -> int:
+  """Bytes a loop fusion (elementwise, slices, broadcasts: one element of
+  each operand per element of its outputs at most) reads of an operand."""
+  return sum(min(n, out_elements) * b for n, b in _arrays(operand_type))
 
 
 def _sliced_reads(text: str, computation: str) -> dict[int, int]:
@@ -95,8 +107,11 @@ def summarise_hlo(text: str, batch: int) -> dict[str, object]:
     name, out_type, op, operands = m.groups()
     called = re.search(r'calls=%([\w.-]+)', line)
     sliced = _sliced_reads(text, called.group(1)) if called else {}
+    loop = 'kind=kLoop' in line
+    out_elements = sum(n for n, _ in _arrays(out_type))
     by_kind_read = sum(
-        sliced.get(i, shape_bytes(types.get(o, '')))
+        sliced.get(i, _loop_read(types.get(o, ''), out_elements) if loop
+                   else shape_bytes(types.get(o, '')))
         for i, o in enumerate(re.findall(r'%([\w.-]+)', operands)))
     calls = re.search(r'calls=%([A-Za-z_]+)', line)
     target = re.search(r'custom_call_target="([^"]+)"', line)

@@ -240,7 +240,16 @@ def test_aot_gpu_hlo_summary():
       '%fused_transpose.3 (p: bf16[8,4,16]) -> bf16[4,16,8] {',
       '  ROOT %t = bf16[4,16,8]{2,1,0} transpose(%p), dimensions={1,2,0}',
       '}',
+      '%fused_slice.2 (q: bf16[8,4,16]) -> bf16[2,4,16] {',
+      '  %q = bf16[8,4,16]{2,1,0} parameter(0)',
+      '  ROOT %s = bf16[2,4,16]{2,1,0} slice(%q), '
+      'slice={[0:2], [0:4], [0:16]}',
+      '}',
       'ENTRY %main (a: bf16[8,4,16]) -> bf16[8,4,16] {',
+      '  %input_slice_fusion.2 = bf16[2,4,16]{2,1,0} fusion(%a), '
+      'kind=kInput, calls=%fused_slice.2',
+      '  %loop_broadcast_fusion = bf16[2,4]{1,0} fusion(%a), '
+      'kind=kLoop, calls=%fused_broadcast',
       '  %input_transpose_fusion.3 = bf16[4,16,8]{2,1,0} fusion(%a), '
       'kind=kInput, calls=%fused_transpose.3',
       '  %loop_add_fusion = (f32[8,4,16]{2,1,0}, f32[4]{0}) fusion(%a), '
@@ -250,12 +259,16 @@ def test_aot_gpu_hlo_summary():
       'custom_call_target="__cudnn$fmhaSoftmax"',
       '}'])
   s = aot_gpu.summarise_hlo(hlo, batch=8)
-  assert s['fusions'] == {  # each reads `a` or the transpose (1024 B)
+  assert s['fusions'] == {  # each reads `a` or the transpose (1024 B) ...
       'add': dict(count=1, bytes=8 * 4 * 16 * 4 + 16, bytes_read=1024),
       'transpose': dict(count=1, bytes=1024, bytes_read=1024),
       'custom-call __cudnn$fmhaSoftmax': dict(count=1, bytes=1024,
-                                              bytes_read=1024)}
-  assert s['bytes_written'] == 2064 + 2048
-  assert s['bytes_read'] == 3 * 1024
+                                              bytes_read=1024),
+      # ... but only the part a slice keeps, or one element of `a` per
+      # output element of a loop fusion
+      'slice': dict(count=1, bytes=256, bytes_read=256),
+      'broadcast': dict(count=1, bytes=16, bytes_read=16)}
+  assert s['bytes_written'] == 2064 + 2048 + 256 + 16
+  assert s['bytes_read'] == 3 * 1024 + 256 + 16
   assert s['transposing'] == ['input_transpose_fusion.3']
   assert s['batch_minor_shapes'] == ['bf16[4,16,8]{2,1,0}']
