@@ -66,14 +66,18 @@ def _loop_read(operand_type: str, out_elements: int) -> int:
   return sum(min(n, out_elements) * b for n, b in _arrays(operand_type))
 
 
-def _sliced_reads(text: str, computation: str) -> dict[int, int]:
+def _computations(text: str) -> dict[str, list[str]]:
+  """Body lines of every non-entry computation of an HLO module, by name."""
+  bodies = {}
+  for m in re.finditer(r'^%([\w.-]+) \(.*?\n((?:.*\n)*?)\}$', text, re.M):
+    bodies[m.group(1)] = m.group(2).splitlines()
+  return bodies
+
+
+def _sliced_reads(body: list[str]) -> dict[int, int]:
   """{parameter number: bytes} for the parameters of a fused computation
-  that are only sliced inside it (the bytes of the slices, not of the
-  whole operand)."""
-  start = text.find(f'\n%{computation} (')
-  if start < 0:
-    return {}
-  body = text[start:text.find('\n}', start)].splitlines()[1:]
+  (its body lines) that are only sliced inside it (the bytes of the slices,
+  not of the whole operand)."""
   params = {}
   for line in body:
     m = re.match(r'\s*(?:ROOT )?%(\S+) = \S+ parameter\((\d+)\)', line)
@@ -93,6 +97,7 @@ def _sliced_reads(text: str, computation: str) -> dict[int, int]:
 def summarise_hlo(text: str, batch: int) -> dict[str, object]:
   """Entry-computation facts of an optimised HLO module (see module doc)."""
   entry = text[text.index('\nENTRY'):] if '\nENTRY' in text else text
+  bodies = _computations(text[:len(text) - len(entry)] + '\n')
   by_kind: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0, 0])
   transposing = []
   types = dict(re.findall(r'(\w[\w.-]*): (\w+\[[0-9,]*\])',
@@ -106,21 +111,20 @@ def summarise_hlo(text: str, batch: int) -> dict[str, object]:
       continue
     name, out_type, op, operands = m.groups()
     called = re.search(r'calls=%([\w.-]+)', line)
-    sliced = _sliced_reads(text, called.group(1)) if called else {}
+    sliced = _sliced_reads(bodies.get(called.group(1), [])) if called else {}
     loop = 'kind=kLoop' in line
     out_elements = sum(n for n, _ in _arrays(out_type))
-    by_kind_read = sum(
+    read = sum(
         sliced.get(i, _loop_read(types.get(o, ''), out_elements) if loop
                    else shape_bytes(types.get(o, '')))
         for i, o in enumerate(re.findall(r'%([\w.-]+)', operands)))
-    calls = re.search(r'calls=%([A-Za-z_]+)', line)
     target = re.search(r'custom_call_target="([^"]+)"', line)
-    kind = (calls.group(1) if calls else
+    kind = (re.match(r'[A-Za-z_]*', called.group(1)).group(0) if called else
             f'custom-call {target.group(1) if target else "?"}')
     kind = re.sub(r'^(fused_|wrapped_)', '', kind)
     by_kind[kind][0] += 1
     by_kind[kind][1] += shape_bytes(out_type)
-    by_kind[kind][2] += by_kind_read
+    by_kind[kind][2] += read
     if 'transpose' in kind:
       transposing.append(name)
   minor = sorted({s for s in re.findall(r'\b\w+\[[0-9,]+\]\{[0-9,]+\}', entry)

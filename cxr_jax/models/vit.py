@@ -177,6 +177,12 @@ def fused_attention(q_BNHK: jax.Array, k_BNHK: jax.Array, v_BNHK: jax.Array,
   return y_BNHK[:, :n]
 
 
+def required_seq_multiple(implementation: str | None) -> int:
+  """Token count a fused attention's sequence must be a multiple of when
+  training: 8 for cuDNN (it rejects odd lengths), else 1."""
+  return 8 if implementation == 'cudnn' else 1
+
+
 def resolve_attn_implementation(implementation: str | None, dtype: Dtype
                                 ) -> str | None:
   """None, 'xla' or 'cudnn' for an `attn_implementation` field ('auto' =
@@ -222,11 +228,14 @@ class Attention(nn.Module):
   def resolved_implementation(self) -> str | None:
     return resolve_attn_implementation(self.implementation, self.dtype)
 
+  def need_weights(self, train: bool) -> bool:
+    """Whether the probabilities are built (rollout, attention dropout)."""
+    return bool(self.return_weights or (train and self.attn_dropout_rate))
+
   def fused(self, train: bool, queries: int | None = None) -> bool:
     """Whether the attention goes through `fused_attention`."""
-    need_weights = self.return_weights or (train and self.attn_dropout_rate)
-    return (self.resolved_implementation() is not None and not need_weights
-            and queries is None)
+    return (self.resolved_implementation() is not None and
+            not self.need_weights(train) and queries is None)
 
   @nn.compact
   def __call__(self, x_BND: jax.Array, *, train: bool,
@@ -254,18 +263,19 @@ class Attention(nn.Module):
       return y.reshape(x_BND.shape[:2] + b_THK.shape)
 
     scale = head_dim ** -0.5
-    need_weights = self.return_weights or (train and self.attn_dropout_rate)
+    need_weights = self.need_weights(train)
     attn_BHNN = None
     implementation = self.resolved_implementation()
-    if length is not None and not self.fused(train, queries):
+    fused = self.fused(train, queries)
+    if length is not None and not fused:
       raise ValueError('Attention(length=...) needs the fused path')
-    if self.fused(train, queries):
+    if fused:
       q_BNHK, k_BNHK, v_BNHK = (
           t[:, :, 0] for t in jnp.split(project(x_BND, w_D3HK, b_3HK), 3, 2))
       y_BNHK = fused_attention(
           q_BNHK, k_BNHK, v_BNHK, scale=scale,
           implementation=implementation,
-          pad_to=8 if implementation == 'cudnn' else 1, length=length)
+          pad_to=required_seq_multiple(implementation), length=length)
     else:
       # Heads-major (B, heads, N, head_dim): both attention matmuls are then
       # plain batched GEMMs; in (B, N, heads, head_dim), the layout
@@ -456,8 +466,8 @@ class Model(nn.Module):
     if self.seq_multiple is not None and self.seq_multiple < 1:
       raise ValueError(f'seq_multiple {self.seq_multiple}: expected None or '
                        'a positive token count')
-    impl = resolve_attn_implementation(self.attn_implementation, self.dtype)
-    multiple = self.seq_multiple or (8 if impl == 'cudnn' else 1)
+    multiple = self.seq_multiple or required_seq_multiple(
+        resolve_attn_implementation(self.attn_implementation, self.dtype))
     probe = Attention(_cfg(self.variant).heads, self.attn_dropout_rate,
                       return_weights=self.return_attn,
                       implementation=self.attn_implementation,
