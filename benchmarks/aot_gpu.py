@@ -149,7 +149,7 @@ def compile_for_target(config, batch_np, target_config: str,
   from cxr_jax import train  # pylint: disable=g-import-not-at-top
   from cxr_jax.models import ops  # pylint: disable=g-import-not-at-top
   fa.check_compute_capability = lambda *a, **k: True  # no device to ask
-  ops._on_cpu = lambda: False  # pylint: disable=protected-access
+  ops.on_cpu = lambda: False
   topo = topologies.get_topology_desc('target', 'cuda',
                                       target_config=target_config,
                                       topology='1x1x1')

@@ -8,6 +8,7 @@ import pytest
 import timm
 import torch
 
+from cxr_jax.models import attention
 from cxr_jax.models import layers
 from cxr_jax.models import ops
 from cxr_jax.models import vit
@@ -175,14 +176,14 @@ def test_fused_qkv_and_patch_matmul_match_reference_layers():
 
   y = jax.random.normal(jax.random.key(2), (2, 17, 32))
   ref_vars = RefAttention().init(jax.random.key(3), y)
-  ours_vars = vit.Attention(2).init(jax.random.key(3), y, train=False)
+  ours_vars = attention.Attention(2).init(jax.random.key(3), y, train=False)
   jax.tree.map(np.testing.assert_array_equal, ref_vars, ours_vars)
-  fast, none = vit.Attention(2, implementation='xla').apply(ref_vars, y,
+  fast, none = attention.Attention(2, implementation='xla').apply(ref_vars, y,
                                                             train=False)
-  slow, probs = vit.Attention(2, return_weights=True).apply(ref_vars, y,
+  slow, probs = attention.Attention(2, return_weights=True).apply(ref_vars, y,
                                                             train=False)
   ref = RefAttention().apply(ref_vars, y)
-  cpu, none2 = vit.Attention(2).apply(ref_vars, y, train=False)
+  cpu, none2 = attention.Attention(2).apply(ref_vars, y, train=False)
   assert none is None and none2 is None and probs.shape == (2, 2, 17, 17)
   np.testing.assert_allclose(cpu, ref, atol=1e-5)
   np.testing.assert_allclose(fast, ref, atol=1e-5)
@@ -198,40 +199,6 @@ def test_fused_qkv_and_patch_matmul_match_reference_layers():
           jax.random.key(4), x)['params']['kernel'])
   np.testing.assert_allclose(vit.PatchEmbed(32, 8).apply(pe, x),
                              conv.apply(pe, x).reshape(2, 16, 32), atol=1e-5)
-
-
-def test_padded_fused_attention_equals_unpadded():
-  """cuDNN needs an even token count: padding 197 tokens to 200 and masking
-  the padding (keys) / slicing it off (queries) changes neither the output
-  nor the gradients (checked on XLA's implementation of the same call)."""
-  q, k, v = (jax.random.normal(r, (2, 197, 3, 16))
-             for r in jax.random.split(jax.random.key(0), 3))
-
-  def loss(q, k, v, pad_to):
-    y = vit.fused_attention(q, k, v, scale=0.25, implementation='xla',
-                            pad_to=pad_to)
-    assert y.shape == q.shape
-    return jnp.sum(y ** 2)
-
-  ref, ref_g = jax.value_and_grad(loss, (0, 1, 2))(q, k, v, 1)
-  got, got_g = jax.value_and_grad(loss, (0, 1, 2))(q, k, v, 8)
-  np.testing.assert_allclose(got, ref, rtol=1e-5)
-  for a, b in zip(got_g, ref_g):
-    np.testing.assert_allclose(a, b, atol=1e-5)
-
-
-def test_attn_implementation_auto_and_bad_name():
-  """'auto' is the written-out attention on the CPU (and for float32, which
-  cuDNN's fused attention does not take); an unknown name is a clear error."""
-  assert jax.default_backend() == 'cpu'
-  for dtype in (jnp.float32, jnp.bfloat16):
-    assert vit.Attention(2, dtype=dtype).resolved_implementation() is None
-  assert vit.Attention(2, implementation='xla').resolved_implementation() == (
-      'xla')
-  x = jnp.zeros((1, 32, 32, 3))
-  with pytest.raises(ValueError, match="attn_implementation 'flash'"):
-    vit.Model(num_classes=2, variant='tiny',
-              attn_implementation='flash').init(jax.random.key(0), x)
 
 
 def test_gelu_approximate_same_parameters_close_outputs():
@@ -304,7 +271,7 @@ def test_sequence_padded_once_equals_unpadded(monkeypatch, full_last_block,
   accelerator runs, with the lean LayerNorm and GELU too, against its plain
   form."""
   if off_cpu:
-    monkeypatch.setattr(ops, '_on_cpu', lambda: False)
+    monkeypatch.setattr(ops, 'on_cpu', lambda: False)
   x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
   kw = dict(num_classes=3, variant='tiny', attn_implementation='xla',
             full_last_block=full_last_block)

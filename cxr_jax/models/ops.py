@@ -61,7 +61,8 @@ import jax.numpy as jnp
 _NHWC = ((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))  # lhs, rhs, out specs
 
 
-def _on_cpu() -> bool:
+def on_cpu() -> bool:
+  """Whether JAX's default backend is the CPU (the CPU forms apply)."""
   return jax.default_backend() == 'cpu'
 
 
@@ -91,7 +92,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
   """`lax.conv_general_dilated`, with 1x1 NHWC convolutions as one GEMM on
   the CPU (strided ones subsample first). Signature of the lax op, so that
   `nn.Conv(..., conv_general_dilated=conv_general_dilated)` takes it."""
-  if (_on_cpu() and rhs.shape[:2] == (1, 1)
+  if (on_cpu() and rhs.shape[:2] == (1, 1)
       and _is_nhwc_hwio(dimension_numbers, lhs.ndim)
       and feature_group_count == 1 and batch_group_count == 1
       and _ones(lhs_dilation) and _ones(rhs_dilation) and _no_padding(padding)):
@@ -124,7 +125,7 @@ def max_pool(x: jax.Array, window_shape: Sequence[int],
     pads = ((0, 0), (0, 0)) if padding.upper() == 'VALID' else None
   else:
     pads = tuple(tuple(int(v) for v in p) for p in padding)
-  if not _on_cpu() or x.ndim != 4 or len(window) != 2 or pads is None:
+  if not on_cpu() or x.ndim != 4 or len(window) != 2 or pads is None:
     return nn.max_pool(x, window, strides=strides, padding=padding)
   return _max_pool2d(x, window, strides, pads)
 
@@ -267,9 +268,9 @@ class LayerNorm(nn.Module):
     scale = self.param('scale', nn.initializers.ones, (d,), jnp.float32)
     bias = self.param('bias', nn.initializers.zeros, (d,), jnp.float32)
     dtype = jnp.dtype(self.dtype or x.dtype)
-    if not _on_cpu() and self.lean:
+    if not on_cpu() and self.lean:
       return _layer_norm_stats(x, scale, bias, self.epsilon, dtype)
-    norm = _layer_norm if _on_cpu() else _layer_norm_formula
+    norm = _layer_norm if on_cpu() else _layer_norm_formula
     return norm(x.astype(jnp.float32), scale, bias, self.epsilon).astype(dtype)
 
 
@@ -359,9 +360,9 @@ def gelu(x: jax.Array, approximate: bool = False, lean: bool = True
   way a step); the recomputation is elementwise work in a fusion that reads
   the same input anyway. `lean=False`: autodiff's.
   """
-  if not _on_cpu() and lean:
+  if not on_cpu() and lean:
     return _gelu_recompute(x, approximate)
-  if approximate or not _on_cpu():
+  if approximate or not on_cpu():
     return nn.gelu(x, approximate=approximate)
   return x * (0.5 * (1 + lax.erf(x * jnp.asarray(0.5 ** 0.5, x.dtype))))
 
@@ -391,57 +392,6 @@ def _gelu_recompute_bwd(approximate, x, g):
 _gelu_recompute.defvjp(_gelu_recompute_fwd, _gelu_recompute_bwd)
 
 
-def attention(q_BHQK: jax.Array, k_BHNK: jax.Array, v_BHNK: jax.Array
-              ) -> jax.Array:
-  """softmax(q k^T) v over the last two axes (q already scaled), float32
-  softmax. On the CPU the normalisation comes after the `P V` product:
-  `(exp(S - max) V) / rowsum`, whose custom VJP keeps the unnormalised
-  `exp(S - max)` as its residual (dS = E * (dO/l V^T - rowsum(dO * O)/l)),
-  so neither pass writes or reads the normalised (B, H, Q, N)
-  probabilities: one pass over the largest tensor of the block less each
-  way (ViT-B/16 block at batch 16, two threads: forward 19.3 -> 10.9 ms,
-  forward + backward 71 -> 66.5 ms). Elsewhere, the plain form."""
-  if not _on_cpu():
-    p = attention_probs(q_BHQK, k_BHNK).astype(v_BHNK.dtype)
-    return jnp.einsum('bhqn,bhnk->bhqk', p, v_BHNK)
-  return _attention(q_BHQK, k_BHNK, v_BHNK)
-
-
-def attention_probs(q_BHQK: jax.Array, k_BHNK: jax.Array) -> jax.Array:
-  """softmax(q k^T) over the keys, in float32 (q already scaled)."""
-  s = jnp.einsum('bhqk,bhnk->bhqn', q_BHQK, k_BHNK)
-  return jax.nn.softmax(s.astype(jnp.float32), axis=-1)
-
-
-@jax.custom_vjp
-def _attention(q, k, v):
-  return _attention_fwd(q, k, v)[0]
-
-
-def _attention_fwd(q, k, v):
-  s = jnp.einsum('bhqk,bhnk->bhqn', q, k).astype(jnp.float32)
-  e = jnp.exp(s - jnp.max(s, axis=-1, keepdims=True))
-  inv = 1 / jnp.sum(e, axis=-1, keepdims=True)
-  e = e.astype(v.dtype)
-  o = (jnp.einsum('bhqn,bhnk->bhqk', e, v) * inv).astype(v.dtype)
-  return o, (q, k, v, e, inv, o)
-
-
-def _attention_bwd(res, g):
-  q, k, v, e, inv, o = res
-  g_scaled = (g * inv).astype(v.dtype)
-  dv = jnp.einsum('bhqn,bhqk->bhnk', e, g_scaled)
-  dp = jnp.einsum('bhqk,bhnk->bhqn', g_scaled, v)
-  d = jnp.sum(g.astype(jnp.float32) * o, axis=-1, keepdims=True) * inv
-  ds = (e * (dp - d)).astype(q.dtype)
-  dq = jnp.einsum('bhqn,bhnk->bhqk', ds, k)
-  dk = jnp.einsum('bhqn,bhqk->bhnk', ds, q)
-  return dq, dk, dv
-
-
-_attention.defvjp(_attention_fwd, _attention_bwd)
-
-
 def stored_gradient(x: jax.Array) -> jax.Array:
   """Identity whose gradient XLA's CPU backend computes once and stores.
 
@@ -454,7 +404,7 @@ def stored_gradient(x: jax.Array) -> jax.Array:
   and every consumer reads the result. Exact for finite values (x * 1 plus
   zeros). Elsewhere than on the CPU, the plain identity.
   """
-  return _stored_gradient(x) if _on_cpu() else x
+  return _stored_gradient(x) if on_cpu() else x
 
 
 @jax.custom_vjp
@@ -496,7 +446,7 @@ def add_over_batch(x: jax.Array, v: jax.Array, grad: str = 'auto'
   if grad not in ('auto', 'matmul', 'sum'):
     raise ValueError(f"add_over_batch grad {grad!r}: expected 'auto', "
                      "'matmul' or 'sum'")
-  if grad == 'sum' or (grad == 'auto' and _on_cpu()):
+  if grad == 'sum' or (grad == 'auto' and on_cpu()):
     return x + v.astype(x.dtype)
   return _add_over_batch(x, v)
 

@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cxr_jax.models import attention
 from cxr_jax.models import layers
 from cxr_jax.models import ops
 
@@ -83,17 +84,6 @@ def tokens_to_grid(x_BND: jax.Array, grid: tuple[int, int]) -> jax.Array:
   return x_BND.reshape(b, grid[0], grid[1], d)
 
 
-def _rows(x_BND: jax.Array) -> jax.Array:
-  """(B, N, D) tokens -> (B*N, D) rows for a dense layer.
-
-  On the 2-D view, each weight gradient is one GEMM that contracts the rows
-  of two row-major buffers; on (B, N, D), XLA's CPU backend first copied the
-  output gradient into a feature-major layout (a ViT-B/16 block's forward +
-  backward, batch 16, 2 cores: 738 -> 700 ms without those copies).
-  """
-  return x_BND.reshape(-1, x_BND.shape[-1])
-
-
 class DropPath(nn.Module):
   """Stochastic depth: drops the whole residual branch per sample."""
   rate: float
@@ -106,17 +96,6 @@ class DropPath(nn.Module):
     mask = jax.random.bernoulli(self.make_rng('dropout'), keep,
                                 (x.shape[0],) + (1,) * (x.ndim - 1))
     return jnp.where(mask, x / keep, 0.).astype(x.dtype)
-
-
-class _Params(nn.Module):
-  """A `kernel` and a zero-initialised `bias` under this module's name,
-  returned instead of applied (see `Attention`)."""
-
-  @nn.compact
-  def __call__(self, kernel_init, kernel_shape, bias_shape):
-    return (self.param('kernel', kernel_init, kernel_shape, jnp.float32),
-            self.param('bias', nn.initializers.zeros, bias_shape,
-                       jnp.float32))
 
 
 class PatchEmbed(nn.Module):
@@ -148,169 +127,6 @@ class PatchEmbed(nn.Module):
     return x_BNP @ k_PD + bias.astype(self.dtype)[None, None]
 
 
-def fused_attention(q_BNHK: jax.Array, k_BNHK: jax.Array, v_BNHK: jax.Array,
-                    *, scale: float, implementation: str | None,
-                    pad_to: int = 1, length: int | None = None) -> jax.Array:
-  """`jax.nn.dot_product_attention` with the sequence padded to `pad_to`.
-
-  cuDNN's fused attention rejects odd sequence lengths when training (a
-  ViT-B/16 at 224 px has 197 tokens), so for it the tokens are zero-padded
-  to a multiple of `pad_to` and the padding is masked out as keys
-  (`key_value_seq_lengths`) and sliced off as queries: the result and its
-  gradients are those of the unpadded attention. `length`: the inputs are
-  already padded and only their first `length` tokens are real (masked
-  likewise; the output keeps every row, those past `length` are padding).
-  """
-  b, n = q_BNHK.shape[:2]
-  pad = -n % pad_to
-  if not pad and (length is None or length == n):
-    return jax.nn.dot_product_attention(q_BNHK, k_BNHK, v_BNHK, scale=scale,
-                                        implementation=implementation)
-  widths = ((0, 0), (0, pad), (0, 0), (0, 0))
-  if pad:
-    q_BNHK, k_BNHK, v_BNHK = (jnp.pad(t, widths)
-                              for t in (q_BNHK, k_BNHK, v_BNHK))
-  lengths = jnp.full((b,), n if length is None else length, jnp.int32)
-  y_BNHK = jax.nn.dot_product_attention(
-      q_BNHK, k_BNHK, v_BNHK, scale=scale, query_seq_lengths=lengths,
-      key_value_seq_lengths=lengths, implementation=implementation)
-  return y_BNHK[:, :n]
-
-
-def required_seq_multiple(implementation: str | None) -> int:
-  """Token count a fused attention's sequence must be a multiple of when
-  training: 8 for cuDNN (it rejects odd lengths), else 1."""
-  return 8 if implementation == 'cudnn' else 1
-
-
-def resolve_attn_implementation(implementation: str | None, dtype: Dtype
-                                ) -> str | None:
-  """None, 'xla' or 'cudnn' for an `attn_implementation` field ('auto' =
-  'cudnn' on a GPU with a bf16/fp16 compute dtype, else None)."""
-  if implementation not in (None, 'auto', 'xla', 'cudnn'):
-    raise ValueError(
-        f'attn_implementation {implementation!r}: expected None, '
-        "'auto', 'xla' or 'cudnn'")
-  if implementation != 'auto':
-    return implementation
-  if (jax.default_backend() == 'gpu' and
-      jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)):
-    return 'cudnn'
-  return None
-
-
-class Attention(nn.Module):
-  """Multi-head self-attention with timm's parameterisation, split q/k/v.
-
-  `query`, `key` and `value` hold an `nn.DenseGeneral((heads, head_dim))`'s
-  kernel (D, heads, head_dim) and bias (heads, head_dim), with its names and
-  initialisation (lecun-normal on the flattened (D, heads * head_dim) kernel,
-  zero bias), so checkpoints, `convert_torch` and the Megatron sharding rules
-  (`cxr_jax/sharding.py`) see the layout they always did; the three
-  projections run as one (D, 3 * D) matmul (one larger GEMM and no layout
-  copies of three small kernels).
-
-  Returns the output and, with `return_weights` (rollout), the attention
-  probabilities (B, heads, N, N), else None. `implementation` ('xla',
-  'cudnn') routes the attention through `jax.nn.dot_product_attention` (e.g.
-  cuDNN's fused kernel on GPUs) when no probabilities are needed; None
-  writes the softmax out in a heads-major layout, the fastest on CPU; 'auto'
-  (the default) is 'cudnn' on a GPU with a bf16/fp16 compute dtype (cuDNN's
-  fused attention takes no float32), else None.
-  """
-  heads: int
-  attn_dropout_rate: float = 0.
-  dropout_rate: float = 0.
-  dtype: Dtype = jnp.float32
-  return_weights: bool = False
-  implementation: str | None = 'auto'
-
-  def resolved_implementation(self) -> str | None:
-    return resolve_attn_implementation(self.implementation, self.dtype)
-
-  def need_weights(self, train: bool) -> bool:
-    """Whether the probabilities are built (rollout, attention dropout)."""
-    return bool(self.return_weights or (train and self.attn_dropout_rate))
-
-  def fused(self, train: bool, queries: int | None = None) -> bool:
-    """Whether the attention goes through `fused_attention`."""
-    return (self.resolved_implementation() is not None and
-            not self.need_weights(train) and queries is None)
-
-  @nn.compact
-  def __call__(self, x_BND: jax.Array, *, train: bool,
-               queries: int | None = None, length: int | None = None
-               ) -> tuple[jax.Array, jax.Array | None]:
-    """`queries`: attend from the first `queries` tokens only (all tokens
-    are keys and values); the output then has `queries` rows. `length`
-    (fused path only): the first `length` tokens are real, the rest is
-    padding, masked as keys."""
-    d = x_BND.shape[-1]
-    head_dim = d // self.heads
-    flat_init = nn.initializers.lecun_normal()
-
-    def kernel_init(rng, shape, dtype=jnp.float32):
-      return flat_init(rng, (d, d), dtype).reshape(shape)
-
-    ws, bs = zip(*(_Params(name=n)(kernel_init, (d, self.heads, head_dim),
-                                   (self.heads, head_dim))
-                   for n in ('query', 'key', 'value')))
-    w_D3HK = jnp.stack(ws, 1).astype(self.dtype)
-    b_3HK = jnp.stack(bs, 0).astype(self.dtype)
-
-    def project(x_BND, w_DTHK, b_THK):  # one GEMM over all tokens
-      y = _rows(x_BND) @ w_DTHK.reshape(d, -1) + b_THK.reshape(1, -1)
-      return y.reshape(x_BND.shape[:2] + b_THK.shape)
-
-    scale = head_dim ** -0.5
-    need_weights = self.need_weights(train)
-    attn_BHNN = None
-    implementation = self.resolved_implementation()
-    fused = self.fused(train, queries)
-    if length is not None and not fused:
-      raise ValueError('Attention(length=...) needs the fused path')
-    if fused:
-      q_BNHK, k_BNHK, v_BNHK = (
-          t[:, :, 0] for t in jnp.split(project(x_BND, w_D3HK, b_3HK), 3, 2))
-      y_BNHK = fused_attention(
-          q_BNHK, k_BNHK, v_BNHK, scale=scale,
-          implementation=implementation,
-          pad_to=required_seq_multiple(implementation), length=length)
-    else:
-      # Heads-major (B, heads, N, head_dim): both attention matmuls are then
-      # plain batched GEMMs; in (B, N, heads, head_dim), the layout
-      # `dot_product_attention` takes, XLA's CPU batched dots ran 1.5x slower
-      # (ViT-B/16 forward: 100 -> 65 ms per block at batch 16). The
-      # projections go there in one transpose each and are split (`split`'s
-      # gradient is one concatenation; indexing's was a zero-padded copy
-      # per slice, summed).
-      def heads_major(x_BND, w_DTHK, b_THK):
-        y_TBHNK = project(x_BND, w_DTHK, b_THK).transpose(2, 0, 3, 1, 4)
-        return [t[0] for t in jnp.split(y_TBHNK, y_TBHNK.shape[0])]
-
-      if queries is None:
-        q_BHNK, k_BHNK, v_BHNK = heads_major(x_BND, w_D3HK, b_3HK)
-      else:
-        q_BHNK, = heads_major(x_BND[:, :queries], w_D3HK[:, :1], b_3HK[:1])
-        k_BHNK, v_BHNK = heads_major(x_BND, w_D3HK[:, 1:], b_3HK[1:])
-      q_BHNK = q_BHNK * jnp.asarray(scale, q_BHNK.dtype)
-      if need_weights:
-        attn_BHNN = ops.attention_probs(q_BHNK, k_BHNK).astype(self.dtype)
-        probs = nn.Dropout(self.attn_dropout_rate)(attn_BHNN,
-                                                   deterministic=not train)
-        y_BHNK = jnp.einsum('bhqn,bhnk->bhqk', probs, v_BHNK)
-      else:  # no probabilities to return: normalised after P V on CPU
-        y_BHNK = ops.attention(q_BHNK, k_BHNK, v_BHNK)
-      y_BNHK = y_BHNK.transpose(0, 2, 1, 3)
-      if not self.return_weights:
-        attn_BHNN = None
-    y_BND = y_BNHK.reshape(y_BNHK.shape[:2] + (d,))
-    y_BND = nn.Dense(d, dtype=self.dtype, name='proj')(
-        _rows(y_BND)).reshape(y_BND.shape)
-    y_BND = nn.Dropout(self.dropout_rate)(y_BND, deterministic=not train)
-    return y_BND, attn_BHNN
-
-
 class Mlp(nn.Module):
   """fc1 -> GELU (exact, erf; tanh form if `gelu_approximate`) -> fc2, as
   timm's `Mlp`."""
@@ -323,7 +139,7 @@ class Mlp(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     shape = x.shape
-    x = _rows(x)
+    x = layers.rows(x)
     x = nn.Dense(self.hidden, dtype=self.dtype, name='fc1')(x)
     x = ops.gelu(x, approximate=self.gelu_approximate, lean=self.lean)
     x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
@@ -351,20 +167,18 @@ class Block(nn.Module):
                norm1_hook: Callable[[jax.Array], jax.Array] | None = None,
                queries: int | None = None, length: int | None = None
                ) -> tuple[jax.Array, jax.Array | None]:
-    """`length`: tokens past it are padding (see `Attention`)."""
+    """`length`: tokens past it are padding (see `attention.Attention`)."""
     d = x_BND.shape[-1]
     lean = self.memory_lean
     y = ops.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, lean=lean,
                       name='norm1')(x_BND)
     if norm1_hook is not None:
       y = norm1_hook(y)
-    y, attn_BHNN = Attention(self.heads, self.attn_dropout_rate,
-                             self.dropout_rate, self.dtype,
-                             return_weights=self.return_attn,
-                             implementation=self.attn_implementation,
-                             name='attn')(
-                                 y, train=train, queries=queries,
-                                 length=length)
+    y, attn_BHNN = attention.Attention(
+        self.heads, self.attn_dropout_rate, self.dropout_rate, self.dtype,
+        return_weights=self.return_attn,
+        implementation=self.attn_implementation, name='attn')(
+            y, train=train, queries=queries, length=length)
     if queries is not None:
       x_BND = x_BND[:, :queries]
     x_BND = x_BND + DropPath(self.drop_path_rate)(y, train=train)
@@ -466,12 +280,14 @@ class Model(nn.Module):
     if self.seq_multiple is not None and self.seq_multiple < 1:
       raise ValueError(f'seq_multiple {self.seq_multiple}: expected None or '
                        'a positive token count')
-    multiple = self.seq_multiple or required_seq_multiple(
-        resolve_attn_implementation(self.attn_implementation, self.dtype))
-    probe = Attention(_cfg(self.variant).heads, self.attn_dropout_rate,
-                      return_weights=self.return_attn,
-                      implementation=self.attn_implementation,
-                      dtype=self.dtype, parent=None)
+    multiple = self.seq_multiple or attention.required_seq_multiple(
+        attention.resolve_attn_implementation(self.attn_implementation,
+                                              self.dtype))
+    probe = attention.Attention(
+        _cfg(self.variant).heads, self.attn_dropout_rate,
+        return_weights=self.return_attn,
+        implementation=self.attn_implementation, dtype=self.dtype,
+        parent=None)
     if not (self.memory_lean and probe.fused(train)):
       return 0
     return -n % multiple
