@@ -352,3 +352,21 @@ def test_parity_with_pytorch_grad_cam():
   got = explain.compute_cams(model, v, x, method='eigencam', targets='pred',
                              upsample=False, normalize=False)
   np.testing.assert_allclose(got['raw'], want, atol=1e-4, rtol=1e-3)
+
+
+def test_normalized_maps_reach_one_exactly_at_any_scale():
+  """Every non-constant map spans exactly [0, 1] whatever its raw scale
+  (pytorch-grad-cam's + 1e-7 left the maximum short of 1 for raw ranges
+  below a few units), so the thesis EHR does not depend on the scale of a
+  network's activations; a constant map becomes zeros."""
+  raw = np.random.default_rng(0).random((1, 7, 7)).astype(np.float32)
+  mask = np.zeros((32, 32), bool)
+  mask[4:14, 6:20] = True
+  ehrs = []
+  for scale in (1e-4, 0.5, 1.0, 30.0):
+    cam = np.asarray(cam_lib.normalize_maps(
+        cam_lib.upsample_maps(jnp.asarray(raw * scale), (32, 32))))
+    assert cam.max() == 1.0 and cam.min() == 0.0
+    ehrs.append(heatmap.ehr_auc(cam[0], mask))
+  np.testing.assert_allclose(ehrs, ehrs[0], atol=1e-6)
+  assert not np.asarray(cam_lib.normalize_maps(jnp.full((2, 5, 5), 3.))).any()

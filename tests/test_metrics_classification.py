@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import special
 from sklearn import metrics as skm
 from sklearn.preprocessing import label_binarize
 
@@ -91,3 +92,36 @@ def test_bootstrap_ci_contains_estimate_and_narrows():
   assert strat['n_valid'] == 200
   # Same seed -> same interval.
   assert C.bootstrap_ci(C.roc_auc_binary, y, s, n=200, stratify=y) == strat
+
+
+def test_auc_ranks_log_odds_where_float32_softmax_saturates():
+  """With logit margins of 17-40 (a confident model), float32 softmax
+  probabilities round to exactly 1.0 and tie; the reports' `scores`, the
+  evaluator's log-odds, keep the order of the margins, so the AUC is
+  scikit-learn's on the float64 margins, binary and multi-class."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from cxr_jax.evaluators.classification import log_odds  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(5)
+  n = 200
+  y = rng.integers(0, 2, n)
+  margin = np.where(y == 1, rng.uniform(17, 40, n), rng.uniform(10, 35, n))
+  logits = np.stack([np.zeros(n), margin], 1).astype(np.float32)
+  probs = np.asarray(jax.nn.softmax(logits, -1))
+  assert (probs[:, 1] == 1.0).sum() > 20  # saturated: ties
+  want = skm.roc_auc_score(y, margin)
+  assert C.binary_report(y, probs)['auc'] != pytest.approx(want, abs=1e-4)
+  odds = np.asarray(log_odds(logits))
+  np.testing.assert_allclose(odds[:, 1], margin, rtol=1e-6)
+  assert C.binary_report(y, probs, scores=odds)['auc'] == pytest.approx(
+      want, abs=1e-12)
+  y3 = rng.integers(0, 3, n)
+  logits3 = (rng.normal(size=(n, 3)) * 2 + 25 * np.eye(3)[y3] *
+             rng.uniform(0.5, 1.5, (n, 1))).astype(np.float32)
+  probs3 = np.asarray(jax.nn.softmax(logits3, -1))
+  assert (probs3.max(1) == 1.0).sum() > 20
+  rep = C.multiclass_report(y3, probs3, scores=np.asarray(log_odds(logits3)))
+  l64 = logits3.astype(np.float64)
+  for k in range(3):  # log-odds in float64: l_k - logsumexp(others)
+    ref = l64[:, k] - special.logsumexp(np.delete(l64, k, 1), axis=1)
+    assert rep[f'auc_class{k}'] == pytest.approx(
+        skm.roc_auc_score(y3 == k, ref), abs=1e-12)

@@ -151,3 +151,47 @@ def test_deletion_insertion_rank_good_over_bad_maps():
     assert F.make_baseline(x, kind).shape == x.shape
   with pytest.raises(ValueError, match='mode'):
     F.perturbation_curve(_region_classifier, x, good, [1, 1], mode='x')
+
+
+def test_ties_at_the_cut_off_count_fractionally():
+  """A blank map (all ties) scores the mask's area fraction for relevance
+  rank and top-k wherever the mask lies, and a blob far from an apical mask
+  scores the same as its vertical mirror image; index-order tie breaking
+  had rewarded both for masks in the top rows."""
+  m = _mask(box=(0, 4, 2, 18))  # apical: the top rows
+  frac = m.mean()
+  blank = np.zeros_like(m)
+  assert H.relevance_rank_accuracy(blank, m) == pytest.approx(frac)
+  assert H.top_k_intersection(blank, m, k=50) == pytest.approx(frac)
+  blob = np.zeros_like(m)
+  blob[15:18, 8:11] = 1.0  # nine hot pixels at the bottom, none in the mask
+  k = int(m.sum())  # 9 blob pixels, then k - 9 of the N - 9 tied zeros
+  want = (k - 9) * (k / (m.size - 9)) / k
+  assert H.relevance_rank_accuracy(blob, m) == pytest.approx(want)
+  assert H.relevance_rank_accuracy(blob[::-1], m[::-1]) == pytest.approx(want)
+  # Without ties the top-k set is unique and the count exact.
+  cam = np.random.default_rng(3).random(m.shape)
+  top = np.argsort(-cam.ravel())[:37]
+  assert H.top_k_intersection(cam, m, k=37) == pytest.approx(
+      m.ravel()[top].mean())
+
+
+def test_pointing_game_ties_and_blank_maps():
+  m = _mask()
+  cam = np.zeros_like(m)
+  cam[0, 0] = cam[7, 6] = 1.0  # two tied maxima, one inside the mask
+  assert H.pointing_game(cam, m)
+  assert not H.pointing_game(np.zeros_like(m), m)  # points nowhere
+  assert not H.pointing_game(np.full_like(m, 0.7), m)
+
+
+def test_empty_mask_and_blank_map_are_undefined():
+  m, cam = _mask(), np.random.default_rng(4).random((20, 20))
+  empty = np.zeros_like(m)
+  for variant in H.EHR_VARIANTS:
+    assert np.isnan(H.ehr_auc(cam, empty, variant=variant))
+  assert np.isnan(H.relevance_mass_accuracy(cam, empty))
+  assert np.isnan(H.relevance_mass_accuracy(np.zeros_like(m), m))
+  # The thesis EHR is defined for a blank map: EHR(0) = |mask| / N, then 0.
+  assert H.ehr_auc(np.zeros_like(m), m) == pytest.approx(
+      m.mean() * 0.005, abs=1e-12)

@@ -2,10 +2,26 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from cxr_jax.metrics import classification as cls_metrics
 from cxr_jax.registry import check_choice
+
+
+def log_odds(logits_BK: jax.Array) -> jax.Array:
+  """log(p / (1 - p)) of each class's softmax probability, from the logits:
+  l_k - logsumexp_{j != k} l_j (for two classes, the logit margin).
+
+  An increasing function of p, so every AUC ranks it as it would rank p, but
+  it does not saturate: float32 probabilities (and log-probabilities) round
+  to exactly 1.0 (0.0) once a logit margin exceeds ~17, which ties the
+  confident model's most certain examples.
+  """
+  k = logits_BK.shape[-1]
+  others = jnp.where(jnp.eye(k, dtype=bool), -jnp.inf,
+                     logits_BK[..., None, :])
+  return logits_BK - jax.nn.logsumexp(others, axis=-1)
 
 
 class Evaluator:
@@ -23,17 +39,19 @@ class Evaluator:
     self.logits_key = logits_key
 
   def predict(self, variables) -> dict[str, np.ndarray]:
-    """Per-example class probabilities and labels, in split order."""
+    """Per-example class probabilities, log-odds (what the AUCs rank, see
+    `log_odds`) and labels, in split order."""
     key = self.logits_key
 
     def fn(logits, out, batch):
-      logits = out[key] if key else logits
-      return {'probs': jax.nn.softmax(logits.astype('float32'), -1),
+      logits = (out[key] if key else logits).astype('float32')
+      return {'probs': jax.nn.softmax(logits, -1),
+              'log_odds': log_odds(logits),
               'label': batch['label'], 'index': batch['index']}
     return self.ctx.map(variables, self.split, fn, key=id(self))
 
   def run(self, variables) -> dict[str, float]:
     p = self.predict(variables)
-    if self.task == 'binary':
-      return cls_metrics.binary_report(p['label'], p['probs'])
-    return cls_metrics.multiclass_report(p['label'], p['probs'])
+    report = (cls_metrics.binary_report if self.task == 'binary'
+              else cls_metrics.multiclass_report)
+    return report(p['label'], p['probs'], scores=p['log_odds'])

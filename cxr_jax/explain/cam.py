@@ -30,10 +30,10 @@ Formulas follow pytorch-grad-cam (jacobgil) so maps are comparable:
 Post-processing order (the same for every method): `raw` = the ReLU'd map on
 the feature grid (B, h, w); then bilinear `jax.image.resize` (half-pixel
 centres, as cv2.resize) to the input size; then per-image scaling
-(x - min) / (max(x - min) + 1e-7). pytorch-grad-cam scales first and resizes
-second; both orders give the same map up to interpolation at the extremes;
-ours makes each upsampled map span [0, 1] (up to the 1e-7, which matters
-only for maps of tiny magnitude; constant maps become all zeros).
+(x - min) / max(x - min) (`normalize_maps`). pytorch-grad-cam scales first,
+with 1e-7 added to the denominator, and resizes second; both orders give the
+same map up to interpolation at the extremes; ours makes each upsampled map
+span exactly [0, 1] (constant maps become all zeros).
 """
 from __future__ import annotations
 
@@ -132,10 +132,19 @@ def get_method(name: str) -> CamMethod:
 
 # ------------------------------------------------------------ primitives --
 def normalize_maps(cam_BHW: Array) -> Array:
-  """Per-map (x - min) / (max(x - min) + 1e-7) over the last two axes."""
+  """Per-map (x - min) / max(x - min) over the last two axes; 0 for a
+  constant map.
+
+  pytorch-grad-cam adds 1e-7 to the denominator. We divide exactly, so every
+  non-constant map's maximum is exactly 1: with the 1e-7 it fell just short
+  of 1 whenever the raw map's range was below a few units, and the thesis
+  EHR's last threshold (t = 1) then depended on the raw scale of a network's
+  activations and gradients rather than on where its heat lies.
+  """
   lo = jnp.min(cam_BHW, axis=(-2, -1), keepdims=True)
   x = cam_BHW - lo
-  return x / (jnp.max(x, axis=(-2, -1), keepdims=True) + 1e-7)
+  hi = jnp.max(x, axis=(-2, -1), keepdims=True)
+  return jnp.where(hi > 0, x / jnp.where(hi > 0, hi, 1), 0)
 
 
 def upsample_maps(cam_Bhw: Array, hw: tuple[int, int]) -> Array:
@@ -395,7 +404,7 @@ def compute_cams(model: nn.Module, variables: Mapping[str, Any],
       (every class: maps (B, K, ...)) or an int array (B,) of classes.
     labels: (B,) int, required for targets='label'.
     upsample: resize to the input's (H, W) (bilinear, half-pixel centres).
-    normalize: per-map (x - min) / (max(x - min) + 1e-7) after upsampling.
+    normalize: per-map (x - min) / max(x - min) after upsampling.
     model_kwargs: extra inputs for `apply` (e.g. `gaze=`); arrays are traced
       (for Score-CAM an array with leading dim B is taken per example),
       other values are static (hashable).

@@ -92,7 +92,7 @@ def attention_rollout(model: nn.Module, variables: Mapping[str, Any],
   """Attention rollout maps for a batch (class-agnostic).
 
   Returns dict with 'cam' (B, H, W) in [0, 1] (bilinear upsampling, then
-  (x - min) / (max(x - min) + 1e-7), as `compute_cams`), 'raw' (B, h, w) the
+  (x - min) / max(x - min), as `compute_cams`), 'raw' (B, h, w) the
   class-token rollout row on the patch grid, and 'logits' (B, K).
   """
   return _rollout(cam_lib.hashable_model(model), variables,

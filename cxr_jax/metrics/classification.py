@@ -149,30 +149,41 @@ def _positive_scores(probs: Any) -> np.ndarray:
   return p.ravel()
 
 
-def binary_report(labels: Any, probs: Any, *,
-                  threshold: float = 0.5) -> dict[str, float]:
+def binary_report(labels: Any, probs: Any, *, threshold: float = 0.5,
+                  scores: Any = None) -> dict[str, float]:
   """accuracy, precision, recall (positive class 1) and AUC.
 
   `probs` is (N,) P(class 1) or (N, 2) class probabilities; predictions are
   P(class 1) >= threshold (for (N, 2) softmax and 0.5 this is the argmax,
-  ties going to class 1).
+  ties going to class 1). `scores` (same shapes), if given, ranks the
+  examples for the AUC instead: any increasing function of P(class 1), such
+  as the log-odds (`cxr_jax.evaluators.classification.log_odds`). float32
+  softmax probabilities round to exactly 1.0 for logit margins above ~17,
+  which ties a confident model's positives; the log-odds keep them apart.
   """
   y = _labels(labels)
   s = _positive_scores(probs)
   pred = (s >= threshold).astype(np.int64)
+  rank = s if scores is None else _positive_scores(scores)
   return dict(accuracy=accuracy(y, pred), precision=precision(y, pred),
-              recall=recall(y, pred), auc=roc_auc_binary(y, s), n=int(y.size))
+              recall=recall(y, pred), auc=roc_auc_binary(y, rank), n=int(y.size))
 
 
-def multiclass_report(labels: Any, probs: Any) -> dict[str, float]:
+def multiclass_report(labels: Any, probs: Any, *,
+                      scores: Any = None) -> dict[str, float]:
   """accuracy (argmax), OvR AUC (macro / weighted / micro), Hand-Till AUC and
-  per-class OvR AUCs as `auc_class<k>`."""
+  per-class OvR AUCs as `auc_class<k>`. `scores` (N, K), if given, ranks for
+  the AUCs instead of `probs`: the same increasing function of each cell's
+  probability, such as the log-odds, which keep apart what float32
+  probabilities round to 1.0 (every AUC here depends only on the order of
+  the scores, within a column or, for 'micro', over all cells)."""
   p, y = _probs(probs, labels)
+  s = p if scores is None else _probs(scores, labels)[0]
   out = dict(accuracy=accuracy(y, p.argmax(-1)),
-             auc_ovr_macro=roc_auc_ovr(p, y, average='macro'),
-             auc_ovr_weighted=roc_auc_ovr(p, y, average='weighted'),
-             auc_ovr_micro=roc_auc_ovr(p, y, average='micro'),
-             auc_hand_till=roc_auc_hand_till(p, y), n=int(y.size))
-  for k, a in enumerate(per_class_auc(p, y)):
+             auc_ovr_macro=roc_auc_ovr(s, y, average='macro'),
+             auc_ovr_weighted=roc_auc_ovr(s, y, average='weighted'),
+             auc_ovr_micro=roc_auc_ovr(s, y, average='micro'),
+             auc_hand_till=roc_auc_hand_till(s, y), n=int(y.size))
+  for k, a in enumerate(per_class_auc(s, y)):
     out[f'auc_class{k}'] = float(a)
   return out

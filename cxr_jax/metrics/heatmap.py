@@ -48,6 +48,13 @@ def ehr_curve(cam_HW: Any, mask_HW: Any, *, variant: str = 'thesis',
   if cam.min() < -1e-6 or cam.max() > 1 + 1e-6:
     raise ValueError('EHR expects a heatmap scaled to [0, 1] (got range '
                      f'[{cam.min():.3g}, {cam.max():.3g}]).')
+  if variant not in EHR_VARIANTS:
+    raise ValueError(f'EHR variant must be one of {EHR_VARIANTS}, got '
+                     f'{variant!r}.')
+  if not mask.any():
+    x = (np.linspace(0.0, 1.0, num_thresholds) if variant == 'thesis'
+         else np.linspace(0.0, 1.0, 11))
+    return x, np.full_like(x, np.nan)
   if variant == 'thesis':
     t = np.linspace(0.0, 1.0, num_thresholds)
     all_sorted = np.sort(cam.ravel())
@@ -56,22 +63,19 @@ def ehr_curve(cam_HW: Any, mask_HW: Any, *, variant: str = 'thesis',
     n_in = in_sorted.size - np.searchsorted(in_sorted, t, side='left')
     ratio = np.where(n_all > 0, n_in / np.maximum(n_all, 1), 0.0)
     return t, ratio
-  if variant == 'inputiba':
-    q = np.linspace(0.0, 1.0, 11)
-    heat = np.where(cam >= base_threshold, cam, 0.0)
-    poi = cam[cam >= base_threshold]
-    if poi.size == 0:
-      return q, np.full_like(q, np.nan)
-    ratio = np.zeros_like(q)
-    for i, qi in enumerate(q):
-      thr = min(np.quantile(poi, qi), 0.99 * heat.max())
-      binm = heat >= thr
-      inside = (heat[binm & mask].sum() if weight_by_heat
-                else (binm & mask).sum())
-      ratio[i] = inside / (binm.sum() + 1e-8)
-    return q, ratio
-  raise ValueError(f'EHR variant must be one of {EHR_VARIANTS}, got '
-                   f'{variant!r}.')
+  q = np.linspace(0.0, 1.0, 11)  # inputiba
+  heat = np.where(cam >= base_threshold, cam, 0.0)
+  poi = cam[cam >= base_threshold]
+  if poi.size == 0:
+    return q, np.full_like(q, np.nan)
+  ratio = np.zeros_like(q)
+  for i, qi in enumerate(q):
+    thr = min(np.quantile(poi, qi), 0.99 * heat.max())
+    binm = heat >= thr
+    inside = (heat[binm & mask].sum() if weight_by_heat
+              else (binm & mask).sum())
+    ratio[i] = inside / (binm.sum() + 1e-8)
+  return q, ratio
 
 
 def ehr_auc(cam_HW: Any, mask_HW: Any, *, variant: str = 'thesis',
@@ -89,7 +93,9 @@ def ehr_auc(cam_HW: Any, mask_HW: Any, *, variant: str = 'thesis',
     (heat inside the mask and >= t) / (number of pixels >= t + 1e-8), i.e.
     the numerator is heat-weighted but, as in their code, the denominator is
     a pixel count (`weight_by_heat=False` counts pixels in both); trapezoid
-    over the quantile axis. NaN when no pixel reaches `base_threshold`.
+    over the quantile axis. NaN when no pixel reaches `base_threshold`
+    (a blank CAM; `summarize` counts it in `n_nan`).
+  Both are NaN for an empty mask.
   The heatmap must lie in [0, 1] (InputIBA silently divides by 255 instead).
   """
   x, r = ehr_curve(cam_HW, mask_HW, variant=variant,
@@ -99,24 +105,36 @@ def ehr_auc(cam_HW: Any, mask_HW: Any, *, variant: str = 'thesis',
 
 
 def pointing_game(cam_HW: Any, mask_HW: Any, *, tolerance: int = 0) -> bool:
-  """Whether the heatmap's maximum (first in row-major order) hits the mask.
+  """Whether the heatmap's maximum lies in the mask.
 
-  `tolerance` > 0 dilates the mask by a disk of that radius in pixels
-  (Quantus' `k`). False for an empty mask.
+  Any pixel that ties for the maximum counts (Quantus' `PointingGame`;
+  bilinear upsampling makes such ties common). A constant (e.g. blank) map
+  points nowhere and is a miss: Quantus would count it a hit wherever the
+  mask is. `tolerance` > 0 dilates the mask by a disk of that radius in
+  pixels (Quantus' `k`). False for an empty mask.
   """
   cam, mask = _prep(cam_HW, mask_HW)
   if tolerance > 0:
     r = int(tolerance)
     yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
     mask = ndimage.binary_dilation(mask, structure=yy**2 + xx**2 <= r * r)
-  return bool(mask.ravel()[np.argmax(cam.ravel())])
+  top = cam.max()
+  if top == cam.min():
+    return False
+  return bool(mask[cam == top].any())
 
 
 def relevance_mass_accuracy(cam_HW: Any, mask_HW: Any) -> float:
-  """Sum of heat inside the mask / total heat (Quantus RMA). NaN if no heat."""
+  """Sum of heat inside the mask / total heat (Quantus RMA).
+
+  NaN for an empty mask or a map without heat (a blank CAM: 0 / 0, as in
+  Quantus; `summarize` counts such maps in `n_nan`).
+  """
   cam, mask = _prep(cam_HW, mask_HW)
   total = cam.sum()
-  return float(cam[mask].sum() / total) if total != 0 else float('nan')
+  if not mask.any() or total == 0:
+    return float('nan')
+  return float(cam[mask].sum() / total)
 
 
 def attribution_localisation(cam_HW: Any, mask_HW: Any) -> float:
@@ -129,8 +147,18 @@ def attribution_localisation(cam_HW: Any, mask_HW: Any) -> float:
 
 
 def _top_k_inside(cam: np.ndarray, mask: np.ndarray, k: int) -> float:
-  order = np.argsort(-cam.ravel(), kind='stable')[:k]  # ties: row-major first
-  return float(mask.ravel()[order].mean())
+  """Fraction of the k highest-heat pixels inside the mask, pixels tied at
+  the k-th value counted fractionally (the mean over every way of breaking
+  the tie). A CAM after ReLU and upsampling has wide plateaus of exact
+  zeros; taking tied pixels in index order (as an argsort does) would pick
+  the top rows first and reward a blank map for an apical mask."""
+  flat, inside = cam.ravel(), mask.ravel()
+  kth = np.partition(flat, flat.size - k)[flat.size - k]
+  above = flat > kth
+  tied = flat == kth
+  need = k - int(above.sum())
+  hits = float((above & inside).sum()) + need * float(inside[tied].mean())
+  return hits / k
 
 
 def relevance_rank_accuracy(cam_HW: Any, mask_HW: Any) -> float:

@@ -73,10 +73,11 @@ class _Stage:
 def _classification(stage: _Stage, boot: int) -> tuple[dict, dict]:
   p = cls_eval.Evaluator(stage.ctx, split='test',
                          task='multiclass').predict(stage.variables)
-  rep = cls_metrics.multiclass_report(p['label'], p['probs'])
+  rep = cls_metrics.multiclass_report(p['label'], p['probs'],
+                                      scores=p['log_odds'])
   ci = cls_metrics.bootstrap_ci(
       lambda y, q: cls_metrics.roc_auc_ovr(q, y, average='macro'),
-      p['label'], p['probs'], n=boot, stratify=p['label'])
+      p['label'], p['log_odds'], n=boot, stratify=p['label'])
   rep['auc_ci_low'], rep['auc_ci_high'] = ci['low'], ci['high']
   return rep, p
 

@@ -116,11 +116,13 @@ def _table_3_1(config, res) -> tuple[list[dict], list[dict]]:
   rows, shown = [], []
   for name, r in res.items():
     y, p = r['pred']['label'], r['pred']['probs']
+    lp = r['pred']['log_odds']
     row = dict(model=name, network=r['network'], n=int(len(y)))
     disp = dict(row)
     for m in CLS_METRICS:
       ci = cls_metrics.bootstrap_ci(
-          lambda yy, pp, m=m: cls_metrics.binary_report(yy, pp)[m], y, p,
+          lambda yy, pp, ll, m=m: cls_metrics.binary_report(
+              yy, pp, scores=ll)[m], y, p, lp,
           n=config.cam.bootstrap, stratify=y, seed=config.seed)
       row.update({m: ci['estimate'], f'{m}_ci_low': ci['low'],
                   f'{m}_ci_high': ci['high']})
@@ -162,7 +164,9 @@ def _localisation(config, res) -> tuple[list[dict], list[dict]]:
     for m in LOC_METRICS:
       s = heatmap.summarize(r['loc'][m])
       row[f'{m}_mean'], row[f'{m}_std'] = s['mean'], s['std']
-      disp[m] = tables.mean_std(s['mean'], s['std'])
+      row[f'{m}_n'] = s['n']  # fewer than n: undefined for blank CAMs
+      disp[m] = tables.mean_std(s['mean'], s['std']) + (
+          f' (n={s["n"]})' if s['n'] != row['n'] else '')
     rows.append(row)
     shown.append(disp)
   return rows, shown
