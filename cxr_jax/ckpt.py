@@ -51,6 +51,11 @@ class Checkpointer:
     return r['state'], r['data'], r['meta']
 
   def save_best(self, step: int, variables, meta: dict):
+    # A run killed after writing `best/<step>` but before `ckpt/<step>`
+    # resumes from an earlier latest checkpoint and reaches this step (and
+    # the same value) again; orbax refuses to write an existing step.
+    if step in self.best.all_steps():
+      self.best.delete(step)
     self.best.save(step, args=ocp.args.Composite(
         variables=ocp.args.StandardSave(variables),
         meta=ocp.args.JsonSave(meta)), force=True)

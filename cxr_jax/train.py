@@ -352,8 +352,12 @@ def _after_eval(config, state, meta, results, step, checkpointer):
   meta['bad_evals'] += 1
   meta['plateau_bad'] += 1
   if config.plateau_patience and meta['plateau_bad'] >= config.plateau_patience:
-    new_scale = float(state.lr_scale) * config.plateau_factor
-    if new_scale >= config.plateau_min_scale:
+    old_scale = float(state.lr_scale)
+    # Clamped to the floor, as Keras' min_lr (float32 0.01 * 0.1 falls just
+    # below 1e-3, and skipping that step had made 0.01 the real floor).
+    new_scale = max(old_scale * config.plateau_factor,
+                    config.plateau_min_scale)
+    if new_scale < old_scale * (1 - 1e-6):
       state = state.replace(lr_scale=jnp.full_like(state.lr_scale, new_scale))
       logging.info('Reduce on plateau: learning rate x%.3g at step %d.',
                    new_scale, step)

@@ -95,6 +95,31 @@ def test_resume_after_crash_is_bitwise_identical(tmp_path, monkeypatch):
     np.testing.assert_array_equal(a, b)
 
 
+def test_resume_after_a_kill_between_best_and_latest_save(tmp_path,
+                                                          monkeypatch):
+  """Killed after an evaluation wrote `best/2` but before `ckpt/2`: the
+  rerun evaluates step 2 again and must overwrite `best/2` (orbax refuses
+  an existing step), then finish with the uninterrupted run's parameters."""
+  ref_dir, crash_dir = str(tmp_path / 'ref'), str(tmp_path / 'crash')
+  train.run(_tiny(4, checkpoint_every_steps=2), ref_dir)
+  ref, _ = _params(ref_dir)
+  real = ckpt_lib.Checkpointer.save_latest
+
+  def dies(self, step, *a, **k):
+    raise _Crash(step)
+
+  monkeypatch.setattr(ckpt_lib.Checkpointer, 'save_latest', dies)
+  with pytest.raises(_Crash):
+    train.run(_tiny(4, checkpoint_every_steps=2), crash_dir)
+  assert os.listdir(os.path.join(crash_dir, 'best')) == ['2']
+  monkeypatch.setattr(ckpt_lib.Checkpointer, 'save_latest', real)
+  train.run(_tiny(4, checkpoint_every_steps=2), crash_dir)
+  got, step = _params(crash_dir)
+  assert step == 4
+  for a, b in zip(jax.tree.leaves(ref), jax.tree.leaves(got)):
+    np.testing.assert_array_equal(a, b)
+
+
 def test_frozen_parameters_do_not_change(tmp_path):
   c = _tiny(3, schedule=(('head/.*', {}), ('.*', None)))
   wd = str(tmp_path / 'frozen')
@@ -156,3 +181,27 @@ def test_non_finite_loss_names_the_step(tmp_path):
   if step is not None:  # whatever was saved holds finite parameters
     params, _ = _params(wd)
     assert all(np.isfinite(l).all() for l in jax.tree.leaves(params))
+
+
+def test_reduce_on_plateau_reaches_its_floor_and_stays():
+  """Factor 0.1 down to a floor of 1e-3 with the scale held in float32:
+  1 -> 0.1 -> 0.01 -> 0.001, then no further (float32 0.01 * 0.1 lies just
+  below 1e-3; that reduction had been skipped, leaving 0.01 as the floor)."""
+  import flax.struct  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
+  @flax.struct.dataclass
+  class State:
+    lr_scale: jax.Array
+
+  c = _tiny(2, plateau_patience=1, plateau_factor=0.1, plateau_min_scale=1e-3,
+            early_stopping_patience=0)
+  state = State(lr_scale=jnp.ones((), jnp.float32))
+  meta = dict(best_value=0.5, best_step=0, bad_evals=0, plateau_bad=0,
+              stopped_early=False)
+  scales = []
+  for step in range(1, 6):  # never better than 0.5
+    state, meta = train._after_eval(c, state, meta, {c.select_metric: 1.0},
+                                    step, checkpointer=None)
+    scales.append(float(state.lr_scale))
+  np.testing.assert_allclose(scales, [0.1, 0.01, 1e-3, 1e-3, 1e-3], rtol=1e-6)
