@@ -347,9 +347,11 @@ def test_build_scales_split_sizes(tmp_path):
   sizes = [len(out[s]['label']) for s in siim.SPLITS]
   assert sum(sizes) <= 12 and sizes[0] > sizes[1] > 0
   assert siim.split_counts(6, (5200, 1000, 1000)) == [4, 1, 1]
+  with pytest.raises(ValueError, match='even'):
+    siim.split_counts(6, (5201, 1000, 1000))
 
 
-def test_build_missing_dicom_raise_and_skip(tmp_path):
+def test_build_missing_dicom_raise_and_skip(tmp_path, monkeypatch):
   root = tmp_path / 'data'
   csv = _toy_dataset(root)
   with open(csv, 'a') as f:
@@ -358,6 +360,21 @@ def test_build_missing_dicom_raise_and_skip(tmp_path):
     siim.build(_cfg(root, tmp_path))
   out = siim.build(_cfg(root, tmp_path, on_error='skip'))
   assert sum(len(out[s]['label']) for s in siim.SPLITS) == 10
+  # The missing DICOM arrives later: the cache key sees it and rebuilds.
+  builds = []
+  real = siim._build_arrays  # pylint: disable=protected-access
+
+  def counting(*a):
+    builds.append(1)
+    return real(*a)
+
+  monkeypatch.setattr(siim, '_build_arrays', counting)
+  siim.build(_cfg(root, tmp_path, on_error='skip'))
+  assert not builds  # unchanged folder: the cache
+  dicom.write_dicom(root / 'late' / '4.4.4.dcm', np.zeros((24, 20), np.uint16),
+                    sop_uid='4.4.4')
+  siim.build(_cfg(root, tmp_path, on_error='skip'))
+  assert builds == [1]
 
 
 def test_build_malformed_rle_names_id_and_row(tmp_path):

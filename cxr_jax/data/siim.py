@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import glob
+import hashlib
 import os
 
 from absl import logging
@@ -81,6 +82,19 @@ def _paths(cfg: ml_collections.ConfigDict) -> tuple[str, str]:
   if not os.path.isfile(csv):
     raise FileNotFoundError(f'data.csv {csv!r} not found')
   return os.path.abspath(root), os.path.abspath(csv)
+
+
+def _dicom_fingerprint(root: str) -> str:
+  """Hash of every `**/*.dcm` under root: relative path, size, mtime. Part of
+  the cache key, so DICOMs added or replaced later (after a partial copy
+  built with `on_error='skip'`) rebuild the arrays."""
+  h = hashlib.sha256()
+  pattern = os.path.join(root, '**', '*.dcm')
+  for path in sorted(glob.glob(pattern, recursive=True)):
+    st = os.stat(path)
+    h.update(f'{os.path.relpath(path, root)}\0{st.st_size}\0'
+             f'{st.st_mtime_ns}\n'.encode())
+  return h.hexdigest()[:16]
 
 
 def _find_dicoms(root: str) -> dict[str, str]:
@@ -158,9 +172,11 @@ def study_list(cfg: ml_collections.ConfigDict) -> list[str]:
 
 def split_counts(n_per_class: int, split_sizes) -> list[int]:
   """Per-class count of each split; scaled down proportionally to fit."""
+  if any(int(s) < 0 or int(s) % 2 for s in split_sizes):
+    raise ValueError(
+        f'data.split_sizes must be even and >= 0 (every split is '
+        f'class-balanced: half pneumothorax, half healthy), got {split_sizes}')
   per_class = [int(s) // 2 for s in split_sizes]
-  if any(s < 0 for s in per_class):
-    raise ValueError(f'data.split_sizes must be >= 0, got {split_sizes}')
   total = sum(per_class)
   if total > n_per_class:
     ideal = [c * n_per_class / total for c in per_class]
@@ -260,7 +276,8 @@ def build(cfg: ml_collections.ConfigDict) -> dict[str, dict[str, np.ndarray]]:
   root, csv = _paths(cfg)
   st = os.stat(csv)
   key = dict(version=_VERSION, root=root, csv=csv, csv_size=st.st_size,
-             csv_mtime_ns=st.st_mtime_ns, image_size=tuple(cfg.image_size),
+             csv_mtime_ns=st.st_mtime_ns, dicoms=_dicom_fingerprint(root),
+             image_size=tuple(cfg.image_size),
              clahe_clip=cfg.clahe_clip, num_per_class=cfg.num_per_class,
              split_sizes=tuple(cfg.split_sizes), split_seed=cfg.split_seed,
              on_error=cfg.on_error)
