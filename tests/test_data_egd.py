@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import logging
 import os
 import shutil
 
@@ -51,6 +52,16 @@ def test_no_points_gives_zero_map(recipe):
   assert m.shape == SIZE_HW and m.dtype == np.float32 and not m.any()
 
 
+def test_fixation_durations_from_fpogd():
+  times = np.array([0.0, 2.0, 2.85])
+  fpogd = np.array([0.2, 0.8, 0.2])
+  np.testing.assert_array_equal(gaze.fixation_durations(times, fpogd), fpogd)
+  with pytest.raises(ValueError, match='FPOGD'):
+    gaze.fixation_durations(times, np.array([0.2, -0.1, 0.2]))
+  with pytest.raises(ValueError, match='FPOGD'):
+    gaze.fixation_durations(times, fpogd[:2])
+
+
 def test_fixation_durations_last_is_median():
   d = gaze.fixation_durations(np.array([0.0, 0.8, 0.9]))
   np.testing.assert_allclose(d, [0.8, 0.1, 0.45])
@@ -76,29 +87,89 @@ def test_duration_weighting_moves_peak_to_long_fixation():
     gaze.gaze_map('duration', pts, None, SIZE_HW)
 
 
-def test_separable_blur_equals_gaussian_filter():
-  rng = np.random.default_rng(0)
+def _impulses(pix, w, size_hw=SIZE_HW):
+  img = np.zeros(size_hw)
+  np.add.at(img, (pix[:, 1], pix[:, 0]), w)
+  return img
+
+
+def _border_points(seed=0):
+  """Weighted pixels, many on or next to the border (corners included)."""
+  rng = np.random.default_rng(seed)
   pix = np.stack([rng.integers(0, 60, 40), rng.integers(0, 50, 40)], 1)
   pix[:5] = pix[0]  # repeated pixels are merged
-  w = rng.uniform(0.1, 1.0, 40)
-  for sigma in (0.8, 4.0, 20.0):
-    fast = gaze.blur_points(pix, w, SIZE_HW, sigma)
-    img = np.zeros(SIZE_HW)
-    np.add.at(img, (pix[:, 1], pix[:, 0]), w)
-    ref = scipy.ndimage.gaussian_filter(img, sigma, mode='constant')
+  pix[5:13] = [[0, 0], [59, 49], [0, 49], [59, 0], [1, 25], [58, 30],
+               [30, 1], [2, 48]]
+  return pix, rng.uniform(0.1, 1.0, 40)
+
+
+@pytest.mark.parametrize('mode', gaze.MODES)
+def test_separable_blur_equals_gaussian_filter(mode):
+  pix, w = _border_points()
+  ref_img = _impulses(pix, w)
+  # 20 and 70 px reach past the far border (folded more than once).
+  for sigma in (0.8, 4.0, 20.0, 70.0):
+    ref = scipy.ndimage.gaussian_filter(ref_img, sigma, mode=mode,
+                                        truncate=4.0)
+    fast = gaze.blur_points(pix, w, SIZE_HW, sigma, mode=mode)
     np.testing.assert_allclose(fast, ref, atol=1e-12)
+    slow = gaze.blur_points(pix, w, SIZE_HW, sigma, method='filter',
+                            mode=mode)
+    np.testing.assert_allclose(slow, ref, atol=1e-12)
+  with pytest.raises(ValueError, match='mode'):
+    gaze.blur_points(pix, w, SIZE_HW, 2.0, mode='wrap')
 
 
-def test_points_outside_raise_or_skip():
+def test_recipe_border_modes():
+  """Each recipe blurs with its source's border: near an edge the map equals
+  gaussian_filter in that mode (the zero-padded blur loses mass there)."""
+  assert gaze.RECIPES['authors'].mode == 'mirror'  # cv.GaussianBlur default
+  assert gaze.RECIPES['fixations'].mode == 'reflect'  # gaussian_filter's
+  assert gaze.RECIPES['duration'].mode == 'reflect'
+  pix, w = _border_points(1)
+  for recipe, mode in (('authors', 'mirror'), ('fixations', 'reflect'),
+                       ('duration', 'reflect')):
+    m = gaze.gaze_map(recipe, pix.astype(float), w, SIZE_HW, sigma_px=6.0)
+    ref = scipy.ndimage.gaussian_filter(
+        _impulses(pix, w if recipe == 'duration' else np.ones(len(w))), 6.0,
+        mode=mode, truncate=gaze.TRUNCATE)
+    np.testing.assert_allclose(m, ref / ref.max(), atol=1e-6)
+
+
+def test_authors_recipe_matches_opencv_reflect_101():
+  """The authors' blur is cv.GaussianBlur, border BORDER_REFLECT_101: check
+  against numpy's 'reflect' padding (= REFLECT_101) + a plain convolution,
+  and against OpenCV itself when it is installed."""
+  pix = np.array([[0, 0], [1, 1], [59, 20], [30, 49], [58, 48], [10, 2]])
+  sigma = 5.0
+  m = gaze.gaze_map('authors', pix.astype(float), None, SIZE_HW,
+                    sigma_px=sigma)
+  r = int(gaze.TRUNCATE * sigma + 0.5)
+  k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
+  k /= k.sum()
+  padded = np.pad(_impulses(pix, np.ones(len(pix))), r, mode='reflect')
+  rows = np.apply_along_axis(np.convolve, 1, padded, k, 'valid')
+  ref = np.apply_along_axis(np.convolve, 0, rows, k, 'valid')
+  assert ref.shape == SIZE_HW
+  np.testing.assert_allclose(m, ref / ref.max(), atol=1e-6)
+  try:
+    import cv2  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return
+  cv = cv2.GaussianBlur(_impulses(pix, np.ones(len(pix))),
+                        (2 * r + 1, 2 * r + 1), sigma)
+  np.testing.assert_allclose(m, cv / cv.max(), atol=1e-6)
+
+
+def test_points_outside_skipped_by_default_or_raise():
   pts = np.array([[10.0, 10.0], [59.4, 49.4], [60.0, 5.0], [5.0, -0.6]])
   rows = np.array([2, 3, 4, 5])
   with pytest.raises(ValueError, match=r"abc-123.*row 4"):
     gaze.gaze_map('authors', pts, None, SIZE_HW, sigma_px=2.0,
-                  dicom_id='abc-123', rows=rows)
+                  dicom_id='abc-123', rows=rows, on_error='raise')
   ok = gaze.inside(pts, SIZE_HW, on_error='skip')
   np.testing.assert_array_equal(ok, [True, True, False, False])
-  skipped = gaze.gaze_map('authors', pts, None, SIZE_HW, sigma_px=2.0,
-                          on_error='skip')
+  skipped = gaze.gaze_map('authors', pts, None, SIZE_HW, sigma_px=2.0)
   clean = gaze.gaze_map('authors', pts[:2], None, SIZE_HW, sigma_px=2.0)
   np.testing.assert_array_equal(skipped, clean)
 
@@ -246,6 +317,12 @@ def test_phantom_files(phantom_root):
   fix = _rows(os.path.join(phantom_root, 'fixations.csv'))
   dur = np.array([float(f['FPOGD']) for f in fix])
   assert dur.min() >= 0.09 and dur.max() <= 1.25
+  for d, f in egd.read_gaze_csv(os.path.join(phantom_root, 'fixations.csv'),
+                                durations=True).items():
+    # FPOGD agrees with the times: each fixation ends before the next starts.
+    o = np.argsort(f['time'])
+    assert (f['time'][o][:-1] + f['duration'][o][:-1]
+            <= f['time'][o][1:] + 1e-4).all(), d
   boxes = egd.read_boxes(os.path.join(phantom_root, 'bounding_boxes.csv'))
   assert set(boxes) == {r['dicom_id'] for r in master}
   for r in master:
@@ -352,13 +429,113 @@ def test_bad_one_hot_label(phantom_root, tmp_path):
     egd.build(_cfg(root, str(tmp_path / 'cache')))
 
 
-def test_gaze_outside_image_raises_with_dicom_id(phantom_root, tmp_path):
+def test_off_image_points_dropped_by_default(phantom_root, tmp_path, caplog):
+  """Gaze that left the image (negative / too large X_ORIGINAL, Y_ORIGINAL,
+  as in the real CSVs) is dropped and counted per study: the arrays equal
+  those built from the files without these rows."""
+  root = _copy(phantom_root, tmp_path)
+  clean = str(tmp_path / 'clean')
+  shutil.copytree(phantom_root, clean)
+  bad_ids = set()
+  for name in ('eye_gaze.csv', 'fixations.csv'):
+    rows = _rows(os.path.join(root, name))
+    rows[7]['X_ORIGINAL'] = '-12.0'
+    rows[8]['Y_ORIGINAL'] = '500.0'
+    bad_ids |= {rows[7]['DICOM_ID'], rows[8]['DICOM_ID']}
+    _write_rows(os.path.join(root, name), rows)
+    _write_rows(os.path.join(clean, name),
+                [r for i, r in enumerate(rows) if i not in (7, 8)])
+  for recipe in ('authors', 'fixations'):
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+      out = egd.build(_cfg(root, str(tmp_path / 'c1'), gaze_recipe=recipe))
+    ref = egd.build(_cfg(clean, str(tmp_path / 'c2'), gaze_recipe=recipe))
+    for s in egd.SPLITS:
+      for k in ('gaze', 'fixmap', 'index'):
+        np.testing.assert_array_equal(out[s][k], ref[s][k])
+    for d in bad_ids:
+      assert any(d in r.getMessage() and 'outside' in r.getMessage()
+                 and 'dropped' in r.getMessage() for r in caplog.records), d
+  with pytest.raises(ValueError, match=r'row 9'):
+    egd.build(_cfg(root, str(tmp_path / 'c3'), gaze_off_image='raise'))
+  with pytest.raises(ValueError, match='gaze_off_image'):
+    egd.build(_cfg(root, str(tmp_path / 'c3'), gaze_off_image='drop'))
+
+
+def test_study_without_gaze_warns_with_dicom_id(phantom_root, tmp_path,
+                                                caplog):
   root = _copy(phantom_root, tmp_path)
   path = os.path.join(root, 'eye_gaze.csv')
   rows = _rows(path)
-  rows[7]['X_ORIGINAL'] = '500.0'
-  _write_rows(path, rows)
-  with pytest.raises(ValueError, match=rf"{rows[7]['DICOM_ID']}.*row 9"):
-    egd.build(_cfg(root, str(tmp_path / 'cache')))
-  out = egd.build(_cfg(root, str(tmp_path / 'cache'), on_error='skip'))
-  assert sum(out[s]['index'].shape[0] for s in out) == 12
+  gone = rows[0]['DICOM_ID']
+  _write_rows(path, [r for r in rows if r['DICOM_ID'] != gone])
+  with caplog.at_level(logging.WARNING):
+    out = egd.build(_cfg(root, str(tmp_path / 'cache')))
+  warned = [r.getMessage() for r in caplog.records
+            if r.levelno == logging.WARNING and 'no gaze' in r.getMessage()]
+  assert len(warned) == 1 and gone in warned[0]
+  master = egd.read_master(os.path.join(root, 'master_sheet.csv'))
+  i = master['dicom_id'].index(gone)
+  for s in egd.SPLITS:
+    for j, idx in enumerate(out[s]['index']):
+      assert out[s]['gaze'][j].any() == (idx != i)
+
+
+def test_default_sigma_is_the_recipes_own(phantom_root, tmp_path, caplog):
+  cfg = egd.default_config()
+  assert cfg.gaze_sigma == 0
+  cfg.gaze_reference_px = 0.0  # real data: sigmas in native px as given
+  for name, recipe in gaze.RECIPES.items():
+    cfg.gaze_recipe = name
+    assert egd._sigma(cfg, (3000, 2500), phantom=False) == recipe.sigma
+  cfg.gaze_recipe = 'fixations'
+  assert egd._sigma(cfg, (3000, 2500), phantom=False) == 150.0
+  with caplog.at_level(logging.INFO):
+    egd._check_config(cfg)
+  assert "'fixations', sigma 150.0 px" in caplog.text
+  cfg.gaze_sigma = 100.0
+  assert egd._sigma(cfg, (3000, 2500), phantom=False) == 100.0
+  # End to end: the default blurs the fixations recipe with 150 (scaled for
+  # the phantom's 64-px images), not the authors' 75.5.
+  master = egd.read_master(os.path.join(phantom_root, 'master_sheet.csv'))
+  fix = egd.read_gaze_csv(os.path.join(phantom_root, 'fixations.csv'))
+  d = master['dicom_id'][0]
+  path = os.path.join(phantom_root, master['path'][0])
+  maps = {}
+  for sigma in (0.0, 150.0, 75.5):
+    c = _cfg(phantom_root, str(tmp_path), gaze_recipe='fixations',
+             gaze_sigma=sigma)
+    maps[sigma] = egd.load_example(path, d, None, fix[d], c)['gaze']
+  np.testing.assert_array_equal(maps[0.0], maps[150.0])
+  assert np.abs(maps[0.0] - maps[75.5]).max() > 0.05
+
+
+def test_duration_recipe_weights_by_fpogd(phantom_root, tmp_path):
+  master = egd.read_master(os.path.join(phantom_root, 'master_sheet.csv'))
+  # read_gaze_csv returns the FPOGD column as the durations.
+  path = os.path.join(phantom_root, 'fixations.csv')
+  got = egd.read_gaze_csv(path, durations=True)
+  for d, rows in got.items():
+    want = [float(r['FPOGD']) for r in _rows(path) if r['DICOM_ID'] == d]
+    np.testing.assert_array_equal(rows['duration'], want)
+  assert 'duration' not in egd.read_gaze_csv(path)[master['dicom_id'][0]]
+  # Fixation at A, a tracking gap, then B (long) and A again: the gaps
+  # between starts favour A (2.0 + median 1.425 s vs 0.85 s), FPOGD favours
+  # B (0.8 s vs 0.2 + 0.2 s).
+  d = master['dicom_id'][0]
+  image = os.path.join(phantom_root, master['path'][0])
+  native = dicom.read_image(image).shape[:2]
+  a = (0.3 * native[1], 0.5 * native[0])
+  b = (0.7 * native[1], 0.5 * native[0])
+  fix = dict(xy=np.array([a, b, a]), time=np.array([0.0, 2.0, 2.85]),
+             line=np.array([2, 3, 4]), duration=np.array([0.2, 0.8, 0.2]))
+  cfg = _cfg(phantom_root, str(tmp_path), gaze_recipe='duration',
+             gaze_sigma=2.0, gaze_reference_px=0.0, image_size=(64, 64))
+  _, pads = preprocess.pad_to_aspect(np.zeros(native), 1.0)
+  where = egd.map_points(np.array([a, b]), native, pads, (64, 64))
+  for durations, peak in ((fix['duration'], 1), (None, 0)):
+    f = dict(fix) if durations is not None else {
+        k: v for k, v in fix.items() if k != 'duration'}  # fallback: gaps
+    m = egd.load_example(image, d, None, f, cfg)['gaze']
+    py, px = _argmax_yx(m)
+    assert np.hypot(px - where[peak, 0], py - where[peak, 1]) <= 1.5

@@ -95,3 +95,74 @@ def test_auc_judd():
   assert S.auc_judd(pred, fix).shape == (3,)
   j = S.auc_judd(pred, fix, jitter=True)
   np.testing.assert_allclose(j, S.auc_judd(pred, fix), atol=1e-3)
+
+
+def _with_empty_gt(seed=4):
+  gt, pred, logp, fix = _maps(seed)
+  gt[1] = 0.0  # a study without gaze: all-zero target map
+  return gt, pred, logp, fix
+
+
+@pytest.mark.parametrize('name,fn', [
+    ('kl authors', lambda g, p, lp: S.kl(g, p)),
+    ('kl authors logp', lambda g, p, lp: S.kl(g, pred_logp=lp)),
+    ('kl mit', lambda g, p, lp: S.kl(g, p, variant='mit')),
+    ('kl mit logp', lambda g, p, lp: S.kl(g, pred_logp=lp, variant='mit')),
+    ('cc', lambda g, p, lp: S.cc(g, p)),
+    ('hs authors', lambda g, p, lp: S.hs(g, p)),
+    ('hs mit', lambda g, p, lp: S.hs(g, p, variant='mit')),
+    ('sim', lambda g, p, lp: S.sim(g, p)),
+])
+def test_empty_ground_truth_is_nan(name, fn):
+  """An all-zero target has no distribution: NaN, never a score (KL 0 would
+  be the best possible); the other images of the batch are unaffected."""
+  gt, pred, logp, _ = _with_empty_gt()
+  with np.errstate(all='raise'):  # no warnings on the way
+    v = fn(gt, pred, logp)
+    one = fn(gt[1], pred[1], logp[1])
+  assert np.isnan(one) and isinstance(one, float), name
+  assert np.isnan(v[1]) and np.isfinite(v[[0, 2]]).all(), name
+  for i in (0, 2):
+    assert v[i] == pytest.approx(fn(gt[i], pred[i], logp[i])), name
+
+
+def test_nss_auc_judd_without_fixations_are_nan():
+  _, pred, _, fix = _maps(5)
+  fix[2] = 0
+  assert np.isnan(S.nss(pred, fix)[2]) and np.isnan(S.auc_judd(pred, fix)[2])
+
+
+def test_auc_judd_constant_map_is_chance():
+  _, pred, _, fix = _maps(6)
+  for i in range(3):
+    for c in (0.0, 1.0, 1e-3):
+      assert S.auc_judd(np.full_like(pred[i], c), fix[i]) == 0.5
+  np.testing.assert_array_equal(S.auc_judd(np.ones_like(pred), fix),
+                                [0.5, 0.5, 0.5])
+  # The tie-aware ROC AUC (fixated pixels positive) of a constant score is
+  # the same chance value.
+  metrics = pytest.importorskip('sklearn.metrics')
+  assert metrics.roc_auc_score(fix[0].ravel() > 0,
+                               np.ones(fix[0].size)) == 0.5
+  # A near-constant map is no longer a tie: AUC-Judd stays in [0, 1].
+  rng = np.random.default_rng(0)
+  for _ in range(20):
+    s = 1.0 + 1e-9 * rng.random(pred[0].shape)
+    assert 0 <= S.auc_judd(s, fix[0]) <= 1
+
+
+def test_evaluator_leaves_out_and_counts_studies_without_gaze(monkeypatch):
+  """The split's means skip a study without gaze (NaN, not KL = 0, the best
+  value) and report how many were skipped."""
+  from cxr_jax.evaluators import saliency as sal_eval  # pylint: disable=g-import-not-at-top
+  gt, pred, _, fix = _maps(b=4)
+  gt[2] = 0.0  # no gaze rows for this study
+  fix[2] = 0
+  ev = sal_eval.Evaluator(ctx=None, split='test')
+  monkeypatch.setattr(ev, 'predict', lambda v: dict(
+      gaze=gt, pred=pred, fixmap=fix, index=np.arange(4)))
+  got = ev.run(None)
+  keep = [0, 1, 3]
+  assert got['n_undefined'] == 1
+  assert got['kl'] == pytest.approx(np.mean(S.kl(gt[keep], pred[keep])))
+  assert got['cc'] == pytest.approx(np.mean(S.cc(gt[keep], pred[keep])))

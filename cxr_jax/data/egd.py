@@ -8,7 +8,12 @@ was recorded at 60 Hz; classes Normal / CHF / pneumonia. Files read here:
   one-hot `Normal`, `CHF`, `pneumonia` (and paddings, reports, ... unused).
 - `eye_gaze.csv` (raw samples) and `fixations.csv`: `DICOM_ID`,
   `Time (in secs)`, `X_ORIGINAL`, `Y_ORIGINAL` (pixels of the original
-  DICOM) are used; `SESSION_ID`, `FPOGX`, ... are not needed.
+  DICOM) are used, and `FPOGD` (fixation duration, s) of `fixations.csv` when
+  present (the 'duration' recipe; without it the duration falls back to the
+  gap between fixation starts); `SESSION_ID`, `FPOGX`, ... are not needed.
+  Gaze that left the image has negative or too large `X_ORIGINAL` /
+  `Y_ORIGINAL` in the real files: such points are dropped by default
+  (`gaze_off_image`), their number logged per study.
 
 `build(cfg)` reads each image, pads it (zeros, centred) to the target
 aspect, resizes and min-max scales it per image; the gaze map is computed at
@@ -38,7 +43,8 @@ CLASS_NAMES = ('Normal', 'CHF', 'pneumonia')
 SPLITS = ('train', 'val', 'test')
 MASTER_COLUMNS = ('dicom_id', 'path', 'patient_id') + CLASS_NAMES
 GAZE_COLUMNS = ('DICOM_ID', 'Time (in secs)', 'X_ORIGINAL', 'Y_ORIGINAL')
-_CACHE_VERSION = 1  # bump when the arrays' recipe changes
+DURATION_COLUMN = 'FPOGD'  # fixation duration (s), optional
+_CACHE_VERSION = 2  # bump when the arrays' recipe changes
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -52,10 +58,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.cache_dir = ''  # '' = cache.default_cache_dir()
   c.image_size = (640, 512)  # (H, W); the authors' code used (320, 256).
   c.gaze_recipe = 'authors'  # 'authors' | 'fixations' | 'duration'
-  # Blur sigma in px of the ~3000-px DICOMs (75.5 = the authors' 501-px
-  # OpenCV kernel; the 'fixations'/'duration' recipes used 150); 0 = the
-  # recipe's own default.
-  c.gaze_sigma = 75.5
+  # Blur sigma in px of the ~3000-px DICOMs; 0 = the recipe's own sigma
+  # (75.5 for 'authors', their 501-px OpenCV kernel; 150 for 'fixations' and
+  # 'duration'). The sigma used is logged.
+  c.gaze_sigma = 0.0
   # Long side (px) at which gaze_sigma is defined: the sigma used is
   # gaze_sigma * long_side / gaze_reference_px. 0 = use gaze_sigma as is
   # (the authors); -1 = auto: 0 for real data, 3000 for the phantom (whose
@@ -69,9 +75,13 @@ def default_config() -> ml_collections.ConfigDict:
   # best checkpoints are picked on validation, never on test.
   c.num_val = 0.1
   c.split_seed = 0
-  # Gaze points outside the image / listed images that are missing:
-  # 'raise' or 'skip' (drop and log).
+  # Listed images that are missing: 'raise' or 'skip' (drop and log).
+  # Malformed CSV rows always raise.
   c.on_error = 'raise'
+  # Gaze samples / fixations outside the image (gaze that left it: the real
+  # CSVs have them): 'skip' (drop; the count is logged per study, as MT-UNet
+  # drops them) or 'raise'.
+  c.gaze_off_image = 'skip'
   c.phantom_num = 120
   c.phantom_size = 512
   c.phantom_seed = 0
@@ -82,13 +92,15 @@ def default_config() -> ml_collections.ConfigDict:
 # ---------------------------------------------------------------- CSV files
 
 
-def read_csv_columns(path: str, required: Sequence[str]
+def read_csv_columns(path: str, required: Sequence[str],
+                     optional: Sequence[str] = ()
                      ) -> tuple[dict[str, list[str]], np.ndarray]:
-  """Reads the `required` columns of a CSV as lists of strings.
+  """Reads the `required` columns of a CSV (and the `optional` ones that the
+  header has) as lists of strings.
 
   Returns (column -> values, (N,) line numbers of the rows in the file, the
   header being line 1). Raises `FileNotFoundError` naming the file, or
-  `ValueError` naming the file and every missing column.
+  `ValueError` naming the file and every missing required column.
   """
   if not os.path.isfile(path):
     raise FileNotFoundError(f'{path}: file not found')
@@ -101,8 +113,9 @@ def read_csv_columns(path: str, required: Sequence[str]
     missing = [c for c in required if c not in header]
     if missing:
       raise ValueError(f'{path}: missing column(s) {missing}; found {header}')
-    idx = [header.index(c) for c in required]
-    cols: dict[str, list[str]] = {c: [] for c in required}
+    wanted = list(required) + [c for c in optional if c in header]
+    idx = [header.index(c) for c in wanted]
+    cols: dict[str, list[str]] = {c: [] for c in wanted}
     lines = []
     for row in reader:
       if not row:
@@ -110,7 +123,7 @@ def read_csv_columns(path: str, required: Sequence[str]
       if len(row) <= max(idx):
         raise ValueError(f'{path}: line {reader.line_num} has {len(row)} '
                          f'fields, expected {len(header)}')
-      for c, i in zip(required, idx):
+      for c, i in zip(wanted, idx):
         cols[c].append(row[i].strip())
       lines.append(reader.line_num)
   return cols, np.asarray(lines, np.int64)
@@ -154,16 +167,22 @@ def read_master(path: str) -> dict[str, Any]:
               label=onehot.argmax(1).astype(np.int32), line=lines)
 
 
-def read_gaze_csv(path: str) -> dict[str, dict[str, np.ndarray]]:
+def read_gaze_csv(path: str, durations: bool = False
+                  ) -> dict[str, dict[str, np.ndarray]]:
   """Reads eye_gaze.csv or fixations.csv grouped by DICOM_ID.
 
   Returns DICOM_ID -> {'xy': (N, 2) X_ORIGINAL/Y_ORIGINAL, 'time': (N,),
-  'line': (N,) line numbers}, rows in file order.
+  'line': (N,) line numbers}, rows in file order. With `durations` (for
+  fixations.csv), also 'duration': (N,) the `FPOGD` column when the file has
+  it (fixation durations in seconds); absent otherwise.
   """
-  cols, lines = read_csv_columns(path, GAZE_COLUMNS)
+  cols, lines = read_csv_columns(
+      path, GAZE_COLUMNS, (DURATION_COLUMN,) if durations else ())
   xy = np.stack([_floats(cols['X_ORIGINAL'], path, 'X_ORIGINAL', lines),
                  _floats(cols['Y_ORIGINAL'], path, 'Y_ORIGINAL', lines)], 1)
   t = _floats(cols['Time (in secs)'], path, 'Time (in secs)', lines)
+  dur = (_floats(cols[DURATION_COLUMN], path, DURATION_COLUMN, lines)
+         if DURATION_COLUMN in cols else None)
   ids = np.asarray(cols['DICOM_ID'])
   out = {}
   if ids.size == 0:
@@ -174,6 +193,8 @@ def read_gaze_csv(path: str) -> dict[str, dict[str, np.ndarray]]:
   for d, s, e in zip(uniq, starts, ends):
     sel = order[s:e]
     out[str(d)] = dict(xy=xy[sel], time=t[sel], line=lines[sel])
+    if dur is not None:
+      out[str(d)]['duration'] = dur[sel]
   return out
 
 
@@ -306,10 +327,16 @@ def map_points(points_xy: np.ndarray, native_hw: Sequence[int],
                    (p[:, 1] + top + 0.5) * sy - 0.5], axis=1)
 
 
+def recipe_sigma(cfg: ml_collections.ConfigDict) -> float:
+  """The blur sigma at the reference resolution: `gaze_sigma`, or the
+  recipe's own sigma when `gaze_sigma` is 0."""
+  return float(cfg.gaze_sigma or gaze.get_recipe(cfg.gaze_recipe).sigma)
+
+
 def _sigma(cfg: ml_collections.ConfigDict, native_hw: Sequence[int],
            phantom: bool) -> float:
   """The blur sigma in native pixels for one image (see default_config)."""
-  sigma = cfg.gaze_sigma or gaze.get_recipe(cfg.gaze_recipe).sigma
+  sigma = recipe_sigma(cfg)
   ref = cfg.gaze_reference_px
   if ref < 0:
     ref = gaze.REFERENCE_PX if phantom else 0
@@ -329,7 +356,9 @@ def load_example(image_path: str, dicom_id: str, samples: Mapping | None,
     cfg: the data config.
     phantom: whether the sigma auto-scaling of the phantom applies.
   Returns:
-    {'image': (H, W, 1), 'gaze': (H, W) float32, 'fixmap': (H, W) uint8}.
+    {'image': (H, W, 1), 'gaze': (H, W) float32, 'fixmap': (H, W) uint8,
+    'dropped': int, the gaze samples and fixations that fell outside the
+    image and were dropped (`cfg.gaze_off_image='skip'`)}.
   """
   size = tuple(int(s) for s in cfg.image_size)
   img = dicom.read_image(image_path)
@@ -338,27 +367,37 @@ def load_example(image_path: str, dicom_id: str, samples: Mapping | None,
   img = preprocess.minmax01(preprocess.resize(img, size, order=1))
 
   recipe = gaze.get_recipe(cfg.gaze_recipe)
-  src = samples if recipe.source == 'eye_gaze' else fixations
   empty = dict(xy=np.zeros((0, 2)), time=np.zeros(0), line=np.zeros(0, int))
-  src = src if src is not None else empty
-  weights = (gaze.fixation_durations(src['time'])
-             if recipe.weighting == 'duration' else None)
+  dropped = [0]
+
+  def on_image(points: Mapping | None, what: str) -> dict[str, np.ndarray]:
+    """The points inside the image; off-image ones raise, or are dropped
+    (`gaze.inside` logs their number with the DICOM_ID)."""
+    points = points if points is not None else empty
+    ok = gaze.inside(points['xy'], native, dicom_id=dicom_id,
+                     rows=points['line'], on_error=cfg.gaze_off_image,
+                     what=what)
+    dropped[0] += int((~ok).sum())
+    return {k: v[ok] for k, v in points.items()}
+
+  fix = on_image(fixations, 'fixation')
+  src = (on_image(samples, 'gaze sample') if recipe.source == 'eye_gaze'
+         else fix)
+  weights = None
+  if recipe.weighting == 'duration':
+    weights = gaze.fixation_durations(src['time'], src.get('duration'))
   gmap = gaze.gaze_map(cfg.gaze_recipe, src['xy'], weights, native,
                        sigma_px=_sigma(cfg, native, phantom),
-                       on_error=cfg.on_error, dicom_id=dicom_id,
+                       on_error='raise', dicom_id=dicom_id,
                        rows=src['line'])
   gmap, _ = preprocess.pad_to_aspect(gmap, size[0] / size[1])
   gmap = np.clip(preprocess.resize(gmap, size, order=1), 0, None)
   peak = float(gmap.max())
   gmap = (gmap / peak if peak > 0 else gmap).astype(np.float32)
 
-  fix = fixations if fixations is not None else empty
-  ok = gaze.inside(fix['xy'], native, dicom_id=dicom_id, rows=fix['line'],
-                   on_error=cfg.on_error, what='fixation')
-  fixmap = gaze.fixation_map(map_points(fix['xy'][ok], native, pads, size),
-                             size)
+  fixmap = gaze.fixation_map(map_points(fix['xy'], native, pads, size), size)
   return dict(image=img[..., None].astype(np.float32), gaze=gmap,
-              fixmap=fixmap)
+              fixmap=fixmap, dropped=dropped[0])
 
 
 # ------------------------------------------------------------------- build
@@ -407,13 +446,16 @@ def _check_config(cfg: ml_collections.ConfigDict) -> None:
                      f'{cfg.split!r}')
   if cfg.gaze_sigma < 0:
     raise ValueError(f'gaze_sigma must be >= 0, got {cfg.gaze_sigma}')
-  default = gaze.get_recipe(cfg.gaze_recipe).sigma
-  if cfg.gaze_sigma and cfg.gaze_sigma != default:
-    logging.info('gaze_sigma=%s differs from the %r recipe default %s.',
-                 cfg.gaze_sigma, cfg.gaze_recipe, default)
-  if cfg.on_error not in ('raise', 'skip'):
-    raise ValueError(f"on_error must be 'raise' or 'skip', got "
-                     f'{cfg.on_error!r}')
+  recipe = gaze.get_recipe(cfg.gaze_recipe)
+  logging.info(
+      'Gaze maps: recipe %r, sigma %s px at the reference resolution (%s), '
+      'border %r.', cfg.gaze_recipe, recipe_sigma(cfg),
+      'the recipe default' if not cfg.gaze_sigma else
+      f'data.gaze_sigma; the recipe default is {recipe.sigma}', recipe.mode)
+  for key in ('on_error', 'gaze_off_image'):
+    if cfg[key] not in ('raise', 'skip'):
+      raise ValueError(f"data.{key} must be 'raise' or 'skip', got "
+                       f'{cfg[key]!r}')
   if len(cfg.image_size) != 2 or min(cfg.image_size) < 1:
     raise ValueError(f'image_size must be (H, W), got {cfg.image_size}')
 
@@ -425,7 +467,8 @@ def build_arrays(root: str, cfg: ml_collections.ConfigDict,
   recipe = gaze.get_recipe(cfg.gaze_recipe)
   samples = (read_gaze_csv(os.path.join(root, 'eye_gaze.csv'))
              if recipe.source == 'eye_gaze' else {})
-  fixations = read_gaze_csv(os.path.join(root, 'fixations.csv'))
+  fixations = read_gaze_csv(os.path.join(root, 'fixations.csv'),
+                            durations=recipe.weighting == 'duration')
   image_root = cfg.image_root or root
 
   keep, paths = [], []
@@ -463,17 +506,30 @@ def build_arrays(root: str, cfg: ml_collections.ConfigDict,
                   index=keep[parts[s]].astype(np.int32))
     where.update({int(j): (s, r) for r, j in enumerate(parts[s])})
 
-  def one(j: int) -> None:
+  def one(j: int) -> tuple[str, int, bool]:
     d = master['dicom_id'][keep[j]]
     ex = load_example(paths[j], d, samples.get(d), fixations.get(d), cfg,
                       phantom)
     s, r = where[j]
     for k in ('image', 'gaze', 'fixmap'):
       out[s][k][r] = ex[k]
+    return d, ex['dropped'], bool(ex['gaze'].any())
 
   workers = cfg.num_workers or os.cpu_count() or 1
   with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-    list(pool.map(one, range(len(keep))))
+    done = list(pool.map(one, range(len(keep))))
+  n_dropped = [n for _, n, _ in done if n]
+  if n_dropped:
+    logging.warning('Dropped %d gaze points off the image in %d of %d '
+                    'studies (per-study counts logged above).',
+                    sum(n_dropped), len(n_dropped), len(done))
+  no_gaze = [d for d, _, has in done if not has]
+  if no_gaze:
+    source = f'{recipe.source}.csv'
+    logging.warning(
+        '%d studies have no gaze in %s inside the image, so an all-zero gaze '
+        'map (saliency metrics are NaN for them): dicom_id %s', len(no_gaze),
+        source, no_gaze)
   return out
 
 

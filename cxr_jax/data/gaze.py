@@ -8,24 +8,27 @@ a named recipe in `RECIPES`:
   (`X_ORIGINAL`, `Y_ORIGINAL` rounded to pixels), Gaussian blur, divide by the
   max. The authors (and MT-UNet, whose code they forked) blur with an OpenCV
   `GaussianBlur` of a 501-px kernel and sigma 0, for which OpenCV picks
-  sigma = 0.3 * ((501 - 1) / 2 - 1) + 0.8 = 75.5 px at DICOM resolution.
+  sigma = 0.3 * ((501 - 1) / 2 - 1) + 0.8 = 75.5 px at DICOM resolution, and
+  OpenCV's default border BORDER_REFLECT_101 (= scipy's mode 'mirror').
 - `fixations`: +1 at every fixation of `fixations.csv`, sigma 150 px (the
-  dataset's own scripts).
+  dataset's own scripts: `scipy.ndimage.gaussian_filter`, default border
+  mode 'reflect').
 - `duration`: fixations weighted by their duration (GazeGNN-style), sigma
-  150 px. The duration of fixation i is `t[i+1] - t[i]` over the time column
-  (fixations sorted by time); the last fixation, which has no successor, gets
-  the median of the others (1.0 when it is the only one). See
-  `fixation_durations`.
+  150 px, border 'reflect'. The duration is the `FPOGD` column of
+  `fixations.csv` (seconds) when the file has it; otherwise it falls back to
+  the gap to the next fixation's start (see `fixation_durations`).
 
 All maps are computed at the image's native resolution. Sigmas are in native
 pixels of the real data (~3000 px on the long side); pass `sigma_px` to use
 another value (e.g. scaled for a smaller image, see `scaled_sigma`).
 
-The blur is `scipy.ndimage.gaussian_filter(mode='constant')` of the impulse
-image. Because the input is a sum of impulses, the same numbers are computed
-exactly (same truncated, normalised kernel) as a separable outer-product sum,
-which is ~100x faster at 3000 px; `blur_points` picks that path and
-`tests/test_data_egd.py` checks it equals `gaussian_filter`.
+The blur is `scipy.ndimage.gaussian_filter(mode=recipe.mode)` of the
+impulse image: the border mode matters, since gaze near an edge would lose
+mass to zero padding ('constant'). Because the input is a sum of impulses,
+the same numbers are computed exactly (same truncated, normalised kernel,
+same border reflection) as a separable outer-product sum, which is ~100x
+faster at 3000 px; `blur_points` picks that path and `tests/test_data_egd.py`
+checks it equals `gaussian_filter` in every mode.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ import scipy.ndimage
 # recipes' sigmas are defined.
 REFERENCE_PX = 3000.0
 TRUNCATE = 4.0  # scipy.ndimage.gaussian_filter's default.
+MODES = ('constant', 'reflect', 'mirror')  # blur borders (scipy's names)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,16 +56,24 @@ class Recipe:
       'fixations' (`fixations.csv`).
     sigma: Gaussian sigma in native pixels (~3000-px images).
     weighting: 'count' (+1 per point) or 'duration' (fixation duration).
+    mode: border of the blur, a `scipy.ndimage` mode: 'mirror' (OpenCV's
+      default BORDER_REFLECT_101, the authors' `cv.GaussianBlur`), 'reflect'
+      (`scipy.ndimage.gaussian_filter`'s default, the dataset's scripts) or
+      'constant' (zeros outside the image).
   """
   source: str
   sigma: float
   weighting: str
+  mode: str
 
 
 RECIPES: dict[str, Recipe] = {
-    'authors': Recipe(source='eye_gaze', sigma=75.5, weighting='count'),
-    'fixations': Recipe(source='fixations', sigma=150.0, weighting='count'),
-    'duration': Recipe(source='fixations', sigma=150.0, weighting='duration'),
+    'authors': Recipe(source='eye_gaze', sigma=75.5, weighting='count',
+                      mode='mirror'),
+    'fixations': Recipe(source='fixations', sigma=150.0, weighting='count',
+                        mode='reflect'),
+    'duration': Recipe(source='fixations', sigma=150.0, weighting='duration',
+                       mode='reflect'),
 }
 
 
@@ -79,15 +91,29 @@ def scaled_sigma(sigma: float, size_hw: Sequence[int],
   return float(sigma) * max(size_hw) / float(reference_px)
 
 
-def fixation_durations(times: np.ndarray) -> np.ndarray:
-  """Duration of each fixation from its start time (seconds).
+def fixation_durations(times: np.ndarray,
+                       fpogd: np.ndarray | None = None) -> np.ndarray:
+  """Duration (seconds) of each fixation.
 
-  duration[i] = times[i+1] - times[i] in time order; the last fixation gets
-  the median of the others (1.0 if it is the only one). Returned in the
-  input order. Negative gaps (unsorted input) cannot occur since the times
-  are sorted first; equal times give 0.
+  With `fpogd` (the `FPOGD` column of `fixations.csv`: the tracker's own
+  fixation duration) that is returned as is, after checking it is finite and
+  non-negative. Without it (a file lacking the column) the fallback is the
+  gap to the next fixation: duration[i] = times[i+1] - times[i] in time
+  order, which also counts the saccade after the fixation; the last
+  fixation gets the median of the others (1.0 if it is the only one).
+  Returned in the input order. Negative gaps (unsorted input) cannot occur
+  since the times are sorted first; equal times give 0.
   """
-  times = np.asarray(times, np.float64)
+  times = np.asarray(times, np.float64).reshape(-1)
+  if fpogd is not None:
+    fpogd = np.asarray(fpogd, np.float64).reshape(-1)
+    if fpogd.shape != times.shape:
+      raise ValueError(f'{fpogd.shape[0]} FPOGD values for {times.shape[0]} '
+                       'fixations')
+    if not (np.isfinite(fpogd).all() and (fpogd >= 0).all()):
+      raise ValueError('FPOGD (fixation duration) must be finite and >= 0, '
+                       f'got {fpogd[~(np.isfinite(fpogd) & (fpogd >= 0))][:5]}')
+    return fpogd
   n = times.shape[0]
   if n == 0:
     return np.zeros((0,), np.float64)
@@ -138,29 +164,81 @@ def inside(points_xy: np.ndarray, size_hw: Sequence[int],
            f'{h}x{w} image; first at row {row}: x={x:.1f}, y={y:.1f}')
     if on_error == 'raise':
       raise ValueError(msg + " (use on_error='skip' to drop them).")
-    logging.info('%s; skipped.', msg)
+    logging.info('%s; dropped.', msg)
   return ok
 
 
-def _kernel_matrix(coords: np.ndarray, length: int, sigma: float) -> np.ndarray:
-  """(length, N) matrix of scipy's normalised truncated 1-D Gaussian taps."""
+def _taps(sigma: float) -> tuple[int, np.ndarray]:
+  """Radius and scipy's normalised truncated 1-D Gaussian taps."""
   radius = int(TRUNCATE * float(sigma) + 0.5)
   taps = np.arange(-radius, radius + 1, dtype=np.float64)
   phi = np.exp(-0.5 / float(sigma) ** 2 * taps ** 2)
-  phi /= phi.sum()
-  d = np.arange(length)[:, None] - coords[None, :]  # (length, N)
-  out = np.zeros(d.shape, np.float64)
-  near = np.abs(d) <= radius
-  out[near] = phi[d[near] + radius]
+  return radius, phi / phi.sum()
+
+
+def _kernel_matrix(coords: np.ndarray, length: int, sigma: float,
+                   mode: str = 'constant') -> np.ndarray:
+  """(length, N): column n = the 1-D blur of an impulse at coords[n].
+
+  Equals `scipy.ndimage.gaussian_filter1d(e_c, sigma, mode=mode)` for each
+  unit impulse e_c. Output pixel j reads the extended line at j + k for each
+  tap k; the border `mode` maps j + k back into the line, so pixel j gets
+  phi[p - j] from every position p of the extended line that maps to c (the
+  "images" of c). 'constant' has one image (c itself: taps outside the line
+  read zeros); 'reflect' (scipy's default, d c b a | a b c d | d c b a) has
+  c + 2Lm and 2L - 1 - c + 2Lm; 'mirror' (OpenCV's BORDER_REFLECT_101,
+  d c b | a b c d | c b a) has c + 2(L-1)m and -c + 2(L-1)m, the two
+  coinciding at c = 0 and c = L - 1.
+  """
+  coords = np.asarray(coords, np.int64).reshape(-1)
+  radius, phi = _taps(sigma)
+  j = np.arange(length)
+  out = np.zeros((length, coords.size), np.float64)
+
+  def add(p: np.ndarray, cols: np.ndarray) -> None:
+    d = p[None, :] - j[:, None]  # tap offset from output pixel j to p
+    near = np.abs(d) <= radius
+    sub = np.zeros(d.shape, np.float64)
+    sub[near] = phi[d[near] + radius]
+    out[:, cols] += sub
+
+  if coords.size == 0:
+    return out
+  if mode == 'constant':
+    add(coords, np.arange(coords.size))
+    return out
+  if mode not in MODES:
+    raise ValueError(f'mode must be one of {MODES}, got {mode!r}')
+  if length == 1:  # every tap reads the one pixel
+    out[:] = 1.0
+    return out
+  if mode == 'reflect':
+    period, families = 2 * length, (coords, 2 * length - 1 - coords)
+    distinct = np.ones(coords.size, bool)
+  else:
+    period, families = 2 * (length - 1), (coords, -coords)
+    distinct = (coords != 0) & (coords != length - 1)
+  lo, hi = -radius, length - 1 + radius  # positions some output pixel reads
+  for f, base in enumerate(families):
+    keep = np.ones(coords.size, bool) if f == 0 else distinct
+    m_lo = int(np.floor((lo - base.max()) / period))
+    m_hi = int(np.ceil((hi - base.min()) / period))
+    for m in range(m_lo, m_hi + 1):
+      p = base + m * period
+      cols = np.flatnonzero(keep & (p >= lo) & (p <= hi))
+      if cols.size:
+        add(p[cols], cols)
   return out
 
 
 def blur_points(pix_xy: np.ndarray, weights: np.ndarray,
                 size_hw: Sequence[int], sigma: float,
-                method: str = 'separable') -> np.ndarray:
+                method: str = 'separable', mode: str = 'constant'
+                ) -> np.ndarray:
   """Gaussian-blurred sum of weighted impulses at integer pixels.
 
-  Equals `gaussian_filter(impulses, sigma, mode='constant')` (float64 inside).
+  Equals `gaussian_filter(impulses, sigma, mode=mode, truncate=TRUNCATE)`
+  (float64 inside).
 
   Args:
     pix_xy: (N, 2) integer column, row, all inside the image.
@@ -168,9 +246,12 @@ def blur_points(pix_xy: np.ndarray, weights: np.ndarray,
     size_hw: (H, W).
     sigma: Gaussian sigma in pixels; 0 leaves the impulses unblurred.
     method: 'separable' (sum of outer products, fast) or 'filter' (scipy).
+    mode: border mode, 'constant', 'reflect' or 'mirror' (scipy's names).
   Returns:
     (H, W) float64 map.
   """
+  if mode not in MODES:
+    raise ValueError(f'mode must be one of {MODES}, got {mode!r}')
   h, w = int(size_hw[0]), int(size_hw[1])
   pix_xy = np.asarray(pix_xy, np.int64).reshape(-1, 2)
   weights = np.asarray(weights, np.float64).reshape(-1)
@@ -179,7 +260,7 @@ def blur_points(pix_xy: np.ndarray, weights: np.ndarray,
     np.add.at(img, (pix_xy[:, 1], pix_xy[:, 0]), weights)
     if sigma <= 0:
       return img
-    return scipy.ndimage.gaussian_filter(img, float(sigma), mode='constant',
+    return scipy.ndimage.gaussian_filter(img, float(sigma), mode=mode,
                                          truncate=TRUNCATE)
   if method != 'separable':
     raise ValueError(f"method must be 'separable' or 'filter', got {method!r}")
@@ -188,14 +269,14 @@ def blur_points(pix_xy: np.ndarray, weights: np.ndarray,
   uniq, inv = np.unique(flat, return_inverse=True)
   wsum = np.bincount(inv.reshape(-1), weights=weights, minlength=uniq.size)
   ys, xs = uniq // w, uniq % w
-  ky = _kernel_matrix(ys, h, sigma) * wsum[None, :]  # (H, N)
-  kx = _kernel_matrix(xs, w, sigma)  # (W, N)
+  ky = _kernel_matrix(ys, h, sigma, mode) * wsum[None, :]  # (H, N)
+  kx = _kernel_matrix(xs, w, sigma, mode)  # (W, N)
   return ky @ kx.T
 
 
 def gaze_map(recipe: str, points_xy: np.ndarray, weights: np.ndarray | None,
              size_hw: Sequence[int], *, sigma_px: float | None = None,
-             on_error: str = 'raise', dicom_id: str = '',
+             on_error: str = 'skip', dicom_id: str = '',
              rows: np.ndarray | None = None) -> np.ndarray:
   """Gaze heatmap of one image by a named recipe, normalised to max 1.
 
@@ -209,7 +290,9 @@ def gaze_map(recipe: str, points_xy: np.ndarray, weights: np.ndarray | None,
     size_hw: native image (H, W).
     sigma_px: blur sigma in pixels; None = the recipe's default (defined at
       ~3000-px DICOM resolution; use `scaled_sigma` for smaller images).
-    on_error: points outside the image: 'raise' or 'skip' (see `inside`).
+    on_error: points outside the image (the real CSVs hold gaze that left
+      the image, with negative or too large coordinates): 'skip' drops them
+      (logged), 'raise' raises (see `inside`).
     dicom_id, rows: identify the image and CSV rows in errors.
   Returns:
     (H, W) float32 map with max 1, or all zeros if there are no points (or
@@ -234,7 +317,8 @@ def gaze_map(recipe: str, points_xy: np.ndarray, weights: np.ndarray | None,
   if not ok.any():
     return np.zeros((h, w), np.float32)
   sigma = spec.sigma if sigma_px is None else float(sigma_px)
-  m = blur_points(pixel_coords(points_xy[ok]), weights[ok], (h, w), sigma)
+  m = blur_points(pixel_coords(points_xy[ok]), weights[ok], (h, w), sigma,
+                  mode=spec.mode)
   peak = m.max()
   if peak <= 0:
     return np.zeros((h, w), np.float32)

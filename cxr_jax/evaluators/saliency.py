@@ -31,8 +31,13 @@ class Evaluator:
     return per_image_metrics(p['gaze'], p['pred'], p['fixmap'], self.variant)
 
   def run(self, variables) -> dict[str, float]:
+    """Means over the split's images; images whose metric is undefined (a
+    study without gaze: NaN) are left out and counted in `n_undefined`."""
     m = self.per_image(self.predict(variables))
-    return {k: float(np.mean(v)) for k, v in m.items()}
+    out = {k: float(np.nanmean(v)) if np.isfinite(v).any() else float('nan')
+           for k, v in m.items()}
+    out['n_undefined'] = int(np.sum(~np.isfinite(m['kl'])))
+    return out
 
 
 def per_image_metrics(gaze, pred, fixmap, variant='authors'):

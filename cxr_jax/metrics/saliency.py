@@ -21,6 +21,14 @@ variants"); `variant='authors'` (default) is comparable with thesis Table 4.2:
       TP rate = fixations above, FP rate = other pixels above; trapezoid with
       (0, 0) and (1, 1) appended. `jitter=True` adds MIT's tiny random noise
       (uniform * 1e-7, seeded) to break ties; default off (deterministic).
+      A constant prediction (no jitter) ranks nothing: 0.5, chance (the
+      formula above would give a meaningless, even negative, value there).
+
+An empty ground truth (a study without gaze: the map sums to 0, or is not
+positive) has no distribution to compare with: KL, CC and HS/SIM return NaN
+for it in every variant (never 0, the best KL). NSS and AUC-Judd are NaN
+without fixations. Average per-image values with `np.nanmean` and report how
+many were NaN.
 """
 from __future__ import annotations
 
@@ -44,6 +52,15 @@ def _maps(*arrays: Any) -> tuple[list[np.ndarray], bool]:
 
 def _ret(v_B: np.ndarray, single: bool) -> float | np.ndarray:
   return float(v_B[0]) if single else v_B
+
+
+def _empty_gt(gt_BHW: np.ndarray) -> np.ndarray:
+  """(B,) True where the ground-truth map has no mass (sum not > 0)."""
+  return ~(np.sum(gt_BHW, axis=(1, 2)) > 0)
+
+
+def _nan_where(v_B: np.ndarray, bad_B: np.ndarray) -> np.ndarray:
+  return np.where(bad_B, np.nan, v_B)
 
 
 def _sum1(x_BHW: np.ndarray) -> np.ndarray:
@@ -70,19 +87,22 @@ def kl(gt: Any, pred: Any = None, *, variant: str = 'authors',
     if pred is None:
       pred = np.exp(np.asarray(pred_logp, np.float64))
     (g, s), single = _maps(gt, pred)
-    g, s = _sum1(g), _sum1(s)
-    return _ret(np.sum(g * np.log(EPS_MIT + g / (s + EPS_MIT)), axis=(1, 2)),
-                single)
+    bad = _empty_gt(g)
+    with np.errstate(divide='ignore', invalid='ignore'):
+      g, s = _sum1(g), _sum1(s)
+      v = np.sum(g * np.log(EPS_MIT + g / (s + EPS_MIT)), axis=(1, 2))
+    return _ret(_nan_where(v, bad), single)
   if pred_logp is not None:
     (g, logs), single = _maps(gt, pred_logp)
   else:
     (g, s), single = _maps(gt, pred)
     with np.errstate(divide='ignore'):
       logs = np.log(_sum1(s))
-  g = _sum1(g)
+  bad = _empty_gt(g)
   with np.errstate(divide='ignore', invalid='ignore'):
+    g = _sum1(g)
     terms = np.where(g > 0, g * (np.log(np.where(g > 0, g, 1.0)) - logs), 0.0)
-  return _ret(np.sum(terms, axis=(1, 2)), single)
+  return _ret(_nan_where(np.sum(terms, axis=(1, 2)), bad), single)
 
 
 def cc(gt: Any, pred: Any) -> float | np.ndarray:
@@ -90,16 +110,21 @@ def cc(gt: Any, pred: Any) -> float | np.ndarray:
   (a, b), single = _maps(gt, pred)
   z = lambda x: ((x - x.mean(axis=(1, 2), keepdims=True))
                  / x.std(axis=(1, 2), keepdims=True))
-  return _ret(np.mean(z(a) * z(b), axis=(1, 2)), single)
+  with np.errstate(divide='ignore', invalid='ignore'):
+    v = np.mean(z(a) * z(b), axis=(1, 2))
+  return _ret(_nan_where(v, _empty_gt(a)), single)
 
 
 def hs(gt: Any, pred: Any, *, variant: str = 'authors') -> float | np.ndarray:
   """Histogram similarity / SIM: sum of minima of the normalised maps."""
   _check(variant)
   (a, b), single = _maps(gt, pred)
-  if variant == 'mit':
-    a, b = _minmax(a), _minmax(b)
-  return _ret(np.sum(np.minimum(_sum1(a), _sum1(b)), axis=(1, 2)), single)
+  bad = _empty_gt(a)
+  with np.errstate(divide='ignore', invalid='ignore'):
+    if variant == 'mit':
+      a, b = _minmax(a), _minmax(b)
+    v = np.sum(np.minimum(_sum1(a), _sum1(b)), axis=(1, 2))
+  return _ret(_nan_where(v, bad), single)
 
 
 def sim(gt: Any, pred: Any) -> float | np.ndarray:
@@ -124,7 +149,9 @@ def _auc_judd_one(s: np.ndarray, fix: np.ndarray) -> float:
   n_fix, n_pix = int(fix.sum()), s.size
   if n_fix == 0 or n_fix == n_pix:
     return float('nan')
-  s = (s - s.min()) / (s.max() - s.min()) if s.max() > s.min() else s * 0
+  if not s.max() > s.min():  # constant: no ranking at all, chance
+    return 0.5
+  s = (s - s.min()) / (s.max() - s.min())
   thresholds = np.sort(s[fix])[::-1]
   above_all = n_pix - np.searchsorted(np.sort(s), thresholds, side='left')
   tp = np.arange(1, n_fix + 1) / n_fix

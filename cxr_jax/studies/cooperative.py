@@ -107,8 +107,14 @@ def _cams(stage: _Stage, test: dict, batch_size: int) -> np.ndarray:
 
 
 def _mean_std(v) -> str:
+  """mean ± sample std over the defined values, with their count when some
+  are undefined (NaN: a study without gaze)."""
   v = np.asarray(v, np.float64)
-  return f'{np.nanmean(v):.3f} ± {np.nanstd(v, ddof=1):.3f}'
+  n = int(np.isfinite(v).sum())
+  if n == 0:
+    return 'n/a'
+  text = f'{np.nanmean(v):.3f} ± {np.nanstd(v, ddof=1):.3f}'
+  return text if n == v.size else f'{text} (n={n})'
 
 
 def report(config, workdir: str) -> dict:
