@@ -13,6 +13,7 @@ import scipy.ndimage
 
 from cxr_jax.data import dicom
 from cxr_jax.data import egd
+from cxr_jax.data import egd_splits
 from cxr_jax.data import gaze
 from cxr_jax.data import preprocess
 from cxr_jax.data.phantom import gaze as phantom_gaze
@@ -198,26 +199,26 @@ def _check_partition(parts: dict, n: int) -> None:
 
 def test_thesis_split():
   labels = np.arange(1083) % 3
-  parts = egd.split_indices(labels, [str(i) for i in range(1083)],
+  parts = egd_splits.split_indices(labels, [str(i) for i in range(1083)],
                             _split_cfg('thesis'))
   _check_partition(parts, 1083)
   assert parts['test'].size == 100
   assert parts['val'].size == round(0.1 * 983)
   for c in range(3):  # val stratified
     assert abs((labels[parts['val']] == c).sum() - parts['val'].size / 3) <= 1
-  again = egd.split_indices(labels, [''] * 1083, _split_cfg('thesis'))
+  again = egd_splits.split_indices(labels, [''] * 1083, _split_cfg('thesis'))
   np.testing.assert_array_equal(parts['test'], again['test'])
-  other = egd.split_indices(labels, [''] * 1083,
+  other = egd_splits.split_indices(labels, [''] * 1083,
                             _split_cfg('thesis', split_seed=1))
   assert not np.array_equal(parts['test'], other['test'])
   with pytest.raises(ValueError, match='num_test'):
-    egd.split_indices(labels[:50], [''] * 50, _split_cfg('thesis'))
+    egd_splits.split_indices(labels[:50], [''] * 50, _split_cfg('thesis'))
 
 
 def test_mtunet_split_is_70_10_20_per_class():
   rng = np.random.default_rng(0)
   labels = rng.choice(3, 1083, p=[0.4, 0.35, 0.25])
-  parts = egd.split_indices(labels, [''] * 1083, _split_cfg('mtunet'))
+  parts = egd_splits.split_indices(labels, [''] * 1083, _split_cfg('mtunet'))
   _check_partition(parts, 1083)
   for c in range(3):
     n_c = int((labels == c).sum())
@@ -238,7 +239,7 @@ def test_patient_split_groups_patients():
   rng = np.random.default_rng(0)
   pids = [f'p{v}' for v in rng.integers(0, 300, 1083)]
   labels = rng.integers(0, 3, 1083)
-  parts = egd.split_indices(labels, pids, _split_cfg('patient'))
+  parts = egd_splits.split_indices(labels, pids, _split_cfg('patient'))
   _check_partition(parts, 1083)
   sets = {s: {pids[i] for i in parts[s]} for s in egd.SPLITS}
   assert not sets['train'] & sets['val']

@@ -20,7 +20,8 @@ aspect, resizes and min-max scales it per image; the gaze map is computed at
 native resolution by a recipe of `cxr_jax.data.gaze` and goes through the
 same pad/resize; fixations are mapped through the same geometry into a
 binary `fixmap`. `root == ''` generates the phantom once (real on-disk
-formats, `cxr_jax.data.phantom.gaze`) and reads it with the same code.
+formats, `cxr_jax.data.phantom.gaze`) and reads it with the same code. The
+split rules (`data.split`) are in `cxr_jax.data.egd_splits`.
 """
 
 from __future__ import annotations
@@ -36,11 +37,12 @@ import numpy as np
 
 from cxr_jax.data import cache
 from cxr_jax.data import dicom
+from cxr_jax.data import egd_splits
 from cxr_jax.data import gaze
 from cxr_jax.data import preprocess
 
 CLASS_NAMES = ('Normal', 'CHF', 'pneumonia')
-SPLITS = ('train', 'val', 'test')
+SPLITS = egd_splits.SPLITS
 MASTER_COLUMNS = ('dicom_id', 'path', 'patient_id') + CLASS_NAMES
 GAZE_COLUMNS = ('DICOM_ID', 'Time (in secs)', 'X_ORIGINAL', 'Y_ORIGINAL')
 DURATION_COLUMN = 'FPOGD'  # fixation duration (s), optional
@@ -212,102 +214,6 @@ def read_boxes(path: str) -> dict[str, list[tuple[str, float, float, float,
     out.setdefault(d, []).append(
         (cols['bbox_name'][i], *(float(c[i]) for c in coords)))
   return out
-
-
-# ------------------------------------------------------------------ splits
-
-
-def _num_test(num_test: int, n: int) -> int:
-  """Checks the count of test images against the study size."""
-  k = int(num_test)
-  if not 0 < k < n:
-    raise ValueError(f'num_test={num_test} test images out of {n}; need '
-                     '0 < num_test < number of images')
-  return k
-
-
-def _stratified_take(idx: np.ndarray, labels: np.ndarray, frac: float
-                     ) -> tuple[np.ndarray, np.ndarray]:
-  """Splits idx into (taken, rest): round(frac * len) taken, stratified.
-
-  Members of each class keep their order in idx and are spread evenly over
-  [0, 1) (rank + 0.5) / class size; the k smallest are taken, so every class
-  gets its share up to rounding, and at least one is taken when frac > 0.
-  """
-  idx = np.asarray(idx, np.int64)
-  k = int(round(frac * idx.size))
-  if frac > 0:
-    k = min(max(k, 1), idx.size)
-  pos = np.empty(idx.size, np.float64)
-  for c in np.unique(labels[idx]):
-    sel = np.flatnonzero(labels[idx] == c)
-    pos[sel] = (np.arange(sel.size) + 0.5) / sel.size
-  order = np.argsort(pos, kind='stable')
-  return idx[order[:k]], idx[order[k:]]
-
-
-def split_indices(labels: np.ndarray, patient_ids: Sequence[str],
-                  cfg: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
-  """Positions (sorted int64) of each split in the study list.
-
-  - 'thesis': seeded permutation; the first `num_test` are test, then
-    `num_val` of each class of the rest (stratified) are val.
-  - 'mtunet': seeded permutation, then a counter per class: counter % 10 in
-    {0, 1} -> test, 2 -> val, else train (70/10/20 stratified; MT-UNet).
-  - 'patient': like 'thesis' but whole patients are assigned (seeded
-    permutation of patients), so no patient is in two splits.
-  """
-  labels = np.asarray(labels)
-  n = labels.shape[0]
-  rng = np.random.default_rng(int(cfg.split_seed))
-  if not 0 <= cfg.num_val < 1:
-    raise ValueError(f'num_val must be a fraction in [0, 1), got {cfg.num_val}')
-  if cfg.split == 'thesis':
-    perm = rng.permutation(n)
-    k = _num_test(cfg.num_test, n)
-    test, rest = perm[:k], perm[k:]
-    val, train = _stratified_take(rest, labels, cfg.num_val)
-  elif cfg.split == 'mtunet':
-    perm = rng.permutation(n)
-    counter: dict[int, int] = {}
-    parts = {'train': [], 'val': [], 'test': []}
-    for i in perm:
-      c = int(labels[i])
-      k = counter.get(c, 0)
-      counter[c] = k + 1
-      parts['test' if k % 10 in (0, 1) else 'val' if k % 10 == 2
-            else 'train'].append(i)
-    train, val, test = (np.asarray(parts[s], np.int64) for s in SPLITS)
-  elif cfg.split == 'patient':
-    pids = np.asarray([str(p) for p in patient_ids])
-    if pids.shape[0] != n:
-      raise ValueError(f'{pids.shape[0]} patient ids for {n} labels')
-    patients = rng.permutation(np.unique(pids))
-    k = _num_test(cfg.num_test, n)
-    test_p, count = [], 0
-    for p in patients:  # whole patients until at least k test images
-      if count >= k:
-        break
-      test_p.append(p)
-      count += int((pids == p).sum())
-    test_set = set(test_p)
-    rest_p = [p for p in patients if p not in test_set]
-    n_val = int(round(cfg.num_val * (n - count)))
-    n_val = max(n_val, 1) if cfg.num_val > 0 else 0
-    val_p, count = [], 0
-    for p in rest_p:
-      if count >= n_val:
-        break
-      val_p.append(p)
-      count += int((pids == p).sum())
-    test = np.flatnonzero(np.isin(pids, test_p))
-    val = np.flatnonzero(np.isin(pids, val_p))
-    train = np.flatnonzero(~np.isin(pids, test_p + val_p))
-  else:
-    raise ValueError(f"split must be 'thesis', 'mtunet' or 'patient', got "
-                     f'{cfg.split!r}')
-  return {s: np.sort(np.asarray(a, np.int64))
-          for s, a in zip(SPLITS, (train, val, test))}
 
 
 # ------------------------------------------------------------ one image
@@ -490,7 +396,7 @@ def build_arrays(root: str, cfg: ml_collections.ConfigDict,
   keep = np.asarray(keep, np.int64)
   labels = master['label'][keep]
   pids = [master['patient_id'][i] for i in keep]
-  parts = split_indices(labels, pids, cfg)
+  parts = egd_splits.split_indices(labels, pids, cfg)
 
   # Preallocate the split arrays and fill them as images are read (the real
   # study at 640x512 is ~3 GB; no second copy).
