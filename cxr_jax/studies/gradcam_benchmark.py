@@ -403,7 +403,11 @@ def report(config, workdir: str) -> dict[str, Any]:
            f'- Data: {config.data.root or "phantom (synthetic SIIM)"}, '
            f'{tuple(config.data.image_size)} px; test split {len(test["label"])}'
            f' images, {len(masked["label"])} with a pneumothorax mask (the '
-           'images the CAM metrics score).',
+           'images the CAM metrics score); '
+           f'{int(np.sum(test["label"] == 1)) - len(masked["label"])} '
+           'pneumothorax images whose mask has no pixel left at this size '
+           '(a region thinner than about one output pixel vanishes in the '
+           'resize) are not scored.',
            f'- CAM: `{config.cam.method}` on `out["features"]`, target class '
            f'policy `{config.cam.targets}` (`label` = the true class, the '
            "thesis's reading; `pred` = the predicted class).",
