@@ -163,7 +163,8 @@ def inside(points_xy: np.ndarray, size_hw: Sequence[int],
     msg = (f'{n_bad} {what}(s) of DICOM_ID {dicom_id!r} fall outside the '
            f'{h}x{w} image; first at row {row}: x={x:.1f}, y={y:.1f}')
     if on_error == 'raise':
-      raise ValueError(msg + " (use on_error='skip' to drop them).")
+      raise ValueError(msg + " ('skip' drops them: on_error here, "
+                       'data.gaze_off_image in the eye-gaze config).')
     logging.info('%s; dropped.', msg)
   return ok
 

@@ -84,13 +84,12 @@ def _paths(cfg: ml_collections.ConfigDict) -> tuple[str, str]:
   return os.path.abspath(root), os.path.abspath(csv)
 
 
-def _dicom_fingerprint(root: str) -> str:
-  """Hash of every `**/*.dcm` under root: relative path, size, mtime. Part of
-  the cache key, so DICOMs added or replaced later (after a partial copy
-  built with `on_error='skip'`) rebuild the arrays."""
+def _dicom_fingerprint(root: str, dicoms: dict[str, str]) -> str:
+  """Hash of the DICOMs `_find_dicoms` found: relative path, size, mtime.
+  Part of the cache key, so DICOMs added or replaced later (after a partial
+  copy built with `on_error='skip'`) rebuild the arrays."""
   h = hashlib.sha256()
-  pattern = os.path.join(root, '**', '*.dcm')
-  for path in sorted(glob.glob(pattern, recursive=True)):
+  for path in sorted(dicoms.values()):
     st = os.stat(path)
     h.update(f'{os.path.relpath(path, root)}\0{st.st_size}\0'
              f'{st.st_mtime_ns}\n'.encode())
@@ -212,10 +211,10 @@ def _process(path: str, entries: list[tuple[int, str]], csv: str, image_id: str,
   return img[..., None], mask.astype(np.float32)
 
 
-def _build_arrays(cfg: ml_collections.ConfigDict, root: str, csv: str
-                  ) -> dict[str, dict[str, np.ndarray]]:
+def _build_arrays(cfg: ml_collections.ConfigDict, csv: str,
+                  dicoms: dict[str, str]) -> dict[str, dict[str, np.ndarray]]:
   problems = _Problems(cfg.on_error)
-  cat = _catalogue(csv, _find_dicoms(root), problems)
+  cat = _catalogue(csv, dicoms, problems)
   ids = sorted(cat)
   index_of = {k: i for i, k in enumerate(ids)}
   by_class = [[k for k in ids if (cat[k][1][0][1] != '-1') == bool(c)]
@@ -274,12 +273,14 @@ def build(cfg: ml_collections.ConfigDict) -> dict[str, dict[str, np.ndarray]]:
   """Cached, preprocessed SIIM-ACR splits (see the module docstring)."""
   check_choice(cfg.on_error, ('raise', 'skip'), 'data.on_error')
   root, csv = _paths(cfg)
+  dicoms = _find_dicoms(root)
   st = os.stat(csv)
   key = dict(version=_VERSION, root=root, csv=csv, csv_size=st.st_size,
-             csv_mtime_ns=st.st_mtime_ns, dicoms=_dicom_fingerprint(root),
-             image_size=tuple(cfg.image_size),
-             clahe_clip=cfg.clahe_clip, num_per_class=cfg.num_per_class,
+             csv_mtime_ns=st.st_mtime_ns,
+             dicoms=_dicom_fingerprint(root, dicoms),
+             image_size=tuple(cfg.image_size), clahe_clip=cfg.clahe_clip,
+             num_per_class=cfg.num_per_class,
              split_sizes=tuple(cfg.split_sizes), split_seed=cfg.split_seed,
              on_error=cfg.on_error)
-  return cache.cached('siim', key, lambda: _build_arrays(cfg, root, csv),
+  return cache.cached('siim', key, lambda: _build_arrays(cfg, csv, dicoms),
                       cfg.cache_dir or cache.default_cache_dir())

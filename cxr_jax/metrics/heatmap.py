@@ -51,31 +51,28 @@ def ehr_curve(cam_HW: Any, mask_HW: Any, *, variant: str = 'thesis',
   if variant not in EHR_VARIANTS:
     raise ValueError(f'EHR variant must be one of {EHR_VARIANTS}, got '
                      f'{variant!r}.')
+  # thesis: thresholds t; inputiba: quantiles q of the heat above the base.
+  x = np.linspace(0.0, 1.0, num_thresholds if variant == 'thesis' else 11)
   if not mask.any():
-    x = (np.linspace(0.0, 1.0, num_thresholds) if variant == 'thesis'
-         else np.linspace(0.0, 1.0, 11))
     return x, np.full_like(x, np.nan)
   if variant == 'thesis':
-    t = np.linspace(0.0, 1.0, num_thresholds)
     all_sorted = np.sort(cam.ravel())
     in_sorted = np.sort(cam[mask])
-    n_all = all_sorted.size - np.searchsorted(all_sorted, t, side='left')
-    n_in = in_sorted.size - np.searchsorted(in_sorted, t, side='left')
-    ratio = np.where(n_all > 0, n_in / np.maximum(n_all, 1), 0.0)
-    return t, ratio
-  q = np.linspace(0.0, 1.0, 11)  # inputiba
+    n_all = all_sorted.size - np.searchsorted(all_sorted, x, side='left')
+    n_in = in_sorted.size - np.searchsorted(in_sorted, x, side='left')
+    return x, np.where(n_all > 0, n_in / np.maximum(n_all, 1), 0.0)
   heat = np.where(cam >= base_threshold, cam, 0.0)
   poi = cam[cam >= base_threshold]
   if poi.size == 0:
-    return q, np.full_like(q, np.nan)
-  ratio = np.zeros_like(q)
-  for i, qi in enumerate(q):
+    return x, np.full_like(x, np.nan)
+  ratio = np.zeros_like(x)
+  for i, qi in enumerate(x):
     thr = min(np.quantile(poi, qi), 0.99 * heat.max())
     binm = heat >= thr
     inside = (heat[binm & mask].sum() if weight_by_heat
               else (binm & mask).sum())
     ratio[i] = inside / (binm.sum() + 1e-8)
-  return q, ratio
+  return x, ratio
 
 
 def ehr_auc(cam_HW: Any, mask_HW: Any, *, variant: str = 'thesis',
