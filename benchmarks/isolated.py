@@ -28,11 +28,12 @@ from absl import app
 from absl import flags
 
 _PREFIX = 'RESULT '
-# Which sides' processes start with glibc.malloc.hugetlb=1 in
-# $GLIBC_TUNABLES (cxr_jax/hostmem.py: what `main.py` does for its own
-# process); benchmarks/run.py sets it from --hugepage_malloc and
-# --torch_hugepage_malloc. torch runs as users run it unless asked.
-HUGEPAGE_MALLOC = {'jax': True, 'torch': False}
+# Which sides' processes start with cxr_jax.hostmem's malloc tunables in
+# $GLIBC_TUNABLES (what `main.py` does for its own process; the JAX side then
+# also runs its CPU executions on the calling thread, `hostmem.configure_
+# jax`); benchmarks/run.py sets it from --tune_host_malloc and
+# --torch_tune_host_malloc. torch runs as users run it unless asked.
+TUNE_HOST_MALLOC = {'jax': True, 'torch': False}
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -58,7 +59,7 @@ def side_env(side: str) -> dict[str, str]:
   env = dict(os.environ, PYTHONUNBUFFERED='1',
              PYTHONPATH=os.pathsep.join(filter(None, (
                  _ROOT, os.environ.get('PYTHONPATH')))))
-  return hostmem.with_tunable(env) if HUGEPAGE_MALLOC.get(side) else env
+  return hostmem.with_tunables(env) if TUNE_HOST_MALLOC.get(side) else env
 
 
 def run_alternating(task: str, *, rounds: int, steps: int, warmup: int,
@@ -108,6 +109,9 @@ def main(argv):
   if f.device == 'cpu':
     import jax  # pylint: disable=g-import-not-at-top
     jax.config.update('jax_platforms', 'cpu')
+    if f.side == 'jax':
+      from cxr_jax import hostmem  # pylint: disable=g-import-not-at-top
+      hostmem.configure_jax()  # as main.py: only with side_env's tunables
   if f.side == 'torch' and f.device == 'cpu':
     import torch  # pylint: disable=g-import-not-at-top
     torch.set_num_threads(os.cpu_count())

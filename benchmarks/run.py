@@ -67,12 +67,13 @@ _ISOLATE = flags.DEFINE_bool(
     'isolate', None, 'Time JAX and torch in separate processes (2 per side, '
     'alternating) instead of interleaved in this one; default: on for CPU, '
     'off for GPU. See benchmarks/isolated.py.')
-_HUGEPAGE_MALLOC = flags.DEFINE_bool(
-    'hugepage_malloc', True, 'Start the JAX side\'s timing processes with '
-    'glibc.malloc.hugetlb=1, as main.py does (cxr_jax/hostmem.py).')
-_TORCH_HUGEPAGE_MALLOC = flags.DEFINE_bool(
-    'torch_hugepage_malloc', False, 'Also for the torch side (by default it '
-    'runs as users run it).')
+_TUNE_HOST_MALLOC = flags.DEFINE_bool(
+    'tune_host_malloc', True, 'Start the JAX side\'s timing processes with '
+    'glibc malloc tunables that keep XLA\'s temporaries mapped between steps, '
+    'as main.py does (cxr_jax/hostmem.py).')
+_TORCH_TUNE_HOST_MALLOC = flags.DEFINE_bool(
+    'torch_tune_host_malloc', False, 'The same tunables for the torch side '
+    '(by default it runs as users run it).')
 _TORCH_CUDNN_BENCHMARK = flags.DEFINE_bool(
     'torch_cudnn_benchmark', True, 'torch.backends.cudnn.benchmark for the '
     'torch side on a GPU (cuDNN autotuning, as XLA autotunes its '
@@ -262,10 +263,10 @@ def report(res: dict[str, Any]) -> str:
   out = [f"# cxr_jax benchmarks: {m['device']}, {m['cpu_count']} CPUs, "
          f"dtype {res['config']['dtype']}, load avg {m['load_avg_start']:.1f} "
          f"at start, {m['time_utc']} UTC", '']
-  hp = res['config'].get('hugepage_malloc') or {}
+  hp = res['config'].get('tune_host_malloc') or {}
   if res['config'].get('isolate'):
-    out += ['Processes started with glibc.malloc.hugetlb=1 '
-            '(cxr_jax/hostmem.py): ' + (', '.join(
+    out += ['Processes started with the malloc tunables of '
+            'cxr_jax/hostmem.py: ' + (', '.join(
                 k for k in ('jax', 'torch') if hp.get(k)) or 'none') + '.',
             '']
   if res.get('train'):
@@ -320,15 +321,15 @@ def main(argv: list[str]) -> None:
     raise SystemExit(f'--only: unknown parts {sorted(unknown)}')
   torch_device = _torch_device()
   from benchmarks import isolated  # pylint: disable=g-import-not-at-top
-  isolated.HUGEPAGE_MALLOC.update(jax=_HUGEPAGE_MALLOC.value,
-                                  torch=_TORCH_HUGEPAGE_MALLOC.value)
+  isolated.TUNE_HOST_MALLOC.update(jax=_TUNE_HOST_MALLOC.value,
+                                   torch=_TORCH_TUNE_HOST_MALLOC.value)
   res = _RESULTS
   res.update(
       machine=_machine(), config=dict(
           quick=quick, steps=steps, warmup=_WARMUP.value, dtype=_DTYPE.value,
           batch=_BATCH.value, size=_SIZE.value, device=_DEVICE.value,
           torch_device=torch_device, isolate=_isolate(),
-          hugepage_malloc=dict(isolated.HUGEPAGE_MALLOC),
+          tune_host_malloc=dict(isolated.TUNE_HOST_MALLOC),
           argv=sys.argv[1:]))
   res['partial'] = True
   train_rows = []
