@@ -60,6 +60,96 @@ def test_paired_ttest_matches_scipy():
     S.paired_ttest(a, b[:-1])
 
 
+def _paired_groups(seed=3, n=30):
+  """Three models scored on the same n images (image effect + model shift)."""
+  rng = np.random.default_rng(seed)
+  image = rng.normal(0, 1, n)
+  return {'vgg16': image + 0.5 + rng.normal(0, 0.3, n),
+          'resnet50': image + 0.2 + rng.normal(0, 0.3, n),
+          'vit_b16': image + rng.normal(0, 0.3, n)}
+
+
+def test_friedman_matches_scipy():
+  g = _paired_groups()
+  r = S.friedman(g)
+  want = stats.friedmanchisquare(*g.values())
+  assert r['statistic'] == pytest.approx(want.statistic)
+  assert r['p'] == pytest.approx(want.pvalue)
+  assert (r['n'], r['k']) == (30, 3)
+  # An image with a NaN under any model is dropped from every model.
+  g2 = {k: v.copy() for k, v in g.items()}
+  g2['resnet50'][4] = np.nan
+  g2['vit_b16'][7] = np.inf
+  r2 = S.friedman(g2)
+  keep = np.ones(30, bool)
+  keep[[4, 7]] = False
+  want2 = stats.friedmanchisquare(*(v[keep] for v in g.values()))
+  assert r2['n'] == 28
+  assert r2['statistic'] == pytest.approx(want2.statistic)
+  assert r2['p'] == pytest.approx(want2.pvalue)
+
+
+def test_holm_by_hand_and_statsmodels():
+  np.testing.assert_allclose(S.holm([0.01, 0.04, 0.03]), [0.03, 0.06, 0.06])
+  # Capped at 1, and monotone in the raw p-values.
+  np.testing.assert_allclose(S.holm([0.5, 0.2, 0.9]), [1.0, 0.6, 1.0])
+  p = np.random.default_rng(4).uniform(0, 0.2, 10)
+  adj = S.holm(p)
+  assert np.all(np.diff(adj[np.argsort(p)]) >= 0) and np.all(adj >= p)
+  multitest = pytest.importorskip('statsmodels.stats.multitest')
+  np.testing.assert_allclose(adj, multitest.multipletests(p, method='holm')[1])
+
+
+def test_pairwise_wilcoxon_matches_scipy_and_holm():
+  g = _paired_groups()
+  rows = S.pairwise_wilcoxon(g)
+  assert [(r['a'], r['b']) for r in rows] == [
+      ('vgg16', 'resnet50'), ('vgg16', 'vit_b16'), ('resnet50', 'vit_b16')]
+  for r in rows:
+    want = stats.wilcoxon(g[r['a']], g[r['b']])
+    assert r['statistic'] == pytest.approx(want.statistic)
+    assert r['p'] == pytest.approx(want.pvalue)
+    assert r['median_diff'] == pytest.approx(np.median(g[r['a']] - g[r['b']]))
+    assert r['n'] == 30
+    assert r['reject'] == (r['p_holm'] <= 0.05)
+  np.testing.assert_allclose([r['p_holm'] for r in rows],
+                             S.holm([r['p'] for r in rows]))
+
+
+def test_pairwise_wilcoxon_drops_nan_pairwise():
+  g = _paired_groups()
+  g['vgg16'] = g['vgg16'].copy()
+  g['vgg16'][[0, 5]] = np.nan
+  rows = {(r['a'], r['b']): r for r in S.pairwise_wilcoxon(g)}
+  keep = np.isfinite(g['vgg16'])
+  r = rows['vgg16', 'vit_b16']
+  assert r['n'] == 28
+  assert r['p'] == pytest.approx(
+      stats.wilcoxon(g['vgg16'][keep], g['vit_b16'][keep]).pvalue)
+  # The pair without the NaNs keeps every image.
+  assert rows['resnet50', 'vit_b16']['n'] == 30
+  # Identical models: all differences zero, no evidence of a difference.
+  same = S.pairwise_wilcoxon({'a': g['vit_b16'], 'b': g['vit_b16']})
+  assert (same[0]['statistic'], same[0]['p'], same[0]['p_holm']) == (0, 1, 1)
+
+
+def test_paired_tests_reject_bad_input():
+  g = _paired_groups()
+  with pytest.raises(ValueError, match='same length.*vit_b16.: 29'):
+    S.friedman(dict(g, vit_b16=g['vit_b16'][:-1]))
+  with pytest.raises(ValueError, match='same length'):
+    S.pairwise_wilcoxon(dict(g, vit_b16=g['vit_b16'][:-1]))
+  with pytest.raises(ValueError, match='at least 3 groups'):
+    S.friedman({'vgg16': g['vgg16'], 'vit_b16': g['vit_b16']})
+  with pytest.raises(ValueError, match='at least 2 groups'):
+    S.pairwise_wilcoxon({'vgg16': g['vgg16']})
+  nan = np.full(30, np.nan)
+  with pytest.raises(ValueError, match='No subject has a finite value'):
+    S.friedman(dict(g, vit_b16=nan))
+  with pytest.raises(ValueError, match="'vgg16' and 'vit_b16' share no"):
+    S.pairwise_wilcoxon(dict(g, vit_b16=nan))
+
+
 def test_format_table():
   rows = [dict(model='vgg16', diff=0.18612, n=3),
           dict(model='a,b', diff=0.05, n=4)]

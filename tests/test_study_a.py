@@ -16,11 +16,14 @@ from cxr_jax import train
 from cxr_jax.data import build_dataset
 from cxr_jax.evaluators import cam_localization
 from cxr_jax.report import tables
+from cxr_jax.studies import gradcam_benchmark as study_a
 
 OUTPUTS = ['table_3_1.csv', 'table_3_1.md', 'table_3_2.csv', 'table_3_2.md',
            'localisation.csv', 'localisation.md', 'anova_diff.csv',
            'anova_diff.md', 'tukey_diff.csv', 'tukey_diff.md',
            'anova_ehr.csv', 'anova_ehr.md', 'tukey_ehr.csv', 'tukey_ehr.md',
+           'friedman_diff.md', 'wilcoxon_diff.csv', 'wilcoxon_diff.md',
+           'friedman_ehr.md', 'wilcoxon_ehr.csv', 'wilcoxon_ehr.md',
            'per_image.csv', 'fig_3_1_heatmaps.png', 'fig_3_2_ehr_auc.png',
            'fig_cam_methods.png', 'report.md']
 
@@ -112,6 +115,52 @@ def test_anova_matches_scipy_on_per_image_values(demo):
     got = tables.read_csv(os.path.join(out, stem + '.csv'))[0]
     np.testing.assert_allclose(float(got['F']), ref.statistic, rtol=1e-10)
     np.testing.assert_allclose(float(got['p']), ref.pvalue, rtol=1e-8)
+
+
+def test_supplementary_repeated_measures_in_report(demo):
+  _, wd = demo
+  out = os.path.join(wd, 'report')
+  rows = tables.read_csv(os.path.join(out, 'per_image.csv'))
+  groups = {}
+  for r in rows:
+    groups.setdefault(r['model'], []).append(float(r['diff_gradcam']))
+  # Same images, same order under both models: a paired Wilcoxon applies.
+  got = tables.read_csv(os.path.join(out, 'wilcoxon_diff.csv'))
+  assert [(r['a'], r['b']) for r in got] == [('resnet18', 'vit_b16')]
+  a, b = (np.asarray(groups[n]) for n in ('resnet18', 'vit_b16'))
+  ok = np.isfinite(a) & np.isfinite(b)
+  if np.all(a[ok] == b[ok]):
+    assert float(got[0]['p']) == 1.0
+  else:
+    np.testing.assert_allclose(float(got[0]['p']),
+                               sp_stats.wilcoxon(a[ok], b[ok]).pvalue,
+                               rtol=1e-8)
+  assert float(got[0]['p_holm']) == float(got[0]['p'])  # one pair
+  md = open(os.path.join(out, 'report.md')).read()
+  assert '## Supplementary: repeated measures' in md
+  assert 'the same images under every model' in md
+  assert 'Supplementary: pairwise Wilcoxon signed-rank, Diff_GradCAM' in md
+  # Two models: Friedman (3 or more) is reported as not computed, with why.
+  assert 'friedman_diff: not computed: Need at least 3 groups' in md
+
+
+def test_paired_statistics_keys_and_notes():
+  rng = np.random.default_rng(0)
+  base = rng.normal(size=12)
+  res = {n: {'loc': {'diff_gradcam': base + s + rng.normal(0, .1, 12)}}
+         for n, s in (('vgg16', .3), ('resnet50', .1), ('vit_b16', 0.))}
+  fr, wx, note_fr, note_wx = study_a._paired_statistics(res, 'diff_gradcam')
+  assert (note_fr, note_wx) == ('', '')
+  assert set(fr[0]) == {'metric', 'statistic', 'p', 'n', 'k', 'significant'}
+  assert (fr[0]['n'], fr[0]['k']) == (12, 3)
+  assert len(wx) == 3 and set(wx[0]) == {
+      'metric', 'a', 'b', 'n', 'median_diff', 'statistic', 'p', 'p_holm',
+      'reject'}
+  # Not paired (unequal lengths): both skipped with a note naming lengths.
+  res['vit_b16']['loc']['diff_gradcam'] = base[:-1]
+  fr, wx, note_fr, note_wx = study_a._paired_statistics(res, 'diff_gradcam')
+  assert fr == [] and wx == []
+  assert 'same length' in note_fr and "'vit_b16': 11" in note_wx
 
 
 def test_cam_evaluator_on_trained_cnn_gives_finite_diff(demo):

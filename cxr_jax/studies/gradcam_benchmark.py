@@ -14,6 +14,10 @@ every image with a pneumothorax mask. Outputs in `workdir/report/`:
                          top-k intersection, pixel AUC (mean ± std)
   anova_diff, tukey_diff one-way ANOVA + Tukey HSD across models on
   anova_ehr, tukey_ehr   Diff_GradCAM and on EHR AUC ({csv,md} each)
+  friedman_diff,         supplementary, repeated measures (the same images
+  wilcoxon_diff,         under every model): Friedman test and pairwise
+  friedman_ehr,          Wilcoxon signed-rank with Holm's correction, on
+  wilcoxon_ehr           Diff_GradCAM and on EHR AUC ({csv,md} each)
   per_image.csv          every per-image value behind the tables
   fig_3_1_heatmaps.png   patients x (image, each model's map + mask outline)
   fig_3_2_ehr_auc.png    mean EHR AUC per model, 95% bootstrap CI of the mean
@@ -200,6 +204,31 @@ def _statistics(res, metric: str) -> tuple[list[dict], list[dict], str]:
   return anova, tk, ''
 
 
+def _paired_statistics(res, metric: str
+                       ) -> tuple[list[dict], list[dict], str, str]:
+  """Friedman row, Wilcoxon rows and their notes ('' when computed).
+
+  Supplementary to `_statistics`: every model scores the same masked test
+  images in the same order, so the per-image values are repeated measures,
+  which the one-way ANOVA (the thesis's analysis, kept as the primary one)
+  treats as independent. Friedman needs 3 models, Wilcoxon 2; either is
+  skipped with a note when the values are not paired (unequal lengths).
+  """
+  groups = {n: r['loc'][metric] for n, r in res.items()}
+  fr, note_fr = [], ''
+  try:
+    f = stats.friedman(groups)
+    fr = [dict(metric=metric, **f, significant=bool(f['p'] < 0.05))]
+  except ValueError as e:
+    note_fr = f'not computed: {e}'
+  try:
+    wx, note_wx = [dict(metric=metric, **r)
+                   for r in stats.pairwise_wilcoxon(groups)], ''
+  except ValueError as e:
+    wx, note_wx = [], f'not computed: {e}'
+  return fr, wx, note_fr, note_wx
+
+
 def _ehr_figure(config, res, path: str) -> str:
   names = list(res)
   means, lo, hi = [], [], []
@@ -278,7 +307,8 @@ def _methods_figure(config, workdir, masked, grid_pos, path: str
   return path, name
 
 
-def _summary(config, res, t32, anova_diff, anova_ehr, tukey_diff) -> str:
+def _summary(config, res, t32, anova_diff, anova_ehr, tukey_diff,
+             friedman_diff=(), wilcoxon_diff=()) -> str:
   """One paragraph in words of what the tables show."""
   by = {r['model']: r for r in t32}
   fam = {}
@@ -308,6 +338,18 @@ def _summary(config, res, t32, anova_diff, anova_ehr, tukey_diff) -> str:
     k = sum(r['reject'] for r in tukey_diff)
     parts.append(f'Tukey HSD (Diff_GradCAM): {k} of {len(tukey_diff)} pairs '
                  'differ at 0.05.')
+  if friedman_diff or wilcoxon_diff:
+    sup = []
+    if friedman_diff:
+      f = friedman_diff[0]
+      sup.append(f'Friedman chi2({f["k"] - 1}) = {f["statistic"]:.3g}, '
+                 f'p = {f["p"]:.3g} (n = {f["n"]} images)')
+    if wilcoxon_diff:
+      k = sum(r['reject'] for r in wilcoxon_diff)
+      sup.append(f'Wilcoxon signed-rank, Holm-adjusted: {k} of '
+                 f'{len(wilcoxon_diff)} pairs differ at 0.05')
+    parts.append('Supplementary, repeated measures (the same images under '
+                 'every model) on Diff_GradCAM: ' + '; '.join(sup) + '.')
   init = [r['init'] for r in res.values()]
   if not any(init):
     parts.append('All models were trained from scratch (no `init_dir`), '
@@ -350,6 +392,12 @@ def report(config, workdir: str) -> dict[str, Any]:
   per_image = _per_image(config, res)
   anova_diff, tukey_diff, note_diff = _statistics(res, 'diff_gradcam')
   anova_ehr, tukey_ehr, note_ehr = _statistics(res, 'ehr_auc')
+  # Supplementary: the same images under every model (repeated measures).
+  paired = {m: _paired_statistics(res, m) for m in ('diff_gradcam',
+                                                     'ehr_auc')}
+  friedman_diff, wilcoxon_diff, note_fr_diff, note_wx_diff = paired[
+      'diff_gradcam']
+  friedman_ehr, wilcoxon_ehr, note_fr_ehr, note_wx_ehr = paired['ehr_auc']
   t_methods = time.time()
   methods_path = os.path.join(out_dir, 'fig_cam_methods.png')
   if main:
@@ -359,7 +407,10 @@ def report(config, workdir: str) -> dict[str, Any]:
   t_methods = time.time() - t_methods
   out = dict(table_3_1=t31, table_3_2=t32, localisation=loc,
              anova_diff=anova_diff, tukey_diff=tukey_diff,
-             anova_ehr=anova_ehr, tukey_ehr=tukey_ehr, per_image=per_image)
+             anova_ehr=anova_ehr, tukey_ehr=tukey_ehr,
+             friedman_diff=friedman_diff, wilcoxon_diff=wilcoxon_diff,
+             friedman_ehr=friedman_ehr, wilcoxon_ehr=wilcoxon_ehr,
+             per_image=per_image)
   if not main:
     return out
 
@@ -383,6 +434,18 @@ def report(config, workdir: str) -> dict[str, Any]:
                      f'({config.cam.ehr_variant})'),
       'tukey_ehr': w(tukey_ehr, 'tukey_ehr', f'Tukey HSD, EHR AUC '
                      f'({config.cam.ehr_variant})'),
+      'friedman_diff': w(friedman_diff, 'friedman_diff', 'Supplementary: '
+                         'Friedman test, Diff_GradCAM (repeated measures)'),
+      'wilcoxon_diff': w(wilcoxon_diff, 'wilcoxon_diff', 'Supplementary: '
+                         'pairwise Wilcoxon signed-rank, Diff_GradCAM '
+                         '(median_diff = median(a - b); p_holm: Holm)'),
+      'friedman_ehr': w(friedman_ehr, 'friedman_ehr', 'Supplementary: '
+                        'Friedman test, EHR AUC '
+                        f'({config.cam.ehr_variant}; repeated measures)'),
+      'wilcoxon_ehr': w(wilcoxon_ehr, 'wilcoxon_ehr', 'Supplementary: '
+                        'pairwise Wilcoxon signed-rank, EHR AUC '
+                        f'({config.cam.ehr_variant}; median_diff = '
+                        'median(a - b); p_holm: Holm)'),
   }
   tables.write_table(per_image, os.path.join(out_dir, 'per_image'))
   for v in md.values():
@@ -397,7 +460,8 @@ def report(config, workdir: str) -> dict[str, Any]:
                 best_step=r['train'].get('best_step', ''),
                 train_wall_s=r['train'].get('wall_s', float('nan')),
                 report_eval_s=r['eval_s']) for n, r in res.items()]
-  summary = _summary(config, res, t32, anova_diff, anova_ehr, tukey_diff)
+  summary = _summary(config, res, t32, anova_diff, anova_ehr, tukey_diff,
+                     friedman_diff, wilcoxon_diff)
   lines = ['# Study A: Grad-CAM reliability across architectures', '',
            summary, '', '## Settings', '',
            f'- Data: {config.data.root or "phantom (synthetic SIIM)"}, '
@@ -421,6 +485,20 @@ def report(config, workdir: str) -> dict[str, Any]:
            '## Statistics', '']
   for key, note in (('anova_diff', note_diff), ('tukey_diff', note_diff),
                     ('anova_ehr', note_ehr), ('tukey_ehr', note_ehr)):
+    lines += [md[key] if not note else f'{key}: {note}', '']
+  lines += ['## Supplementary: repeated measures', '',
+            'Repeated measures: the same images under every model. The '
+            'one-way ANOVA and Tukey HSD above (the thesis\'s analysis, the '
+            'primary one) treat the models\' per-image values as '
+            'independent samples; these non-parametric tests pair them by '
+            'image instead: a Friedman test across all models (images '
+            'finite under every model; needs 3 models) and a Wilcoxon '
+            'signed-rank test per pair (images finite under both), '
+            "p-values adjusted with Holm's step-down method.", '']
+  for key, note in (('friedman_diff', note_fr_diff),
+                    ('wilcoxon_diff', note_wx_diff),
+                    ('friedman_ehr', note_fr_ehr),
+                    ('wilcoxon_ehr', note_wx_ehr)):
     lines += [md[key] if not note else f'{key}: {note}', '']
   lines += ['## Figures', '']
   for title, p in (('Fig 3.1: heatmaps with mask outlines', fig31),
