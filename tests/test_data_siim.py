@@ -241,6 +241,44 @@ def test_preprocess_functions():
   assert c.shape == x.shape and c.min() >= 0 and c.max() <= 1
 
 
+@pytest.mark.parametrize('shape,size', [((1024, 1024), (224, 224)),
+                                        ((37, 23), (10, 7)), ((6, 9), (12, 18))])
+def test_area_coverage_is_exact_box_resampling(shape, size):
+  rng = np.random.default_rng(1)
+  m = (rng.uniform(size=shape) < 0.3).astype(np.float32)
+  cov = preprocess.area_coverage(m, size)
+  assert cov.shape == size and cov.min() >= 0 and cov.max() <= 1 + 1e-6
+  ratio = (shape[0] * shape[1]) / (size[0] * size[1])
+  np.testing.assert_allclose(cov.sum() * ratio, m.sum(), rtol=1e-5)
+  np.testing.assert_allclose(preprocess.area_coverage(np.ones(shape), size), 1,
+                             atol=1e-6)
+  if shape[0] % size[0] == 0 and shape[1] % size[1] == 0:  # integer factors
+    fh, fw = shape[0] // size[0], shape[1] // size[1]
+    ref = m.reshape(size[0], fh, size[1], fw).mean(axis=(1, 3))
+    np.testing.assert_allclose(cov, ref, atol=1e-6)
+
+
+def test_resize_mask_rules_keep_or_drop_thin_regions():
+  m = np.zeros((1024, 1024), np.uint8)
+  m[100:900, 500:502] = 1  # a 2-pixel-wide pleural strip: < 1 px at 224
+  lost = siim.resize_mask(m, (224, 224), 'bilinear', 0.5)
+  kept = siim.resize_mask(m, (224, 224), 'area', 0.01)
+  assert not lost.any() and kept.any()
+  assert set(np.unique(kept)) == {0.0, 1.0}
+  # 'touched at all' keeps at most the covered columns (2 or 1 of 224).
+  assert 1 <= kept.any(axis=0).sum() <= 2
+  big = np.zeros((1024, 1024), np.uint8)
+  big[200:600, 100:500] = 1
+  a = siim.resize_mask(big, (224, 224), 'area', 0.5)
+  b = siim.resize_mask(big, (224, 224), 'bilinear', 0.5)
+  assert abs(a.sum() - big.sum() * (224 / 1024) ** 2) < 2 * 224 * 400 / 1024
+  assert np.mean(a != b) < 0.002  # the rules agree away from thin regions
+  with pytest.raises(ValueError, match='data.mask_rule'):
+    siim.resize_mask(m, (224, 224), 'nearest', 0.5)
+  with pytest.raises(ValueError, match='data.mask_threshold'):
+    siim.resize_mask(m, (224, 224), 'area', 0.0)
+
+
 # --------------------------------------------------------------------- cache
 
 
@@ -338,6 +376,14 @@ def test_build_toy_splits_masks_and_cache(tmp_path, monkeypatch):
   monkeypatch.setattr(siim, '_build_arrays', lambda *a: pytest.fail('rebuilt'))
   again = siim.build(cfg)
   np.testing.assert_array_equal(again['test']['index'], out['test']['index'])
+  # The mask rule is part of the cache key: 'area' with a low threshold is a
+  # new build whose masks contain the bilinear ones (same split order).
+  monkeypatch.undo()
+  wide = siim.build(_cfg(root, tmp_path, mask_rule='area',
+                         mask_threshold=0.01))
+  np.testing.assert_array_equal(wide['test']['index'], out['test']['index'])
+  assert (wide['train']['mask'] >= out['train']['mask']).all()
+  assert wide['train']['mask'].sum() > out['train']['mask'].sum()
 
 
 def test_build_scales_split_sizes(tmp_path):

@@ -48,6 +48,33 @@ def resize(img_HW: np.ndarray, size_hw: tuple[int, int], order: int = 1
   return out.astype(np.float32)
 
 
+def _area_weights(n_in: int, n_out: int) -> np.ndarray:
+  """(n_out, n_in) matrix: the fraction of output cell i that input cell j
+  covers, with both axes spanning the same extent [0, n_in)."""
+  scale = n_in / n_out
+  lo = np.arange(n_out)[:, None] * scale
+  j = np.arange(n_in)[None, :]
+  overlap = np.clip(np.minimum(lo + scale, j + 1) - np.maximum(lo, j), 0, None)
+  return (overlap / scale).astype(np.float64)
+
+
+def area_coverage(mask_HW: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+  """Exact fraction of each output pixel that a {0, 1} mask covers.
+
+  Each output pixel is the rectangle of input pixels it spans (box
+  resampling, any size ratio, no interpolation): the result lies in [0, 1],
+  and its sum times the area ratio equals the mask's pixel count. Thresholds
+  on it give area rules for resizing masks ('half the pixel', 'touched at
+  all') that do not depend on an interpolation kernel.
+  """
+  m = np.asarray(mask_HW, np.float64)
+  if m.ndim != 2:
+    raise ValueError(f'area_coverage expects a 2-D mask, got shape {m.shape}')
+  a_h = _area_weights(m.shape[0], int(size_hw[0]))
+  a_w = _area_weights(m.shape[1], int(size_hw[1]))
+  return np.clip(a_h @ m @ a_w.T, 0.0, 1.0).astype(np.float32)
+
+
 def clahe(img01_HW: np.ndarray, clip_limit: float = 0.01,
           kernel_size: int | tuple[int, int] | None = None) -> np.ndarray:
   """Contrast-limited adaptive histogram equalisation of a [0, 1] image.

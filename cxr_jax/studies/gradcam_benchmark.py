@@ -470,8 +470,10 @@ def report(config, workdir: str) -> dict[str, Any]:
            'images the CAM metrics score); '
            f'{int(np.sum(test["label"] == 1)) - len(masked["label"])} '
            'pneumothorax images whose mask has no pixel left at this size '
-           '(a region thinner than about one output pixel vanishes in the '
-           'resize) are not scored.',
+           f'(mask rule `{config.data.mask_rule}` at '
+           f'{config.data.mask_threshold}: with `bilinear`, a region thinner '
+           'than about one output pixel vanishes in the resize; `area` with a '
+           'small threshold keeps every region) are not scored.',
            f'- CAM: `{config.cam.method}` on `out["features"]`, target class '
            f'policy `{config.cam.targets}` (`label` = the true class, the '
            "thesis's reading; `pred` = the predicted class).",
