@@ -5,7 +5,11 @@ r"""Study A, one model: fine-tune a classifier for pneumothorax vs healthy.
 
 Thesis settings (SPEC, Study A): CLAHE + z-score + 224x224; VGG/ResNet Adam
 1e-4 for 50 epochs; ViT SGD 1e-4 for 300 epochs (momentum 0.9 is our reading:
-the thesis gives none). `init.path` = a folder written by
+the thesis gives none). A fixed-length run at a constant learning rate, as
+the thesis describes it (Study B's stages, unlike these, stop early): no
+early stopping and no reduce-on-plateau by default (`early_stopping_patience`
+/ `plateau_patience` > 0 turn them on); the checkpoint with the lowest
+val/loss is the one tested and explained. `init.path` = a folder written by
 `python -m cxr_jax.convert` (ImageNet weights); the head is re-initialised for
 2 classes and the first conv summed to 1 channel. Presets: `demo` (tiny model,
 small phantom, 64 px, a few epochs on 2 CPU cores), `model=NAME`,
@@ -59,6 +63,8 @@ def get_config(arg=None):
   c.evals.test = dict(type='classification', split='test', every_steps=-1,
                       final=True, task='binary')
   c.select_metric = 'val/loss'
+  c.early_stopping_patience = 0
+  c.plateau_patience = 0
   if a.model_parallel:
     c.mesh = (('data', -1), ('model', a.model_parallel))
     c.sharding_rules = ('megatron_vit', 'fsdp') if fam == 'vit' else ('fsdp',)

@@ -39,6 +39,12 @@ def test_config_stages_follow_the_thesis():
       assert (s.optim.name, s.optim.lr, s.total_epochs) == ('sgd', 1e-4, 300)
     else:
       assert (s.optim.name, s.optim.lr, s.total_epochs) == ('adam', 1e-4, 50)
+    # A fixed-length run at a constant learning rate, as the thesis says.
+    assert s.early_stopping_patience == 0 and s.plateau_patience == 0
+  demo = gradcam_benchmark.get_config('demo')
+  for name in demo.sequence:
+    s = demo.stages[name]
+    assert s.early_stopping_patience == 0 and s.plateau_patience == 0
   c.lock()
   c.init_dir = '/weights'  # what --config.init_dir=/weights does
   assert jobs.stage_config(c, 'vit_l16', '/w').init.path == '/weights/vit_l16'
