@@ -94,6 +94,11 @@ def test_cooperative_demo_writes_the_report(coop_workdir):
   for f in ('table_4_1.csv', 'table_4_1.md', 'table_4_2.csv', 'table_4_2.md',
             'ttests.csv', 'cam_vs_gaze.csv', 'fig_4_2_grid.png', 'report.md'):
     assert os.path.getsize(os.path.join(rep, f)) > 0, f
+  with open(os.path.join(rep, 'ttests.csv')) as f:
+    pairs = {tuple(l.split(',')[:2]) for l in f.read().splitlines()[1:]}
+  # Ours against the three other saliency rows, and the thesis's ablation.
+  assert pairs == {('Ours', 'MT-UNet'), ('Ours', 'Res_SE-UNet'),
+                   ('Ours', 'UNet_S'), ('Res_SE-UNet', 'UNet_S')}, pairs
   for name in cooperative.get_config('demo').sequence:
     _assert_run(os.path.join(coop_workdir, name))
 

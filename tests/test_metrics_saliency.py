@@ -166,3 +166,29 @@ def test_evaluator_leaves_out_and_counts_studies_without_gaze(monkeypatch):
   assert got['n_undefined'] == 1
   assert got['kl'] == pytest.approx(np.mean(S.kl(gt[keep], pred[keep])))
   assert got['cc'] == pytest.approx(np.mean(S.cc(gt[keep], pred[keep])))
+
+
+def test_evaluator_kl_from_log_probabilities_survives_underflow():
+  """A pixel the target looks at with log p = -120 underflows to 0 in float32:
+  KL from the probabilities is inf, from the log-softmax it is finite and
+  equals the float64 value; the other metrics are unchanged."""
+  from cxr_jax.evaluators import saliency as sal_eval  # pylint: disable=g-import-not-at-top
+  gt, _, _, fix = _maps(b=2)
+  rng = np.random.default_rng(3)
+  logits = rng.normal(size=gt.shape)
+  logits[0, 3, 4] = -130.0
+  logp64 = logits - np.log(np.exp(logits).sum((1, 2), keepdims=True))
+  logp = logp64.astype(np.float32)
+  pred = np.exp(logp)
+  assert pred[0, 3, 4] == 0 and gt[0, 3, 4] > 0
+  plain = sal_eval.per_image_metrics(gt, pred, fix)
+  safe = sal_eval.per_image_metrics(gt, pred, fix, pred_logp=logp)
+  assert np.isinf(plain['kl'][0])
+  g = gt / gt.sum((1, 2), keepdims=True)
+  ref = np.sum(g * (np.log(g) - logp64), axis=(1, 2))
+  np.testing.assert_allclose(safe['kl'], ref, rtol=1e-5)
+  for k in ('cc', 'hs', 'nss', 'auc_judd'):
+    np.testing.assert_array_equal(safe[k], plain[k])
+  # The MIT variant keeps its epsilon formula on the probabilities.
+  mit = sal_eval.per_image_metrics(gt, pred, fix, 'mit', pred_logp=logp)
+  np.testing.assert_allclose(mit['kl'], S.kl(gt, pred, variant='mit'))

@@ -19,16 +19,19 @@ class Evaluator:
                                 'evals.*.variant')
 
   def predict(self, variables) -> dict[str, np.ndarray]:
-    """Per-image predicted distributions, targets and fixation maps."""
+    """Per-image predicted distributions (and their logs), targets and
+    fixation maps."""
     def fn(logits, out, batch):
       del logits
-      return {'pred': jnp.exp(out['saliency_logp'].astype(jnp.float32)),
+      logp = out['saliency_logp'].astype(jnp.float32)
+      return {'pred': jnp.exp(logp), 'logp': logp,
               'gaze': batch['gaze'], 'fixmap': batch['fixmap'],
               'index': batch['index']}
     return self.ctx.map(variables, self.split, fn, key=id(self))
 
   def per_image(self, p: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return per_image_metrics(p['gaze'], p['pred'], p['fixmap'], self.variant)
+    return per_image_metrics(p['gaze'], p['pred'], p['fixmap'], self.variant,
+                             pred_logp=p.get('logp'))
 
   def run(self, variables) -> dict[str, float]:
     """Means over the split's images; images whose metric is undefined (a
@@ -40,10 +43,20 @@ class Evaluator:
     return out
 
 
-def per_image_metrics(gaze, pred, fixmap, variant='authors'):
-  """KL, CC, HS, NSS, AUC-Judd per image for (N,H,W) maps."""
+def per_image_metrics(gaze, pred, fixmap, variant='authors', pred_logp=None):
+  """KL, CC, HS, NSS, AUC-Judd per image for (N,H,W) maps.
+
+  `pred_logp` (the model's log-softmax, optional): the authors' KL is then
+  taken from the log-probabilities, which stay finite where a float32
+  probability underflows to 0 (log p < ~-103) on a gazed-at pixel; equal to
+  the value from `pred` otherwise.
+  """
+  if pred_logp is not None and variant == 'authors':
+    kl = sal.kl(gaze, pred_logp=pred_logp)
+  else:
+    kl = sal.kl(gaze, pred, variant=variant)
   return {
-      'kl': sal.kl(gaze, pred, variant=variant),
+      'kl': kl,
       'cc': sal.cc(gaze, pred),
       'hs': sal.hs(gaze, pred, variant=variant),
       'nss': sal.nss(pred, fixmap),

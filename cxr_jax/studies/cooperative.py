@@ -84,7 +84,8 @@ def _classification(stage: _Stage, boot: int) -> tuple[dict, dict]:
 
 def _saliency(stage: _Stage) -> dict[str, np.ndarray]:
   p = sal_eval.Evaluator(stage.ctx, split='test').predict(stage.variables)
-  m = sal_eval.per_image_metrics(p['gaze'], p['pred'], p['fixmap'], 'authors')
+  m = sal_eval.per_image_metrics(p['gaze'], p['pred'], p['fixmap'], 'authors',
+                                 pred_logp=p['logp'])
   m['kl_mit'] = sal_metrics.kl(p['gaze'], p['pred'], variant='mit')
   m['sim_mit'] = sal_metrics.hs(p['gaze'], p['pred'], variant='mit')
   m['pred'] = p['pred']
@@ -115,6 +116,17 @@ def _mean_std(v) -> str:
     return 'n/a'
   text = f'{np.nanmean(v):.3f} ± {np.nanstd(v, ddof=1):.3f}'
   return text if n == v.size else f'{text} (n={n})'
+
+
+def _ttest_pairs(sal: dict) -> list[tuple[str, str]]:
+  """The thesis's comparisons (sec. 4.4.2): Ours against every other row, and
+  the ablation Res_SE-UNet against UNet_S (do the residual SE blocks help
+  without the injected features?)."""
+  pairs = [('Ours', other) for other in sal if other != 'Ours'] if (
+      'Ours' in sal) else []
+  if 'Res_SE-UNet' in sal and 'UNet_S' in sal:
+    pairs.append(('Res_SE-UNet', 'UNet_S'))
+  return pairs
 
 
 def report(config, workdir: str) -> dict:
@@ -180,16 +192,13 @@ def report(config, workdir: str) -> dict:
           k: float(m[k][i]) for k in ('kl', 'cc', 'hs', 'kl_mit', 'sim_mit',
                                       'nss', 'auc_judd')}})
   ttest_rows = []
-  if 'Ours' in sal:
-    for other in sal:
-      if other == 'Ours':
-        continue
-      for metric in ('kl', 'cc', 'hs'):
-        t = stats.paired_ttest(sal['Ours'][metric], sal[other][metric])
-        ttest_rows.append({'a': 'Ours', 'b': other, 'metric': metric,
-                           'mean_diff': t['mean_diff'], 't': t['t'],
-                           'p': t['p'], 'significant': t['p'] < 0.05,
-                           'n': t['n']})
+  for a, b in _ttest_pairs(sal):
+    for metric in ('kl', 'cc', 'hs'):
+      t = stats.paired_ttest(sal[a][metric], sal[b][metric])
+      ttest_rows.append({'a': a, 'b': b, 'metric': metric,
+                         'mean_diff': t['mean_diff'], 't': t['t'],
+                         'p': t['p'], 'significant': t['p'] < 0.05,
+                         'n': t['n']})
 
   if not main:
     return {}
