@@ -9,6 +9,12 @@ for 2 CPU cores: 128x96 images, 300 phantom studies (216 train, 24 val, 60
 test), a small DenseNet (`densenet_small`, the same in every stage and in the
 DenseNet baseline), tiny UNets, 6 epochs for runs with a saliency loss and 8
 for the others (equal within each comparison).
+
+Augmentation in training is ours: chapter 4 names none, so every stage uses
+Study A's list (Gaussian noise, rotation up to 10 degrees, brightness and
+contrast; gaze maps follow the rotation) without the horizontal flip, as the
+heart's side is diagnostic for CHF. `--config.augment.noise_std=0` (and
+`rotate_deg`, `brightness`, `contrast`) switch each part off.
 """
 import ml_collections
 
@@ -98,7 +104,8 @@ def _coop(a, loss, evals):
   c = _base(a, 'cooperative', loss, evals=evals)
   c.model.densenet_feature = 'denseblock4'  # the authors' code; thesis text:
   # 'denseblock3' ("all layers before the last dense block")
-  c.model.inject_gate = True  # ours; False = the authors' plain concat
+  # The authors' plain concatenation; True = our zero-initialised gate.
+  c.model.inject_gate = False
   return c
 
 

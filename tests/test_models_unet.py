@@ -91,7 +91,8 @@ def test_residual_block_tree_shortcut_without_bn():
 
 
 def test_injection():
-  model = unet.Model(variant='res_se_tiny', inject_channels=6)
+  model = unet.Model(variant='res_se_tiny', inject_channels=6,
+                     inject_gate=True)
   x = jax.random.normal(jax.random.key(0), (2, 64, 64, 1))
   inj = jax.random.normal(jax.random.key(1), (2, 2, 2, 6))  # at 1/32
   variables = np_init(model, x, inject=inj)
@@ -110,10 +111,14 @@ def test_injection():
   logp, _ = model.apply(variables, x, inject=inj)
   logp2, _ = model.apply(variables, x, inject=inj + 1.)
   assert float(jnp.abs(logp2 - logp).max()) > 0
-  # The authors' plain concatenation: no gate parameter.
-  plain = unet.Model(variant='res_se_tiny', inject_channels=6,
-                     inject_gate=False)
-  assert 'inject_gate' not in np_init(plain, x, inject=inj)['params']
+  # The authors' plain concatenation (the default): no gate parameter, and
+  # the injected map changes the prediction from the start.
+  plain = unet.Model(variant='res_se_tiny', inject_channels=6)
+  pv = np_init(plain, x, inject=inj)
+  assert 'inject_gate' not in pv['params']
+  logp, _ = plain.apply(pv, x, inject=inj)
+  logp2, _ = plain.apply(pv, x, inject=inj + 1.)
+  assert float(jnp.abs(logp2 - logp).max()) > 0
   # Any grid is resized to the bottleneck grid (4x4 here).
   for hw in [(4, 4), (3, 5)]:
     _, o = jax.eval_shape(lambda v, i: model.apply(v, x, inject=i), variables,

@@ -77,7 +77,8 @@ class Model(nn.Module):
     frozen: top-level submodule names (of `SUBMODULES`) run with train=False.
     dropout_rate: dropout of the fusion classifier.
     inject_gate: zero-initialised learned gate on the injected DenseNet
-      features (ours; False = the authors' plain concatenation).
+      features (an option of ours; False, the default, is the authors' plain
+      concatenation).
 
   `out`: 'saliency_logp' (B, H, W) log-softmax over pixels, 'densenet_logits'
   (B, num_classes), 'features' (the DenseNet's Grad-CAM target, perturbed
@@ -92,7 +93,7 @@ class Model(nn.Module):
   densenet_feature: str = 'denseblock4'
   frozen: tuple[str, ...] = ()
   dropout_rate: float = 0.25
-  inject_gate: bool = True
+  inject_gate: bool = False
 
   @nn.compact
   def __call__(self, x_BHWC: jax.Array, *, train: bool = False
