@@ -57,8 +57,20 @@ def stage_config(config, name: str, workdir: str):
   return sub
 
 
+def stage_names(sequence) -> tuple[str, ...]:
+  """`config.sequence` as a tuple of stage names; a comma-separated string
+  (what `--config.sequence=a,b` gives: one item 'a,b') is split."""
+  if isinstance(sequence, str):
+    sequence = (sequence,)
+  names = tuple(n.strip() for item in sequence for n in str(item).split(','))
+  return tuple(n for n in names if n)
+
+
 def run_sequence(config, workdir: str) -> dict:
   """Runs `config.sequence`'s stages, then `config.report`."""
+  config.sequence = stage_names(config.sequence)
+  for name in config.sequence:  # every name checked before any training
+    stage_config(config, name, workdir)
   os.makedirs(workdir, exist_ok=True)
   ckpt.write_json(os.path.join(workdir, 'config.json'), config.to_dict())
   from cxr_jax import train  # pylint: disable=g-import-not-at-top

@@ -84,6 +84,19 @@ def test_stage2_without_stage1_is_a_clear_error(tmp_path):
     jobs.run(c, str(tmp_path / 's2'))
 
 
+def test_sequence_override_as_comma_separated_names(tmp_path):
+  """`--config.sequence=a,b` reaches the config as ('a,b',): split into
+  stage names, so an unknown one is named alone (before any training)."""
+  assert jobs.stage_names(('stage2, stage3',)) == ('stage2', 'stage3')
+  assert jobs.stage_names('stage2') == ('stage2',)
+  assert jobs.stage_names(('a', 'b,', ' c')) == ('a', 'b', 'c')
+  c = cooperative.get_config('demo')
+  c.sequence = ('stage1_contrastive,no_such_stage',)
+  with pytest.raises(ValueError, match="names stage 'no_such_stage'"):
+    jobs.run(c, str(tmp_path / 'seq'))
+  assert c.sequence == ('stage1_contrastive', 'no_such_stage')
+
+
 def _sub(tree, prefix):
   flat = optim.flat_paths(tree)
   return {k: v for k, v in flat.items() if k.startswith(prefix)}
