@@ -214,7 +214,8 @@ def report(config, workdir: str) -> dict:
     md += ['## Table 4.1: classification', '',
            tables.write_table(rows41, os.path.join(out_dir, 'table_4_1')), '']
   if rows42:
-    md += ['## Table 4.2: saliency prediction (mean ± std)', '',
+    md += ['## Table 4.2: saliency prediction (mean ± sample std, ddof = 1)',
+           '',
            tables.write_table(rows42, os.path.join(out_dir, 'table_4_2')), '']
     tables.write_table(per_image, os.path.join(out_dir, 'per_image_saliency'))
   if ttest_rows:

@@ -422,10 +422,11 @@ def report(config, workdir: str) -> dict[str, Any]:
       't31': w(t31, 'table_3_1', 'Table 3.1: test-set classification (95% '
                'CI: class-stratified bootstrap, '
                f'{config.cam.bootstrap} replicates)', display_rows=t31_md),
-      't32': w(t32, 'table_3_2', f'Table 3.2: Diff_GradCAM ({tag})',
+      't32': w(t32, 'table_3_2', f'Table 3.2: Diff_GradCAM ({tag}; std = '
+               'sample std, ddof = 1)',
                display_rows=t32_md, floatfmt='.3f'),
-      'loc': w(loc, 'localisation', f'Localisation metrics (mean ± std; '
-               f'{tag})', display_rows=loc_md),
+      'loc': w(loc, 'localisation', 'Localisation metrics (mean ± sample '
+               f'std; {tag})', display_rows=loc_md),
       'anova_diff': w(anova_diff, 'anova_diff', 'One-way ANOVA, '
                       'Diff_GradCAM'),
       'tukey_diff': w(tukey_diff, 'tukey_diff', 'Tukey HSD, Diff_GradCAM '
