@@ -28,7 +28,8 @@
 # is installed from PyPI; otherwise it tries `pip install -r requirements.txt
 # jax[cuda12]`. Packages missing from a GPU image come from wheels in .whl/
 # (installed into a scratch folder, no network) and pure-python copies in
-# .cache/gpu_site (ml_collections, pytorch-grad-cam, ttach), when present.
+# .cache/gpu_site (pytorch-grad-cam, ttach), when present: run
+# `bash benchmarks/gpu_carry.sh` here first and carry both folders.
 # MFU is against the card's published dense peak (H100/H200 SXM: bf16 989,
 # fp32 67 TFLOP/s); XLA may run fp32 dots on TF32, so fp32 MFU can exceed 100%.
 set -uo pipefail
