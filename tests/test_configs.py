@@ -114,6 +114,10 @@ def test_cooperative_demo_writes_the_report(coop_workdir):
                    ('Ours', 'UNet_S'), ('Res_SE-UNet', 'UNet_S')}, pairs
   for name in cooperative.get_config('demo').sequence:
     _assert_run(os.path.join(coop_workdir, name))
+  with open(os.path.join(rep, 'report.md')) as f:
+    text = f.read()
+  assert '## Settings' in text and 'plain concatenation' in text
+  assert "parameters trained: `fusion/.*` (the thesis" in text
 
 
 def test_stage2_leaves_the_densenet_bitwise_unchanged(coop_workdir):

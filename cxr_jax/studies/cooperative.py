@@ -15,6 +15,8 @@ is not in `config.sequence` are left out. Outputs in `workdir/report/`:
   fig_4_2_grid.png        CXR, gaze map, ours, MT-UNet, Grad-CAM DenseNet-201
   per_image_saliency.csv  every per-image value behind the tables
   report.md               all of it, with the thesis's numbers beside ours
+                          and the settings behind them (data, gaze recipe,
+                          split, injection, stage-3 schedule, init)
 """
 from __future__ import annotations
 
@@ -118,6 +120,37 @@ def _mean_std(v) -> str:
   return text if n == v.size else f'{text} (n={n})'
 
 
+def _settings(config, workdir: str) -> list[str]:
+  """Markdown bullets: the choices behind the numbers (data, gaze recipe,
+  split, and the full model's settings where it was trained)."""
+  d = config.data
+  lines = [f'- Data: {d.root or "phantom (synthetic eye-gaze dataset)"}, '
+           f'{tuple(d.image_size)} px (H, W); gaze recipe `{d.gaze_recipe}`'
+           f'{f" (sigma {d.gaze_sigma} px)" if d.gaze_sigma else ""}; split '
+           f'`{d.split}` (seed {d.split_seed}).']
+  present = set(config.sequence)
+  if 'stage2' in present:
+    m = jobs.stage_config(config, 'stage2', workdir).model
+    lines.append(
+        f'- Full model: DenseNet feature `{m.densenet_feature}` injected '
+        'into the decoder by ' + ('a zero-initialised learned gate (ours)'
+                                  if m.get('inject_gate') else
+                                  "plain concatenation (the authors' code)")
+        + '.')
+  if 'stage3' in present:
+    s3 = jobs.stage_config(config, 'stage3', workdir)
+    trained = [f'`{p}`' for p, o in s3.schedule if o is not None]
+    lines.append(f'- Stage 3: loss `{s3.loss.name}`, parameters trained: '
+                 f'{", ".join(trained)} (the thesis: the classifier, '
+                 '`fusion/.*`, only).')
+  first = next((n for n in config.sequence if n in config.stages), None)
+  if first:
+    path = jobs.stage_config(config, first, workdir).init.path
+    lines.append(f'- Initial weights of `{first}`: '
+                 f'{path or "none (trained from scratch)"}.')
+  return lines
+
+
 def _ttest_pairs(sal: dict) -> list[tuple[str, str]]:
   """The thesis's comparisons (sec. 4.4.2): Ours against every other row, and
   the ablation Res_SE-UNet against UNet_S (do the residual SE blocks help
@@ -209,7 +242,8 @@ def report(config, workdir: str) -> dict:
         '(KL without epsilon, HS = sum of minima of the sum-normalised maps), '
         'plus the MIT benchmark\'s KL and SIM; NSS and AUC-Judd use the '
         'fixation maps. Thesis columns are the published numbers on the real '
-        'eye-gaze data, for reference only.', '']
+        'eye-gaze data, for reference only.', '', '## Settings', '',
+        *_settings(config, workdir), '']
   if rows41:
     md += ['## Table 4.1: classification', '',
            tables.write_table(rows41, os.path.join(out_dir, 'table_4_1')), '']
