@@ -31,6 +31,11 @@ def sweep(add):
   add(name='classification_ablation',
       sequence=('stage1_contrastive', 'stage1_finetune', 'stage2', 'stage3',
                 'densenet201'))
+  # Training-run variance: the whole study once per seed (initialisation,
+  # data order, augmentation, dropout; the data and split stay fixed), then
+  # `python -m cxr_jax.studies.seeds ROOT/seed0 ROOT/seed1 ROOT/seed2`.
+  for seed in range(3):
+    add(name=f'seed{seed}', seed=seed)
   # Which DenseNet feature enters the decoder (authors' code vs thesis text):
   add(name='densenet_feature_denseblock3',
       **{'stages.stage2.model.densenet_feature': 'denseblock3',

@@ -37,7 +37,8 @@ TPU_VM = os.path.join(ROOT, 'launch', 'tpu_vm.sh')
 SBATCH = os.path.join(ROOT, 'launch', 'slurm.sbatch')
 COOP = 'configs/cooperative.py:demo'
 COOP_POINTS = ('pretraining_ablation', 'saliency_ablation',
-               'classification_ablation', 'densenet_feature_denseblock3')
+               'classification_ablation', 'seed0', 'seed1', 'seed2',
+               'densenet_feature_denseblock3')
 COOP_FLAGS = {
     'pretraining_ablation': [
         '--config.sequence=("stage1_contrastive", "stage1_finetune", '
@@ -48,6 +49,9 @@ COOP_FLAGS = {
     'classification_ablation': [
         '--config.sequence=("stage1_contrastive", "stage1_finetune", '
         '"stage2", "stage3", "densenet201")'],
+    'seed0': ['--config.seed=0'],
+    'seed1': ['--config.seed=1'],
+    'seed2': ['--config.seed=2'],
     'densenet_feature_denseblock3': [
         '--config.stages.stage2.model.densenet_feature=denseblock3',
         '--config.stages.stage3.model.densenet_feature=denseblock3'],
@@ -82,7 +86,7 @@ def dry_runs(tmp_path_factory):
   root = str(tmp_path_factory.mktemp('sweep') / 'root')
   runs = {mode: _lines(_sweep(f'--config={COOP}', f'--workdir={root}',
                               f'--mode={mode}', '--dry_run', '--',
-                              '--config.seed=3').stdout)
+                              '--config.data.split_seed=3').stdout)
           for mode in ('local', 'slurm', 'tpu')}
   return root, runs
 
@@ -93,7 +97,7 @@ def test_dry_run_local_commands(dry_runs):
   for name, argv in runs['local'].items():
     assert argv == [sys.executable, 'main.py', f'--config={COOP}',
                     f'--workdir={root}/{name}', *COOP_FLAGS[name],
-                    '--config.seed=3']
+                    '--config.data.split_seed=3']
   assert len({a[3] for a in runs['local'].values()}) == len(COOP_POINTS)
 
 
@@ -105,7 +109,7 @@ def test_dry_run_slurm_commands(dry_runs):
                     f'--output={root}/{name}/slurm-%j.out',
                     'launch/slurm.sbatch', f'--config={COOP}',
                     f'--workdir={root}/{name}', *COOP_FLAGS[name],
-                    '--config.seed=3']
+                    '--config.data.split_seed=3']
 
 
 def test_dry_run_tpu_commands(dry_runs):
@@ -114,7 +118,7 @@ def test_dry_run_tpu_commands(dry_runs):
   for name, argv in runs['tpu'].items():
     assert argv == ['launch/tpu_vm.sh', f'--config={COOP}',
                     f'--workdir={root}/{name}', *COOP_FLAGS[name],
-                    '--config.seed=3']
+                    '--config.data.split_seed=3']
 
 
 def test_dry_run_quotes_tuples_for_the_shell(dry_runs):
@@ -162,17 +166,19 @@ def _expected(config_arg: str, overrides: dict):
 
 def test_generated_overrides_parse_back(dry_runs):
   root, runs = dry_runs
+  extra = {'data.split_seed': 3}  # the flag after `--` in `dry_runs`
   points = {
-      'pretraining_ablation': dict(seed=3, sequence=(
+      'pretraining_ablation': dict(extra, sequence=(
           'stage1_contrastive', 'stage1_finetune', 'densenet201')),
-      'saliency_ablation': dict(seed=3, sequence=(
+      'saliency_ablation': dict(extra, sequence=(
           'stage1_contrastive', 'stage1_finetune', 'stage2', 'unet_s',
           'res_se_unet')),
-      'classification_ablation': dict(seed=3, sequence=(
+      'classification_ablation': dict(extra, sequence=(
           'stage1_contrastive', 'stage1_finetune', 'stage2', 'stage3',
           'densenet201')),
+      **{f'seed{i}': dict(extra, seed=i) for i in range(3)},
       'densenet_feature_denseblock3': {
-          'seed': 3,
+          **extra,
           'stages.stage2.model.densenet_feature': 'denseblock3',
           'stages.stage3.model.densenet_feature': 'denseblock3'},
   }

@@ -151,13 +151,14 @@ def _settings(config, workdir: str) -> list[str]:
   return lines
 
 
-def _ttest_pairs(sal: dict) -> list[tuple[str, str]]:
-  """The thesis's comparisons (sec. 4.4.2): Ours against every other row, and
-  the ablation Res_SE-UNet against UNet_S (do the residual SE blocks help
-  without the injected features?)."""
-  pairs = [('Ours', other) for other in sal if other != 'Ours'] if (
-      'Ours' in sal) else []
-  if 'Res_SE-UNet' in sal and 'UNet_S' in sal:
+def ttest_pairs(rows) -> list[tuple[str, str]]:
+  """The thesis's comparisons (sec. 4.4.2) among Table 4.2's `rows` (method
+  names): Ours against every other row, and the ablation Res_SE-UNet against
+  UNet_S (do the residual SE blocks help without the injected features?)."""
+  rows = list(rows)
+  pairs = [('Ours', other) for other in rows if other != 'Ours'] if (
+      'Ours' in rows) else []
+  if 'Res_SE-UNet' in rows and 'UNet_S' in rows:
     pairs.append(('Res_SE-UNet', 'UNet_S'))
   return pairs
 
@@ -225,7 +226,7 @@ def report(config, workdir: str) -> dict:
           k: float(m[k][i]) for k in ('kl', 'cc', 'hs', 'kl_mit', 'sim_mit',
                                       'nss', 'auc_judd')}})
   ttest_rows = []
-  for a, b in _ttest_pairs(sal):
+  for a, b in ttest_pairs(sal):
     for metric in ('kl', 'cc', 'hs'):
       t = stats.paired_ttest(sal[a][metric], sal[b][metric])
       ttest_rows.append({'a': a, 'b': b, 'metric': metric,

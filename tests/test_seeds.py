@@ -1,0 +1,88 @@
+"""Study B pooled over training runs (`cxr_jax.studies.seeds`)."""
+import csv
+import os
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+
+from cxr_jax.studies import seeds
+
+METHODS = ('Ours', 'MT-UNet', 'Res_SE-UNet', 'UNet_S')
+
+
+def _write(path, header, rows):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, 'w', newline='') as f:
+    w = csv.writer(f)
+    w.writerow(header)
+    w.writerows(rows)
+
+
+def _runs(tmp_path, n_runs=3, n_images=5, seed=0):
+  """Fake reports; returns the run dirs and the per-image values."""
+  rng = np.random.default_rng(seed)
+  dirs, values = [], {}
+  for r in range(n_runs):
+    d = str(tmp_path / f'seed{r}')
+    rows = []
+    for m in METHODS:
+      v = rng.uniform(0.3, 1.0, size=(n_images, 3))
+      if m == 'UNet_S' and r == 0:
+        v[1, 0] = np.nan  # an image without gaze: left out of the mean
+      values[(r, m)] = v
+      rows += [[m, i, *v[i], 0.0] for i in range(n_images)]
+    _write(os.path.join(d, 'report', 'per_image_saliency.csv'),
+           ['method', 'index', 'kl', 'cc', 'hs', 'nss'], rows)
+    _write(os.path.join(d, 'report', 'table_4_1.csv'),
+           ['method', 'stage', 'auc_ovr_macro', 'accuracy'],
+           [['Ours', 'stage3', 0.9 + 0.01 * r, 0.8],
+            ['DNet201', 'densenet201', 0.85, 0.7 - 0.01 * r]])
+    dirs.append(d)
+  return dirs, values
+
+
+def test_pooled_tables_and_run_level_ttests(tmp_path):
+  dirs, values = _runs(tmp_path)
+  res = seeds.write(dirs, str(tmp_path / 'pooled'))
+  run_means = {(r, m): np.nanmean(values[(r, m)], axis=0)
+               for r in range(3) for m in METHODS}
+  t42 = {row['method']: row for row in res['table_4_2']}
+  assert set(t42) == set(METHODS)  # DNet201 has no saliency rows
+  for m in METHODS:
+    kl = np.array([run_means[(r, m)][0] for r in range(3)])
+    assert t42[m]['kl'] == f'{kl.mean():.3f} ± {kl.std(ddof=1):.3f}'
+    np.testing.assert_allclose(t42[m]['kl[seed2]'], kl[2])
+  t41 = {row['method']: row for row in res['table_4_1']}
+  assert t41['Ours']['auc_ovr_macro'] == '0.910 ± 0.010'
+  assert t41['DNet201']['accuracy'] == '0.690 ± 0.010'
+  pairs = [(t['a'], t['b']) for t in res['ttests'] if t['metric'] == 'kl']
+  assert pairs == [('Ours', 'MT-UNet'), ('Ours', 'Res_SE-UNet'),
+                   ('Ours', 'UNet_S'), ('Res_SE-UNet', 'UNet_S')]
+  for t in res['ttests']:
+    k = ('kl', 'cc', 'hs').index(t['metric'])
+    a = [run_means[(r, t['a'])][k] for r in range(3)]
+    b = [run_means[(r, t['b'])][k] for r in range(3)]
+    want = sps.ttest_rel(a, b)
+    assert t['p'] == pytest.approx(want.pvalue) and t['runs'] == 3
+    assert t['t'] == pytest.approx(want.statistic)
+  for name in ('seeds.md', 'seeds_table_4_2.csv', 'seeds_table_4_1.md',
+               'seeds_ttests.csv'):
+    assert os.path.getsize(tmp_path / 'pooled' / name) > 0
+
+
+def test_bad_input_names_the_file(tmp_path):
+  dirs, _ = _runs(tmp_path, n_runs=2)
+  with pytest.raises(ValueError, match='at least 2 runs'):
+    seeds.pool(dirs[:1])
+  with pytest.raises(FileNotFoundError, match='nowhere.*per_image_saliency'):
+    seeds.pool([dirs[0], str(tmp_path / 'nowhere')])
+  path = os.path.join(dirs[1], 'report', 'per_image_saliency.csv')
+  _write(path, ['method', 'index', 'kl', 'cc'], [['Ours', 0, 1.0, 0.5]])
+  with pytest.raises(ValueError, match=r'per_image_saliency.csv: missing '
+                     r'column\(s\) hs'):
+    seeds.pool(dirs)
+  _write(path, ['method', 'index', 'kl', 'cc', 'hs'],
+         [['Ours', 0, 1.0, 0.5, 0.4], ['Ours', 1, 'oops', 0.5, 0.4]])
+  with pytest.raises(ValueError, match=r"row 3: kl = 'oops'"):
+    seeds.pool(dirs)
