@@ -146,6 +146,11 @@ def _demo(c: ml_collections.ConfigDict) -> None:
 
 
 def sweep(add):
-  """One point per model (each its own one-stage sequence and report)."""
+  """One point per model (each its own one-stage sequence and report), and
+  the whole study once per training seed (`seed0`-`seed2`: initialisation,
+  data order, augmentation; the data and split stay fixed), to pool with
+  `python -m cxr_jax.studies.seeds ROOT/seed0 ROOT/seed1 ROOT/seed2`."""
   for name in MODELS:
     add(name=name, sequence=(name,))
+  for seed in range(3):
+    add(name=f'seed{seed}', seed=seed)

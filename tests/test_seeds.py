@@ -86,3 +86,47 @@ def test_bad_input_names_the_file(tmp_path):
          [['Ours', 0, 1.0, 0.5, 0.4], ['Ours', 1, 'oops', 0.5, 0.4]])
   with pytest.raises(ValueError, match=r"row 3: kl = 'oops'"):
     seeds.pool(dirs)
+
+
+def test_study_a_runs_compare_every_pair_with_holm(tmp_path):
+  rng = np.random.default_rng(1)
+  models = ('vgg16', 'resnet50', 'vit_b16')
+  dirs, means = [], {}
+  for r in range(4):
+    d = str(tmp_path / f'seed{r}')
+    rows = []
+    for j, m in enumerate(models):
+      v = rng.normal(0.2 - 0.1 * j, 0.1, size=(6, 2))
+      means[(r, m)] = v.mean(axis=0)
+      rows += [[m, 'net', i, *v[i]] for i in range(6)]
+    _write(os.path.join(d, 'report', 'per_image.csv'),
+           ['model', 'network', 'index', 'diff_gradcam', 'ehr_auc'], rows)
+    _write(os.path.join(d, 'report', 'table_3_1.csv'),
+           ['model', 'network', 'accuracy', 'auc'],
+           [[m, 'net', 0.8, 0.9] for m in models])
+    dirs.append(d)
+  res = seeds.write(dirs, str(tmp_path / 'pooled'))
+  assert res['study'] == 'Study A'
+  assert [row['method'] for row in res['table_3_2']] == list(models)
+  assert res['table_3_1'][0]['auc'] == '0.900 ± 0.000'
+  diff = [t for t in res['ttests'] if t['metric'] == 'diff_gradcam']
+  assert [(t['a'], t['b']) for t in diff] == [
+      ('vgg16', 'resnet50'), ('vgg16', 'vit_b16'), ('resnet50', 'vit_b16')]
+  raw = [sps.ttest_rel([means[(r, t['a'])][0] for r in range(4)],
+                       [means[(r, t['b'])][0] for r in range(4)]).pvalue
+         for t in diff]
+  order = np.argsort(raw)
+  holm = np.empty(3)
+  holm[order] = np.minimum(1, np.maximum.accumulate(
+      (3 - np.arange(3)) * np.asarray(raw)[order]))
+  np.testing.assert_allclose([t['p'] for t in diff], raw)
+  np.testing.assert_allclose([t['p_holm'] for t in diff], holm)
+  assert all(t['significant'] == (t['p_holm'] < 0.05) for t in diff)
+  assert os.path.exists(tmp_path / 'pooled' / 'seeds_table_3_2.md')
+
+
+def test_unknown_run_folder_is_named(tmp_path):
+  (tmp_path / 'a' / 'report').mkdir(parents=True)
+  with pytest.raises(FileNotFoundError, match=r'a/report: no '
+                     r'per_image_saliency.csv or per_image.csv'):
+    seeds.pool([str(tmp_path / 'a'), str(tmp_path / 'b')])
