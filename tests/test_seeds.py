@@ -106,7 +106,7 @@ def test_study_a_runs_compare_every_pair_with_holm(tmp_path):
            [[m, 'net', 0.8, 0.9] for m in models])
     dirs.append(d)
   res = seeds.write(dirs, str(tmp_path / 'pooled'))
-  assert res['study'] == 'Study A'
+  assert res['study'].title == 'Study A'
   assert [row['method'] for row in res['table_3_2']] == list(models)
   assert res['table_3_1'][0]['auc'] == '0.900 ± 0.000'
   diff = [t for t in res['ttests'] if t['metric'] == 'diff_gradcam']

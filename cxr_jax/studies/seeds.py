@@ -59,6 +59,7 @@ class Study:
   table: str  # the classification table under report/
   table_metrics: tuple[str, ...]
   names: tuple[str, str]  # output stems of the two pooled tables
+  titles: tuple[str, str]  # and their titles
   pairs: Callable[[list[str]], list[tuple[str, str]]]
   holm: bool  # adjust each metric's family of pairs
 
@@ -71,10 +72,15 @@ STUDIES = {
     'cooperative': Study(
         'Study B', 'per_image_saliency.csv', 'method', ('kl', 'cc', 'hs'),
         'table_4_1.csv', ('auc_ovr_macro', 'accuracy'),
-        ('table_4_2', 'table_4_1'), cooperative.ttest_pairs, holm=False),
+        ('table_4_2', 'table_4_1'),
+        ("Table 4.2 over runs: saliency (authors' KL, CC, HS)",
+         'Table 4.1 over runs: classification'),
+        cooperative.ttest_pairs, holm=False),
     'gradcam_benchmark': Study(
         'Study A', 'per_image.csv', 'model', ('diff_gradcam', 'ehr_auc'),
         'table_3_1.csv', ('accuracy', 'auc'), ('table_3_2', 'table_3_1'),
+        ('Table 3.2 over runs: Diff_GradCAM and EHR AUC',
+         'Table 3.1 over runs: classification'),
         _all_pairs, holm=True),
 }
 
@@ -132,9 +138,9 @@ def run_means(run_dir: str, study: Study) -> dict[str, dict[str, float]]:
   return means
 
 
-def pool(run_dirs: Sequence[str]) -> dict[str, list[dict]]:
+def pool(run_dirs: Sequence[str]) -> dict:
   """Rows of the three pooled tables from the runs' reports (keyed by the
-  study's table names and 'ttests')."""
+  study's table names and 'ttests'), and the `Study` under 'study'."""
   if len(run_dirs) < 2:
     raise ValueError(f'need at least 2 runs to pool, got {len(run_dirs)}')
   study = detect(run_dirs[0])
@@ -177,15 +183,19 @@ def pool(run_dirs: Sequence[str]) -> dict[str, list[dict]]:
     for row in rows:
       row['significant'] = bool(row.get('p_holm', row['p']) < 0.05)
     ttests += rows
-  return {'study': study.title, study.names[0]: table(study.metrics),
+  return {'study': study, study.names[0]: table(study.metrics),
           study.names[1]: table(study.table_metrics), 'ttests': ttests}
 
 
-def write(run_dirs: Sequence[str], out_dir: str) -> dict[str, list[dict]]:
+def write(run_dirs: Sequence[str], out_dir: str) -> dict:
   """Pools the runs and writes the tables and `seeds.md` to `out_dir`."""
   res = pool(run_dirs)
   os.makedirs(out_dir, exist_ok=True)
-  md = [f'# {res["study"]} across training runs', '',
+  study = res['study']
+  titles = dict(zip(study.names, study.titles),
+                ttests='Paired t-tests over runs (two-sided, p < 0.05' +
+                (', Holm-adjusted per metric)' if study.holm else ')'))
+  md = [f'# {study.title} across training runs', '',
         f'{len(run_dirs)} runs: ' + ', '.join(f'`{d}`' for d in run_dirs) +
         '. Each cell: mean ± sample std (ddof = 1) of the runs\' test-set '
         'means, then each run\'s mean. The t-tests pair the runs (one '
@@ -193,10 +203,8 @@ def write(run_dirs: Sequence[str], out_dir: str) -> dict[str, list[dict]]:
         'its advantage; a single run\'s report pairs its test images.', '']
   for key, rows in res.items():
     if key != 'study' and rows:
-      title = ('Paired t-tests over runs (two-sided, p < 0.05)'
-               if key == 'ttests' else f'{key} over runs')
       md += [tables.write_table(rows, os.path.join(out_dir, f'seeds_{key}'),
-                                title=title, floatfmt='.4g'), '']
+                                title=titles[key], floatfmt='.4g'), '']
   with open(os.path.join(out_dir, 'seeds.md'), 'w') as f:
     f.write('\n'.join(md))
   logging.info('Pooled report of %d runs written to %s', len(run_dirs),
