@@ -9,7 +9,9 @@ is not in `config.sequence` are left out. Outputs in `workdir/report/`:
   table_4_2.{csv,md}      saliency: KL, CC, HS (authors' definitions,
                           comparable with the thesis) mean +- std, the MIT
                           benchmark's KL/SIM, NSS and AUC-Judd
-  ttests.{csv,md}         two-sided paired t-tests, ours vs each baseline
+  ttests.{csv,md}         two-sided paired t-tests (paired by test image):
+                          ours vs each saliency baseline, and the ablation
+                          Res_SE-UNet vs UNet_S
   cam_vs_gaze.{csv,md}    beyond the thesis: each classifier's Grad-CAM
                           scored against the gaze maps with KL/CC/HS
   fig_4_2_grid.png        CXR, gaze map, ours, MT-UNet, Grad-CAM DenseNet-201
