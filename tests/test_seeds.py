@@ -130,3 +130,21 @@ def test_unknown_run_folder_is_named(tmp_path):
   with pytest.raises(FileNotFoundError, match=r'a/report: no '
                      r'per_image_saliency.csv or per_image.csv'):
     seeds.pool([str(tmp_path / 'a'), str(tmp_path / 'b')])
+
+
+def test_command_line_writes_the_pooled_report(tmp_path):
+  """`python -m cxr_jax.studies.seeds RUN...` (its flags are defined only
+  when run as a program, so importing the module beside others that define
+  --out, such as benchmarks.loader, is fine)."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  import benchmarks.loader  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  dirs, _ = _runs(tmp_path, n_runs=2)
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  out = subprocess.run(
+      [sys.executable, '-m', 'cxr_jax.studies.seeds', *dirs,
+       f'--out={tmp_path}/p'], cwd=root, capture_output=True, text=True,
+      timeout=120, env=dict(os.environ, PYTHONPATH=root), check=False)
+  assert out.returncode == 0, out.stderr
+  assert '# Study B across training runs' in out.stdout
+  assert os.path.exists(tmp_path / 'p' / 'seeds_ttests.csv')

@@ -212,15 +212,11 @@ def write(run_dirs: Sequence[str], out_dir: str) -> dict:
   return res
 
 
-_OUT = flags.DEFINE_string('out', '', 'Output folder; default: '
-                           '<parent of the first run>/pooled.')
-
-
 def main(argv: Sequence[str]) -> None:
   run_dirs = argv[1:]
   if not run_dirs:
     raise app.UsageError('Give the run directories (each with a report/).')
-  out = _OUT.value or os.path.join(
+  out = flags.FLAGS.out or os.path.join(
       os.path.dirname(os.path.normpath(run_dirs[0])), 'pooled')
   write(run_dirs, out)
   with open(os.path.join(out, 'seeds.md')) as f:
@@ -228,4 +224,8 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == '__main__':
+  # Defined here, not at import: the module is a library too, and absl flag
+  # names are global (another module's --out would collide).
+  flags.DEFINE_string('out', '', 'Output folder; default: <parent of the '
+                      'first run>/pooled.')
   app.run(main)
