@@ -61,11 +61,13 @@ def test_config_stages_follow_the_thesis():
   assert d.cam.targets == 'label' and d.cam.ehr_variant == 'thesis'
 
 
-def test_sweep_one_point_per_model():
+def test_sweep_one_point_per_model_and_per_seed():
   points = []
   gradcam_benchmark.sweep(lambda **kw: points.append(kw))
-  assert [p['name'] for p in points] == list(gradcam_benchmark.MODELS)
-  assert all(p['sequence'] == (p['name'],) for p in points)
+  models = len(gradcam_benchmark.MODELS)
+  assert [p['name'] for p in points[:models]] == list(gradcam_benchmark.MODELS)
+  assert all(p['sequence'] == (p['name'],) for p in points[:models])
+  assert points[models:] == [dict(name=f'seed{i}', seed=i) for i in range(3)]
 
 
 @pytest.fixture(scope='module')
