@@ -42,6 +42,7 @@ from cxr_jax.metrics import saliency as sal_metrics
 from cxr_jax.metrics import stats
 from cxr_jax.report import figures
 from cxr_jax.report import tables
+from cxr_jax.studies import comparisons
 
 # (row name, stage, thesis AUC, thesis accuracy) -- Table 4.1.
 CLASSIFIERS = (
@@ -153,18 +154,6 @@ def _settings(config, workdir: str) -> list[str]:
   return lines
 
 
-def ttest_pairs(rows) -> list[tuple[str, str]]:
-  """The thesis's comparisons (sec. 4.4.2) among Table 4.2's `rows` (method
-  names): Ours against every other row, and the ablation Res_SE-UNet against
-  UNet_S (do the residual SE blocks help without the injected features?)."""
-  rows = list(rows)
-  pairs = [('Ours', other) for other in rows if other != 'Ours'] if (
-      'Ours' in rows) else []
-  if 'Res_SE-UNet' in rows and 'UNet_S' in rows:
-    pairs.append(('Res_SE-UNet', 'UNet_S'))
-  return pairs
-
-
 def report(config, workdir: str) -> dict:
   """Evaluates every trained stage on the test split and writes the report."""
   t0 = time.time()
@@ -228,7 +217,7 @@ def report(config, workdir: str) -> dict:
           k: float(m[k][i]) for k in ('kl', 'cc', 'hs', 'kl_mit', 'sim_mit',
                                       'nss', 'auc_judd')}})
   ttest_rows = []
-  for a, b in ttest_pairs(sal):
+  for a, b in comparisons.study_b_pairs(sal):
     for metric in ('kl', 'cc', 'hs'):
       t = stats.paired_ttest(sal[a][metric], sal[b][metric])
       ttest_rows.append({'a': a, 'b': b, 'metric': metric,

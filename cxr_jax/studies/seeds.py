@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import itertools
 import os
 from typing import Callable, Sequence
 
@@ -46,7 +45,7 @@ import numpy as np
 
 from cxr_jax.metrics import stats
 from cxr_jax.report import tables
-from cxr_jax.studies import cooperative
+from cxr_jax.studies import comparisons
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,10 +63,6 @@ class Study:
   holm: bool  # adjust each metric's family of pairs
 
 
-def _all_pairs(methods: list[str]) -> list[tuple[str, str]]:
-  return list(itertools.combinations(methods, 2))
-
-
 STUDIES = {
     'cooperative': Study(
         'Study B', 'per_image_saliency.csv', 'method', ('kl', 'cc', 'hs'),
@@ -75,13 +70,13 @@ STUDIES = {
         ('table_4_2', 'table_4_1'),
         ("Table 4.2 over runs: saliency (authors' KL, CC, HS)",
          'Table 4.1 over runs: classification'),
-        cooperative.ttest_pairs, holm=False),
+        comparisons.study_b_pairs, holm=False),
     'gradcam_benchmark': Study(
         'Study A', 'per_image.csv', 'model', ('diff_gradcam', 'ehr_auc'),
         'table_3_1.csv', ('accuracy', 'auc'), ('table_3_2', 'table_3_1'),
         ('Table 3.2 over runs: Diff_GradCAM and EHR AUC',
          'Table 3.1 over runs: classification'),
-        _all_pairs, holm=True),
+        comparisons.all_pairs, holm=True),
 }
 
 
