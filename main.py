@@ -15,10 +15,10 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
-from cxr_jax import distributed
-from cxr_jax import hostmem
+from cxr_jax.runtime import distributed
+from cxr_jax.runtime import hostmem
 from cxr_jax import jobs
-from cxr_jax import xla_flags
+from cxr_jax.runtime import xla_flags
 from cxr_jax.data import cache
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -35,13 +35,13 @@ _XLA_CACHE = flags.DEFINE_string(
 _CPU_XLA_FLAGS = flags.DEFINE_string(
     'cpu_xla_flags', xla_flags.CPU_XLA_FLAGS,
     'Added to $XLA_FLAGS before JAX starts (CPU kernel choices, see '
-    "cxr_jax/xla_flags.py); a flag already in $XLA_FLAGS wins; '' = none.")
+    "cxr_jax/runtime/xla_flags.py); a flag already in $XLA_FLAGS wins; '' = none.")
 _TUNE_HOST_MALLOC = flags.DEFINE_bool(
     'tune_host_malloc', True,
     "Keep XLA's per-step host temporaries mapped from one CPU step to the "
     'next: restart once with glibc malloc tunables in $GLIBC_TUNABLES and run '
     'CPU executions on the calling thread (CPU train steps ~12-17% faster; '
-    'cxr_jax/hostmem.py). No effect where glibc cannot do it.')
+    'cxr_jax/runtime/hostmem.py). No effect where glibc cannot do it.')
 flags.mark_flags_as_required(['config'])
 
 

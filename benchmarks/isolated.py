@@ -28,7 +28,7 @@ from absl import app
 from absl import flags
 
 _PREFIX = 'RESULT '
-# Which sides' processes start with cxr_jax.hostmem's malloc tunables in
+# Which sides' processes start with cxr_jax.runtime.hostmem's malloc tunables in
 # $GLIBC_TUNABLES (what `main.py` does for its own process; the JAX side then
 # also runs its CPU executions on the calling thread, `hostmem.configure_
 # jax`); benchmarks/run.py sets it from --tune_host_malloc and
@@ -55,7 +55,7 @@ def make_side(task: str, side: str, *, model: str, batch: int, size: int,
 
 def side_env(side: str) -> dict[str, str]:
   """The environment of one side's timing process."""
-  from cxr_jax import hostmem  # pylint: disable=g-import-not-at-top
+  from cxr_jax.runtime import hostmem  # pylint: disable=g-import-not-at-top
   env = dict(os.environ, PYTHONUNBUFFERED='1',
              PYTHONPATH=os.pathsep.join(filter(None, (
                  _ROOT, os.environ.get('PYTHONPATH')))))
@@ -110,7 +110,7 @@ def main(argv):
     import jax  # pylint: disable=g-import-not-at-top
     jax.config.update('jax_platforms', 'cpu')
     if f.side == 'jax':
-      from cxr_jax import hostmem  # pylint: disable=g-import-not-at-top
+      from cxr_jax.runtime import hostmem  # pylint: disable=g-import-not-at-top
       hostmem.configure_jax()  # as main.py: only with side_env's tunables
   if f.side == 'torch' and f.device == 'cpu':
     import torch  # pylint: disable=g-import-not-at-top

@@ -30,7 +30,7 @@ stub_missing_grain()
 # benchmarks.loader defines --out (and its own --workers, --batches, ...);
 # here --out is the results directory.
 from benchmarks import loader  # pylint: disable=g-import-not-at-top,g-bad-import-order
-from cxr_jax import xla_flags  # pylint: disable=g-import-not-at-top,g-bad-import-order
+from cxr_jax.runtime import xla_flags  # pylint: disable=g-import-not-at-top,g-bad-import-order
 
 
 _QUICK = flags.DEFINE_bool('quick', False, 'Few steps; skip the full-size '
@@ -70,7 +70,7 @@ _ISOLATE = flags.DEFINE_bool(
 _TUNE_HOST_MALLOC = flags.DEFINE_bool(
     'tune_host_malloc', True, 'Start the JAX side\'s timing processes with '
     'glibc malloc tunables that keep XLA\'s temporaries mapped between steps, '
-    'as main.py does (cxr_jax/hostmem.py).')
+    'as main.py does (cxr_jax/runtime/hostmem.py).')
 _TORCH_TUNE_HOST_MALLOC = flags.DEFINE_bool(
     'torch_tune_host_malloc', False, 'The same tunables for the torch side '
     '(by default it runs as users run it).')
@@ -84,7 +84,7 @@ _CPU_XLA_FLAGS = flags.DEFINE_string(
     'cpu_xla_flags', xla_flags.CPU_XLA_FLAGS,
     'Appended to XLA_FLAGS with --device=cpu '
     '(before JAX starts its backend) unless XLA_FLAGS already sets the same '
-    "flag; '' to measure XLA's defaults. See cxr_jax/xla_flags.py.")
+    "flag; '' to measure XLA's defaults. See cxr_jax/runtime/xla_flags.py.")
 
 _RESULTS: dict[str, Any] = {}  # filled by main; saved after every row
 
@@ -266,7 +266,7 @@ def report(res: dict[str, Any]) -> str:
   hp = res['config'].get('tune_host_malloc') or {}
   if res['config'].get('isolate'):
     out += ['Processes started with the malloc tunables of '
-            'cxr_jax/hostmem.py: ' + (', '.join(
+            'cxr_jax/runtime/hostmem.py: ' + (', '.join(
                 k for k in ('jax', 'torch') if hp.get(k)) or 'none') + '.',
             '']
   if res.get('train'):

@@ -22,7 +22,7 @@ on CPU slows both sides unevenly (`benchmarks/isolated.py`), so CPU
 JAX/torch ratios come from `benchmarks.run`. Prints each
 variant's median step time, images/s, its rate over torch's, achieved
 FLOP/s and (on an accelerator with a known peak) MFU; `--out` writes the rows
-as JSON. This is how the CPU flag in `cxr_jax.xla_flags.CPU_XLA_FLAGS` was
+as JSON. This is how the CPU flag in `cxr_jax.runtime.xla_flags.CPU_XLA_FLAGS` was
 chosen.
 """
 from __future__ import annotations

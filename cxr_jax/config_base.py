@@ -23,7 +23,7 @@ def train_config() -> ml_collections.ConfigDict:
   c.num_workers = 2          # grain worker processes (0 = in-process)
   # Device mesh: (axis name, size) pairs, -1 = the remaining devices. Batches
   # are split over 'data' only; another axis, e.g. (('data', -1),
-  # ('model', 4)), exists to shard parameters (see cxr_jax/sharding.py).
+  # ('model', 4)), exists to shard parameters (see cxr_jax/runtime/sharding.py).
   c.mesh = (('data', -1),)
   # Parameter layout over the mesh: (regex over '/'-joined parameter paths,
   # spec) pairs and preset names, first match wins, unmatched = replicated.

@@ -5,7 +5,7 @@ freezing `schedule`) and the evaluators; nothing here is study-specific. The
 train step is a pure `(state, batch) -> (state, metrics)` function, jitted
 once with the state donated and the batch sharded over the `'data'` axis of
 the `config.mesh` mesh; the state is replicated, or laid out by
-`config.sharding_rules` over the other mesh axes (`cxr_jax/sharding.py`), so
+`config.sharding_rules` over the other mesh axes (`cxr_jax/runtime/sharding.py`), so
 the same code runs on one CPU, 8 GPUs or a pod.
 
 Each run's workdir holds `config.json`, `metrics.jsonl`, TensorBoard events
@@ -35,7 +35,7 @@ from cxr_jax import losses
 from cxr_jax import metric_writer
 from cxr_jax import models
 from cxr_jax import optim
-from cxr_jax import sharding as sharding_lib
+from cxr_jax.runtime import sharding as sharding_lib
 from cxr_jax import weights
 from cxr_jax.data import build_dataset
 from cxr_jax.data import pipeline

@@ -16,7 +16,7 @@ from benchmarks import flops  # pylint: disable=g-import-not-at-top
 from benchmarks import gradcam  # pylint: disable=g-import-not-at-top
 from benchmarks import run  # pylint: disable=g-import-not-at-top
 from benchmarks import train_step  # pylint: disable=g-import-not-at-top
-from cxr_jax import xla_flags  # pylint: disable=g-import-not-at-top
+from cxr_jax.runtime import xla_flags  # pylint: disable=g-import-not-at-top
 
 
 def test_train_step_row():

@@ -1,4 +1,4 @@
-"""cxr_jax.hostmem: the glibc malloc tunables, the one-time restart and the
+"""cxr_jax.runtime.hostmem: the glibc malloc tunables, the one-time restart and the
 inline CPU dispatch that together keep XLA's temporaries mapped."""
 import os
 import subprocess
@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from cxr_jax import hostmem
+from cxr_jax.runtime import hostmem
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _KEEP = ':'.join(hostmem.KEEP)
@@ -70,7 +70,7 @@ def test_ensure_execs_the_same_command_with_the_tunables(monkeypatch):
 _RESTART = textwrap.dedent("""
     import os, sys
     print('start', os.environ.get('GLIBC_TUNABLES'), flush=True)
-    from cxr_jax import hostmem
+    from cxr_jax.runtime import hostmem
     hostmem.ensure()
     print('after', os.environ.get('GLIBC_TUNABLES'), sys.argv[1:],
           hostmem.configure_jax())
@@ -97,7 +97,7 @@ def test_restarted_process_runs_once_and_restores_the_environment(before):
 
 _REUSE = textwrap.dedent("""
     import resource
-    from cxr_jax import hostmem
+    from cxr_jax.runtime import hostmem
     hostmem.ensure()
     hostmem.configure_jax()
     import jax, jax.numpy as jnp

@@ -1,6 +1,6 @@
 """Two JAX processes on localhost (gloo CPU collectives), like two hosts.
 
-1. `cxr_jax.distributed.initialize` from the explicit flags: both processes
+1. `cxr_jax.runtime.distributed.initialize` from the explicit flags: both processes
    join, see 2 global devices and agree on a cross-process sum.
 2. The trainer through `main.py` on 2 processes x 1 CPU device: a run that
    crashes right after its step-4 checkpoint (every process exits hard, as a
@@ -35,7 +35,7 @@ import pytest
 from absl import flags
 from absl.testing import flagsaver
 
-from cxr_jax import distributed
+from cxr_jax.runtime import distributed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT_S = 300  # per phase; a phase takes ~30-60 s on 2 idle CPU cores
@@ -43,7 +43,7 @@ TIMEOUT_S = 300  # per phase; a phase takes ~30-60 s on 2 idle CPU cores
 _PSUM = textwrap.dedent('''
     import numpy as np
     from absl import app
-    from cxr_jax import distributed
+    from cxr_jax.runtime import distributed
 
     def main(argv):
       distributed.initialize()

@@ -1,6 +1,6 @@
 """Layouts over devices: the same losses on 1 and 8 (forced) CPU devices and
 on a ('data', 'model') mesh with sharded parameters; the mesh and sharding
-rules from config (cxr_jax/sharding.py) and their errors."""
+rules from config (cxr_jax/runtime/sharding.py) and their errors."""
 import json
 import os
 import subprocess
@@ -16,7 +16,7 @@ from ml_collections import config_flags
 
 from cxr_jax import models
 from cxr_jax import optim
-from cxr_jax import sharding
+from cxr_jax.runtime import sharding
 
 _SCRIPT = textwrap.dedent('''
     import json, sys

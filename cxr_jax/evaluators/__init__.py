@@ -21,7 +21,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from cxr_jax import sharding
+from cxr_jax.runtime import sharding
 from cxr_jax.registry import Registry
 
 EVALUATORS = Registry('evaluator type', {

@@ -27,7 +27,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from cxr_jax import sharding as sharding_lib
+from cxr_jax.runtime import sharding as sharding_lib
 from cxr_jax.data import pipeline
 from cxr_jax.explain import compute_cams
 from cxr_jax.metrics import heatmap

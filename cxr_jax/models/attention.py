@@ -96,7 +96,7 @@ class Attention(nn.Module):
   kernel (D, heads, head_dim) and bias (heads, head_dim), with its names and
   initialisation (lecun-normal on the flattened (D, heads * head_dim) kernel,
   zero bias), so checkpoints, `convert_torch` and the Megatron sharding rules
-  (`cxr_jax/sharding.py`) see the layout they always did; the three
+  (`cxr_jax/runtime/sharding.py`) see the layout they always did; the three
   projections run as one (D, 3 * D) matmul (one larger GEMM and no layout
   copies of three small kernels).
 
