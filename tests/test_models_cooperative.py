@@ -10,7 +10,6 @@ import pytest
 
 from cxr_jax.models import cooperative
 from cxr_jax.models import mtunet
-from model_init import np_init
 
 jax.config.update('jax_numpy_rank_promotion', 'raise')
 
@@ -19,7 +18,7 @@ X64 = jax.random.normal(jax.random.key(0), (2, 64, 64, 1))
 
 
 @pytest.fixture(scope='module')
-def coop():
+def coop(np_init):
   model = cooperative.Model(variant='tiny')
   return model, np_init(model, X64)
 
@@ -84,7 +83,7 @@ def test_frozen_densenet_keeps_its_batch_stats(coop):
 
 
 @pytest.mark.parametrize('feature', ['denseblock4', 'denseblock3'])
-def test_injection_features(feature: str):
+def test_injection_features(feature: str, np_init):
   model = cooperative.Model(variant='tiny', densenet_feature=feature)
   variables = np_init(model, X64)
   logits, out = model.apply(variables, X64)
@@ -97,7 +96,7 @@ def test_injection_features(feature: str):
   assert logits.shape == (2, 3) and out['saliency_logp'].shape == (2, 64, 64)
 
 
-def test_mtunet_tiny_and_uncertainty_gradients():
+def test_mtunet_tiny_and_uncertainty_gradients(np_init):
   model = mtunet.Model(variant='tiny')
   x = X64[:, :32, :32]
   variables = np_init(model, x)
@@ -147,7 +146,7 @@ def test_mtunet_full_size_shapes():
       1024 + 64, 64)
 
 
-def test_convert_torch_fills_the_densenet_subtree():
+def test_convert_torch_fills_the_densenet_subtree(np_init):
   import torch  # pylint: disable=g-import-not-at-top
   import torchvision  # pylint: disable=g-import-not-at-top
   torch.manual_seed(0)

@@ -9,13 +9,12 @@ import numpy as np
 import pytest
 
 from cxr_jax.models import unet
-from model_init import np_init
 
 jax.config.update('jax_numpy_rank_promotion', 'raise')
 
 
 @pytest.fixture(scope='module', params=['tiny', 'res_se_tiny'])
-def tiny(request):
+def tiny(request, np_init):
   """(model, variables, x) for a tiny variant, initialised once."""
   model = unet.Model(variant=request.param)
   x = jax.random.normal(jax.random.key(0), (2, 64, 48, 1))
@@ -54,7 +53,7 @@ def test_full_size_shapes(variant: str, hw: tuple[int, int]):
   assert [d.shape[-1] for d in out['decoder']] == [512, 256, 128, 64]
 
 
-def test_squeeze_excite_closed_form():
+def test_squeeze_excite_closed_form(np_init):
   se = unet.SqueezeExcite(reduction=2)
   x = jax.random.normal(jax.random.key(0), (2, 3, 3, 4))
   variables = np_init(se, x, seed=1)
@@ -90,7 +89,7 @@ def test_residual_block_tree_shortcut_without_bn():
     assert 'shortcut' not in plain['params']['encoder'][f'level{i}']
 
 
-def test_injection():
+def test_injection(np_init):
   model = unet.Model(variant='res_se_tiny', inject_channels=6,
                      inject_gate=True)
   x = jax.random.normal(jax.random.key(0), (2, 64, 64, 1))
