@@ -13,11 +13,11 @@ import os
 from typing import Any
 
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 
 
-def _manager(directory: str, keep: int, items: tuple[str, ...]):
+def manager(directory: str, keep: int, items: tuple[str, ...]):
+  """An orbax CheckpointManager of `items` in `directory` (synchronous)."""
   opts = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                       enable_async_checkpointing=False)
   return ocp.CheckpointManager(os.path.abspath(directory), options=opts,
@@ -28,9 +28,9 @@ class Checkpointer:
   """The latest and the best checkpoint of one training run."""
 
   def __init__(self, workdir: str, keep_latest: int = 1):
-    self.latest = _manager(os.path.join(workdir, 'ckpt'), keep_latest,
+    self.latest = manager(os.path.join(workdir, 'ckpt'), keep_latest,
                            ('state', 'data', 'meta'))
-    self.best = _manager(os.path.join(workdir, 'best'), 1,
+    self.best = manager(os.path.join(workdir, 'best'), 1,
                          ('variables', 'meta'))
 
   def latest_step(self) -> int | None:
@@ -64,38 +64,6 @@ class Checkpointer:
   def close(self):
     self.latest.close()
     self.best.close()
-
-
-def _to_numpy(tree):
-  return jax.tree.map(np.asarray, tree)
-
-
-def restore_variables(path: str) -> dict:
-  """Loads `{'params': ..., 'batch_stats': ...}` as numpy from `path`.
-
-  `path` may be a training workdir (its best checkpoint is used: chosen on
-  validation), a workdir's `best/` folder, or a folder written by
-  `cxr_jax.convert` (converted torchvision/timm weights).
-  """
-  path = os.path.abspath(path)
-  if not os.path.exists(path):
-    raise FileNotFoundError(f'config.init.path: {path} does not exist.')
-  if os.path.exists(os.path.join(path, 'meta.json')):  # converted weights
-    from cxr_jax import convert  # pylint: disable=g-import-not-at-top
-    return _to_numpy(convert.load(path))
-  best = os.path.join(path, 'best') if os.path.isdir(
-      os.path.join(path, 'best')) else path
-  mngr = _manager(best, 1, ('variables', 'meta'))
-  step = mngr.latest_step()
-  if step is None:
-    raise FileNotFoundError(
-        f'config.init.path: no best checkpoint under {best} (expected a '
-        'training workdir with best/<step>/, or a folder written by '
-        'python -m cxr_jax.convert).')
-  r = mngr.restore(step, args=ocp.args.Composite(
-      variables=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
-  mngr.close()
-  return _to_numpy(r['variables'])
 
 
 def write_json(path: str, obj) -> None:

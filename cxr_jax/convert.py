@@ -2,11 +2,11 @@
 
   python -m cxr_jax.convert --model=resnet50 --src=resnet50.pth --out=DIR
 
-writes an orbax checkpoint of `{'params': ..., 'batch_stats': ...}` (the full
-tree of the registered model, original head and input channels included) to
-DIR/variables plus DIR/meta.json (model name, source path, sha256 of the
-source). Fitting the tree to a model with another head or channel count is
-`cxr_jax/weights.py`'s job.
+writes the registered model's full variables tree (original head and input
+channels included) as a converted-weights folder (`cxr_jax/weights.py` owns
+the format: DIR/variables plus DIR/meta.json with the model name, source path
+and sha256 of the source). Fitting the tree to a model with another head or
+channel count is also `cxr_jax/weights.py`'s job.
 
 `.safetensors` files are read with `safetensors.numpy` (no torch needed);
 `.pth/.pt/.bin` need torch and are read with `weights_only=True`, so no
@@ -23,10 +23,10 @@ from typing import Any
 from absl import app
 from absl import flags
 import numpy as np
-import orbax.checkpoint as ocp
 import safetensors.numpy
 
 from cxr_jax import models
+from cxr_jax import weights
 
 _TORCH_EXTS = ('.pth', '.pt', '.bin')
 _WRAPPERS = ('state_dict', 'model', 'model_state_dict', 'module')
@@ -90,47 +90,10 @@ def _sha256(path: str) -> str:
   return h.hexdigest()
 
 
-def save(variables: Mapping[str, Any], out_dir: str,
-         meta: Mapping[str, Any] | None = None) -> None:
-  """Saves a numpy variables tree to `out_dir`/variables with orbax."""
-  out_dir = os.path.abspath(out_dir)
-  os.makedirs(out_dir, exist_ok=True)
-  tree = _to_numpy(variables)
-  with ocp.StandardCheckpointer() as ckptr:
-    ckptr.save(os.path.join(out_dir, 'variables'), tree, force=True)
-  if meta is not None:
-    with open(os.path.join(out_dir, 'meta.json'), 'w') as f:
-      json.dump(dict(meta), f, indent=2)
-
-
-def load(out_dir: str) -> dict[str, Any]:
-  """Loads a tree written by `save` as nested dicts of numpy arrays."""
-  path = os.path.join(os.path.abspath(out_dir), 'variables')
-  with ocp.PyTreeCheckpointer() as ckptr:
-    meta = ckptr.metadata(path)
-    tree = meta.item_metadata.tree if hasattr(meta, 'item_metadata') else meta
-    restore_args = _numpy_restore_args(tree)
-    restored = ckptr.restore(
-        path, args=ocp.args.PyTreeRestore(restore_args=restore_args))
-  return _to_numpy(restored)
-
-
-def _numpy_restore_args(tree: Any) -> Any:
-  if isinstance(tree, Mapping):
-    return {k: _numpy_restore_args(v) for k, v in tree.items()}
-  return ocp.RestoreArgs(restore_type=np.ndarray)
-
-
-def _to_numpy(tree: Any) -> Any:
-  if isinstance(tree, Mapping):
-    return {k: _to_numpy(v) for k, v in tree.items()}
-  return np.asarray(tree)
-
-
 def convert_to_dir(model_name: str, src: str, out_dir: str) -> dict[str, Any]:
   """convert() + save() with a meta.json; returns the variables."""
   variables = convert(model_name, src)
-  save(variables, out_dir, meta={
+  weights.save(variables, out_dir, meta={
       'model': model_name, 'source': os.path.abspath(src),
       'sha256': _sha256(src)})
   return variables

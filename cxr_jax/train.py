@@ -58,12 +58,9 @@ class TrainState:
 
 
 def build_model(model_cfg: Mapping[str, Any], frozen: tuple[str, ...] = ()):
-  """Builds `config.model` (name + family kwargs); dtype strings resolved."""
-  kw = dict(model_cfg)
-  name = kw.pop('name')
-  if 'dtype' in kw:
-    kw['dtype'] = jnp.dtype(kw['dtype'])
-  model = models.get_model(name, **kw)
+  """`models.build(model_cfg)`, with the `frozen` submodules of a composite
+  model run in inference mode."""
+  model = models.build(model_cfg)
   if frozen and 'frozen' in {f.name for f in dataclasses.fields(model)}:
     model = model.clone(frozen=tuple(frozen))
   return model
@@ -374,7 +371,7 @@ def _final_evals(config, evals, workdir, var_sh) -> dict[str, float]:
   names = [n for n, ev in config.evals.items() if ev.get('final', False)]
   if not names:
     return {}
-  variables = sharding_lib.put(ckpt_lib.restore_variables(workdir), var_sh)
+  variables = sharding_lib.put(weights.restore(workdir), var_sh)
   results = {}
   for name in names:
     for k, v in evals[name].run(variables).items():

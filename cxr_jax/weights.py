@@ -1,4 +1,11 @@
-"""Initialise a model's variables from converted weights or an earlier stage.
+"""Model variables on disk: the converted-weights folder, restoring a run's
+best checkpoint, and initialising a model from either.
+
+A converted-weights folder (written by `python -m cxr_jax.convert`, or
+`save`) holds `variables/` (an orbax checkpoint of `{'params': ...,
+'batch_stats': ...}` as numpy) and `meta.json` (model name, source file, its
+sha256). `restore(path)` reads that, or a training workdir's best checkpoint.
+
 
 `config.init = dict(path=..., rules=((target_regex, source_template), ...),
 dont_load=(regex, ...))`. Every parameter and batch statistic of the new model
@@ -13,14 +20,82 @@ the same output, so ImageNet features carry over to 1-channel CXRs.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
+import json
+import os
 import re
 from typing import Any, Sequence
 
 import flax
 import numpy as np
+import orbax.checkpoint as ocp
 from absl import logging
 
 from cxr_jax import ckpt
+
+META = 'meta.json'
+
+
+def _to_numpy(tree: Any) -> Any:
+  if isinstance(tree, Mapping):
+    return {k: _to_numpy(v) for k, v in tree.items()}
+  return np.asarray(tree)
+
+
+def save(variables: Mapping[str, Any], out_dir: str,
+         meta: Mapping[str, Any] | None = None) -> None:
+  """Writes a converted-weights folder: `out_dir/variables` (+ `meta.json`)."""
+  out_dir = os.path.abspath(out_dir)
+  os.makedirs(out_dir, exist_ok=True)
+  with ocp.StandardCheckpointer() as ckptr:
+    ckptr.save(os.path.join(out_dir, 'variables'), _to_numpy(variables),
+               force=True)
+  if meta is not None:
+    with open(os.path.join(out_dir, META), 'w') as f:
+      json.dump(dict(meta), f, indent=2)
+
+
+def _numpy_restore_args(tree: Any) -> Any:
+  if isinstance(tree, Mapping):
+    return {k: _numpy_restore_args(v) for k, v in tree.items()}
+  return ocp.RestoreArgs(restore_type=np.ndarray)
+
+
+def load(out_dir: str) -> dict[str, Any]:
+  """Reads a converted-weights folder as nested dicts of numpy arrays."""
+  path = os.path.join(os.path.abspath(out_dir), 'variables')
+  with ocp.PyTreeCheckpointer() as ckptr:
+    meta = ckptr.metadata(path)
+    tree = meta.item_metadata.tree if hasattr(meta, 'item_metadata') else meta
+    restored = ckptr.restore(path, args=ocp.args.PyTreeRestore(
+        restore_args=_numpy_restore_args(tree)))
+  return _to_numpy(restored)
+
+
+def restore(path: str) -> dict:
+  """Loads `{'params': ..., 'batch_stats': ...}` as numpy from `path`.
+
+  `path` may be a training workdir (its best checkpoint is used: chosen on
+  validation), a workdir's `best/` folder, or a converted-weights folder.
+  """
+  path = os.path.abspath(path)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'config.init.path: {path} does not exist.')
+  if os.path.exists(os.path.join(path, META)):
+    return load(path)
+  best = os.path.join(path, 'best') if os.path.isdir(
+      os.path.join(path, 'best')) else path
+  mngr = ckpt.manager(best, 1, ('variables', 'meta'))
+  step = mngr.latest_step()
+  if step is None:
+    raise FileNotFoundError(
+        f'config.init.path: no best checkpoint under {best} (expected a '
+        'training workdir with best/<step>/, or a folder written by '
+        'python -m cxr_jax.convert).')
+  r = mngr.restore(step, args=ocp.args.Composite(
+      variables=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+  mngr.close()
+  return _to_numpy(r['variables'])
 
 
 def _flat(tree) -> dict[str, Any]:
@@ -87,7 +162,7 @@ def merge(init_vars, loaded, *, rules: Sequence = (),
 
 def init_from(init_cfg, init_vars) -> dict:
   """Loads `init_cfg.path` into `init_vars` (see module docstring)."""
-  loaded = ckpt.restore_variables(init_cfg.path)
+  loaded = restore(init_cfg.path)
   logging.info('Initialising from %s', init_cfg.path)
   return merge(init_vars, loaded, rules=init_cfg.rules,
                dont_load=init_cfg.dont_load)

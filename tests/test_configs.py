@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from cxr_jax import ckpt
+from cxr_jax import weights
 from cxr_jax import jobs
 from cxr_jax import optim
 from configs import cooperative
@@ -121,8 +121,8 @@ def test_cooperative_demo_writes_the_report(coop_workdir):
 
 
 def test_stage2_leaves_the_densenet_bitwise_unchanged(coop_workdir):
-  s1 = ckpt.restore_variables(os.path.join(coop_workdir, 'stage1_finetune'))
-  s2 = ckpt.restore_variables(os.path.join(coop_workdir, 'stage2'))
+  s1 = weights.restore(os.path.join(coop_workdir, 'stage1_finetune'))
+  s2 = weights.restore(os.path.join(coop_workdir, 'stage2'))
   for coll in ('params', 'batch_stats'):
     before = optim.flat_paths(s1[coll])
     after = _sub(s2[coll], 'densenet/')
@@ -132,8 +132,8 @@ def test_stage2_leaves_the_densenet_bitwise_unchanged(coop_workdir):
 
 
 def test_stage3_leaves_both_encoders_unchanged(coop_workdir):
-  s2 = ckpt.restore_variables(os.path.join(coop_workdir, 'stage2'))
-  s3 = ckpt.restore_variables(os.path.join(coop_workdir, 'stage3'))
+  s2 = weights.restore(os.path.join(coop_workdir, 'stage2'))
+  s3 = weights.restore(os.path.join(coop_workdir, 'stage3'))
   for coll in ('params', 'batch_stats'):
     for prefix in ('densenet/', 'unet/'):
       before, after = _sub(s2[coll], prefix), _sub(s3[coll], prefix)

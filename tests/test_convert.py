@@ -14,6 +14,7 @@ import safetensors.numpy
 
 from cxr_jax import convert
 from cxr_jax import models
+from cxr_jax import weights
 from cxr_jax.models import layers
 from cxr_jax.models import resnet
 from cxr_jax.models import vgg
@@ -78,7 +79,7 @@ def test_cli_round_trip_safetensors_and_pth(tmp_path, resnet18_sd):
   for src, out in ((st, out_st), (pth, out_pth)):
     r = _cli('--model=resnet18', f'--src={src}', f'--out={out}')
     assert r.returncode == 0, r.stderr[-3000:]
-  a, b = convert.load(out_st), convert.load(out_pth)
+  a, b = weights.load(out_st), weights.load(out_pth)
   _assert_trees_equal(a, b)
   _assert_trees_equal(a, resnet.convert_torch(_np(resnet18_sd), variant='18'))
   assert set(a) == {'params', 'batch_stats'}
@@ -98,8 +99,8 @@ def test_vgg_tiny_convert_round_trip(tmp_path):
                                 sd['features.0.weight'].transpose(2, 3, 1, 0))
   np.testing.assert_array_equal(variables['params']['head']['kernel'],
                                 sd['classifier.6.weight'].T)
-  convert.save(variables, str(tmp_path / 'out'))
-  _assert_trees_equal(convert.load(str(tmp_path / 'out')), variables)
+  weights.save(variables, str(tmp_path / 'out'))
+  _assert_trees_equal(weights.load(str(tmp_path / 'out')), variables)
 
 
 @pytest.mark.parametrize('family,make,variant', [

@@ -66,7 +66,8 @@ _MODEL_PARALLEL = textwrap.dedent('''
     flags.FLAGS.mark_as_parsed()
     import jax
     import numpy as np
-    from cxr_jax import ckpt, sharding, train
+    from cxr_jax import ckpt, train, weights
+    from cxr_jax.runtime import sharding
     from cxr_jax.data import pipeline
     from configs import siim_classifier
     root = sys.argv[1]
@@ -127,8 +128,8 @@ _MODEL_PARALLEL = textwrap.dedent('''
       pass
     pipeline.train_iterator = real
     train.run(config(2), root + '/resumed')
-    a = ckpt.restore_variables(root + '/mp')['params']
-    b = ckpt.restore_variables(root + '/resumed')['params']
+    a = weights.restore(root + '/mp')['params']
+    b = weights.restore(root + '/resumed')['params']
     seen['resume_max_diff'] = max(float(np.abs(x - y).max()) for x, y in
                                   zip(jax.tree.leaves(a), jax.tree.leaves(b)))
     json.dump(seen, open(root + '/seen.json', 'w'))

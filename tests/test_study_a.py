@@ -9,7 +9,7 @@ import pytest
 from scipy import stats as sp_stats
 
 from configs import gradcam_benchmark
-from cxr_jax import ckpt
+from cxr_jax import weights
 from cxr_jax import evaluators
 from cxr_jax import jobs
 from cxr_jax import train
@@ -176,7 +176,7 @@ def test_cam_evaluator_on_trained_cnn_gives_finite_diff(demo):
   splits = build_dataset(c.data)
   stage = jobs.stage_config(c, 'resnet18', wd)
   model = train.build_model(stage.model)
-  variables = ckpt.restore_variables(os.path.join(wd, 'resnet18'))
+  variables = weights.restore(os.path.join(wd, 'resnet18'))
   ctx = evaluators.EvalContext(model=model, splits=splits, batch_size=8,
                                mesh=train.make_mesh())
   ev = evaluators.build('cam', dict(type='cam_localization', split='test'),

@@ -11,10 +11,11 @@ without back-propagating into the parameters.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import Any, Mapping
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 # name -> (module under cxr_jax.models, variant)
 _MODELS = {
@@ -62,6 +63,16 @@ def get_model(name: str, **kwargs) -> nn.Module:
     return module.Model(variant=_MODELS[name][1], **kwargs)
   except TypeError as e:
     raise TypeError(f'model {name!r}: {e}') from e
+
+
+def build(model_cfg: Mapping[str, Any]) -> nn.Module:
+  """Builds `config.model`: its `name` plus the family's keyword arguments
+  (a `dtype` string such as 'bfloat16' is resolved to the numpy dtype)."""
+  kw = dict(model_cfg)
+  name = kw.pop('name')
+  if 'dtype' in kw:
+    kw['dtype'] = jnp.dtype(kw['dtype'])
+  return get_model(name, **kw)
 
 
 def _host_cpu() -> jax.Device | None:

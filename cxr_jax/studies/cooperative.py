@@ -29,7 +29,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from cxr_jax import ckpt
+from cxr_jax import weights
 from cxr_jax import jobs
 from cxr_jax import train
 from cxr_jax.data import build_dataset
@@ -69,7 +69,7 @@ class _Stage:
     self.name = name
     self.cfg = jobs.stage_config(config, name, workdir)
     self.model = train.build_model(self.cfg.model)
-    self.variables = ckpt.restore_variables(os.path.join(workdir, name))
+    self.variables = weights.restore(os.path.join(workdir, name))
     self.ctx = EvalContext(model=self.model, splits=splits,
                            batch_size=self.cfg.eval_batch_size, mesh=mesh,
                            model_inputs=self.cfg.model_inputs)

@@ -38,7 +38,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from cxr_jax import ckpt
+from cxr_jax import weights
 from cxr_jax import jobs
 from cxr_jax import train
 from cxr_jax.data import build_dataset
@@ -99,7 +99,7 @@ def _evaluate(config, name: str, workdir: str, test, masked, mesh,
   t0 = time.time()
   stage = jobs.stage_config(config, name, workdir)
   model = train.build_model(stage.model)
-  variables = ckpt.restore_variables(os.path.join(workdir, name))
+  variables = weights.restore(os.path.join(workdir, name))
   ctx = EvalContext(model=model, splits={'test': test},
                     batch_size=config.cam.batch_size, mesh=mesh,
                     model_inputs=stage.model_inputs)
@@ -287,7 +287,7 @@ def _methods_figure(config, workdir, masked, grid_pos, path: str
     return None, name
   stage = jobs.stage_config(config, name, workdir)
   model = train.build_model(stage.model)
-  variables = ckpt.restore_variables(os.path.join(workdir, name))
+  variables = weights.restore(os.path.join(workdir, name))
   idx = np.asarray(grid_pos)
   images, labels = masked['image'][idx], masked['label'][idx]
   cams = {}
