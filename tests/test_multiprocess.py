@@ -1,21 +1,22 @@
 """Two JAX processes on localhost (gloo CPU collectives), like two hosts.
 
-1. `cxr_jax.runtime.distributed.initialize` from the explicit flags: both processes
-   join, see 2 global devices and agree on a cross-process sum.
+1. `cxr_jax.runtime.distributed.initialize` with explicit settings: both
+   processes join, see 2 global devices and agree on a cross-process sum.
 2. The trainer through `main.py` on 2 processes x 1 CPU device: a run that
    crashes right after its step-4 checkpoint (every process exits hard, as a
    preempted job would), then the same command resumes to step 6. Its final
    parameters, its per-step training losses, its validation losses and its
    final test metrics (the best checkpoint through the classification
    evaluator) equal a single-process run's with the same global batch
-   (1e-5). The reference process has 2 (forced) CPU devices, so both runs split the batch the same
-   way and differ only in who owns the devices; against a 1-device run the
-   parameters differ by ~2e-5 after 6 Adam steps (float32 summation order,
-   which Adam's normalisation amplifies; tests/test_sharding.py compares
-   1 and 8 devices by their losses).
+   (1e-5). The reference process has 2 (forced) CPU devices, so both runs
+   split the batch the same way and differ only in who owns the devices;
+   against a 1-device run the parameters differ by ~2e-5 after 6 Adam steps
+   (float32 summation order, which Adam's normalisation amplifies;
+   tests/test_sharding.py compares 1 and 8 devices by their losses).
 
 Also, in-process: what `distributed.initialize` would pass to
-`jax.distributed.initialize` for each flag combination.
+`jax.distributed.initialize` for each combination of settings, and main.py's
+flag defaults from the environment.
 
 Everything binds to 127.0.0.1 and every subprocess has a timeout.
 """
@@ -32,8 +33,6 @@ import time
 import jax
 import numpy as np
 import pytest
-from absl import flags
-from absl.testing import flagsaver
 
 from cxr_jax.runtime import distributed
 
@@ -41,12 +40,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT_S = 300  # per phase; a phase takes ~30-60 s on 2 idle CPU cores
 
 _PSUM = textwrap.dedent('''
+    import sys
     import numpy as np
-    from absl import app
     from cxr_jax.runtime import distributed
 
-    def main(argv):
-      distributed.initialize()
+    def main(flags):  # main.py's flag names, as _two_processes passes them
+      distributed.initialize(distributed.Settings(
+          coordinator_address=flags['coordinator_address'],
+          num_processes=int(flags['num_processes']),
+          process_id=int(flags['process_id']),
+          timeout_s=int(flags['distributed_timeout_s'])))
       import jax
       from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
       mesh = Mesh(np.asarray(jax.devices()), ('data',))
@@ -59,7 +62,7 @@ _PSUM = textwrap.dedent('''
             jax.device_count(), float(total), distributed.is_main(),
             flush=True)
 
-    app.run(main)
+    main(dict(a.lstrip('-').split('=', 1) for a in sys.argv[1:]))
 ''')
 
 # main.py, except that the process exits hard (no clean-up, like a kill)
@@ -108,45 +111,64 @@ _RUN_FLAGS = ('--config=configs/siim_classifier.py:demo',
               '--config.eval_every_steps=3', '--config.log_every_steps=1')
 
 
-@pytest.fixture
-def parsed_flags():
-  if not flags.FLAGS.is_parsed():
-    flags.FLAGS.mark_as_parsed()
-  with flagsaver.flagsaver():
-    yield flags.FLAGS
-
-
-def test_init_kwargs_per_mode(parsed_flags, monkeypatch):
-  for var in ('CXR_COORDINATOR', 'CXR_NUM_PROCESSES', 'CXR_PROCESS_ID'):
-    monkeypatch.delenv(var, raising=False)
-  fl = parsed_flags
-  fl.distributed, fl.coordinator_address = 'off', ''
-  assert distributed.init_kwargs() is None
+def test_init_kwargs_per_mode():
+  settings = distributed.Settings
+  assert distributed.init_kwargs(settings()) is None
   # Auto: only what was given explicitly; jax detects the rest.
-  fl.distributed = 'auto'
-  assert distributed.init_kwargs() == dict(initialization_timeout=300)
-  fl.local_device_ids = '0,1,2,3'
-  fl['num_processes'].parse('4')  # as if on the command line (.present)
-  assert distributed.init_kwargs() == dict(
-      initialization_timeout=300, local_device_ids=[0, 1, 2, 3],
-      num_processes=4)
+  assert distributed.init_kwargs(settings('auto')) == dict(
+      initialization_timeout=300)
+  assert distributed.init_kwargs(settings(
+      'auto', local_device_ids='0,1,2,3', num_processes=4)) == dict(
+          initialization_timeout=300, local_device_ids=[0, 1, 2, 3],
+          num_processes=4)
   # A coordinator address alone switches 'off' to explicit.
-  fl.distributed, fl.local_device_ids = 'off', ''
-  fl.coordinator_address, fl.process_id = '10.0.0.1:1234', 3
-  assert distributed.init_kwargs() == dict(
-      initialization_timeout=300, coordinator_address='10.0.0.1:1234',
-      num_processes=4, process_id=3)
-  fl.process_id = 4
-  with pytest.raises(ValueError, match='must be in'):
-    distributed.init_kwargs()
-  fl.distributed, fl.coordinator_address = 'explicit', ''
-  with pytest.raises(ValueError, match='needs --coordinator_address'):
-    distributed.init_kwargs()
+  assert distributed.init_kwargs(settings(
+      coordinator_address='10.0.0.1:1234', num_processes=4,
+      process_id=3)) == dict(
+          initialization_timeout=300, coordinator_address='10.0.0.1:1234',
+          num_processes=4, process_id=3)
+  # Explicit: one process, index 0, unless told otherwise.
+  assert distributed.init_kwargs(settings(
+      'explicit', coordinator_address='h:1', timeout_s=5)) == dict(
+          initialization_timeout=5, coordinator_address='h:1',
+          num_processes=1, process_id=0)
+  with pytest.raises(ValueError, match='process_id=4 must be in'):
+    distributed.init_kwargs(settings(coordinator_address='h:1',
+                                     num_processes=4, process_id=4))
+  with pytest.raises(ValueError, match='needs a coordinator address'):
+    distributed.init_kwargs(settings('explicit'))
+  with pytest.raises(ValueError, match="mode 'on'"):
+    distributed.init_kwargs(settings('on'))
   with pytest.raises(ValueError, match='comma-separated'):
     distributed.parse_device_ids('0;1')
   with pytest.raises(ValueError, match='distinct'):
     distributed.parse_device_ids('1,1')
   assert distributed.parse_device_ids(' ') is None
+
+
+_FLAG_DEFAULTS = textwrap.dedent('''
+    import main
+    print('DEFAULTS', main._DISTRIBUTED.default,
+          main._COORDINATOR.default, main._NUM_PROCESSES.default,
+          main._PROCESS_ID.default, main._LOCAL_DEVICE_IDS.default,
+          main._TUNE_HOST_MALLOC.default)
+''')
+
+
+@pytest.mark.parametrize('env, want', [
+    ({}, 'off  None None  False'),
+    (dict(CXR_DISTRIBUTED='auto', CXR_COORDINATOR='h:1', CXR_NUM_PROCESSES='2',
+          CXR_PROCESS_ID='1', CXR_LOCAL_DEVICE_IDS='0,1',
+          CXR_JAX_TUNE_MALLOC='1'), 'auto h:1 2 1 0,1 True'),
+])
+def test_main_flags_default_to_the_environment(tmp_path, env, want):
+  """main.py's multi-process flags (and --tune_host_malloc) take their
+  defaults from the CXR_* variables; without them, one plain process."""
+  out = subprocess.run([sys.executable, '-c', _FLAG_DEFAULTS],
+                       capture_output=True, text=True, timeout=TIMEOUT_S,
+                       cwd=ROOT, env={**_env(str(tmp_path)), **env})
+  lines = [l for l in out.stdout.splitlines() if l.startswith('DEFAULTS')]
+  assert lines == ['DEFAULTS ' + want], out.stderr[-2000:]
 
 
 def _free_port() -> int:

@@ -1,23 +1,26 @@
-"""Multi-host start-up: `jax.distributed.initialize` from flags or env vars.
+"""Multi-process start-up: `jax.distributed.initialize` from plain settings.
 
-One process (the default, `--distributed=off`) needs nothing. Several
-processes (several hosts, or several processes on one host) each run the same
-`python main.py ...` and call `initialize()` before touching JAX:
+One process (`mode='off'`, the default) needs nothing. Several processes
+(several hosts, or several processes on one host) each run the same program
+and call `initialize(Settings(...))` before touching JAX:
 
-* `--distributed=auto`: `jax.distributed.initialize()` finds the coordinator,
-  the process count and this process's index itself on Cloud TPU VMs, under
-  SLURM (`srun`) and Open MPI. A flag or env var below that is given
-  explicitly still wins over the detected value.
-* `--distributed=explicit` (implied by a non-empty `--coordinator_address`):
-  `--coordinator_address=HOST:PORT` (process 0's address), `--num_processes`,
-  `--process_id`, or the env vars `CXR_COORDINATOR`, `CXR_NUM_PROCESSES`,
-  `CXR_PROCESS_ID`.
+* `mode='auto'`: `jax.distributed.initialize()` finds the coordinator, the
+  process count and this process's index itself on Cloud TPU VMs, under
+  SLURM (`srun`) and Open MPI. A value given explicitly (not None / not
+  empty) still wins over the detected one.
+* `mode='explicit'` (implied by a non-empty `coordinator_address`):
+  `coordinator_address='HOST:PORT'` (process 0's address), `num_processes`
+  and `process_id`.
 
-`--local_device_ids` (env `CXR_LOCAL_DEVICE_IDS`, or JAX's own
-`JAX_LOCAL_DEVICE_IDS`) restricts the accelerators a process uses. Note that
-under SLURM on GPUs JAX defaults to ONE device per process (the one numbered
+`local_device_ids` restricts the accelerators a process uses. Under SLURM on
+GPUs JAX defaults to ONE device per process (the one numbered
 `SLURM_LOCALID`); with one task per node pass every GPU of the node, as
 `launch/slurm.sbatch` does.
+
+The command-line flags and their environment-variable defaults
+(`CXR_DISTRIBUTED`, `CXR_COORDINATOR`, `CXR_NUM_PROCESSES`,
+`CXR_PROCESS_ID`, `CXR_LOCAL_DEVICE_IDS`) are defined in `main.py`, which
+passes their values here.
 
 On CPU, cross-process collectives use gloo over TCP (JAX's default,
 `jax_cpu_collectives_implementation`), which is what the two-process test
@@ -25,40 +28,14 @@ On CPU, cross-process collectives use gloo over TCP (JAX's default,
 """
 from __future__ import annotations
 
-import os
+import dataclasses
 
 import jax
-from absl import flags
-from jax.experimental import multihost_utils
 from absl import logging
+from jax.experimental import multihost_utils
 
-_MODE = flags.DEFINE_enum(
-    'distributed', os.environ.get('CXR_DISTRIBUTED', 'off'),
-    ['off', 'auto', 'explicit'],
-    "'off': one process; 'auto': Cloud TPU / SLURM / Open MPI detection; "
-    "'explicit': the coordinator flags or env vars below (env "
-    'CXR_DISTRIBUTED).')
-_COORD = flags.DEFINE_string('coordinator_address',
-                             os.environ.get('CXR_COORDINATOR', ''),
-                             'host:port of process 0 (env CXR_COORDINATOR).')
-_NUM = flags.DEFINE_integer('num_processes',
-                            int(os.environ.get('CXR_NUM_PROCESSES', '1')),
-                            'Number of processes (env CXR_NUM_PROCESSES).')
-_ID = flags.DEFINE_integer('process_id',
-                           int(os.environ.get('CXR_PROCESS_ID', '0')),
-                           'This process index (env CXR_PROCESS_ID).')
-_LOCAL_IDS = flags.DEFINE_string(
-    'local_device_ids', os.environ.get('CXR_LOCAL_DEVICE_IDS', ''),
-    "Comma-separated accelerator ids this process uses, e.g. '0,1,2,3' "
-    "(env CXR_LOCAL_DEVICE_IDS); '' = JAX's default (all local devices, "
-    'except one per process under SLURM / Open MPI on GPUs).')
-_TIMEOUT = flags.DEFINE_integer(
-    'distributed_timeout_s', 300,
-    'Seconds to wait for every process to connect to the coordinator.')
-
-_ENV = {'coordinator_address': 'CXR_COORDINATOR',
-        'num_processes': 'CXR_NUM_PROCESSES',
-        'process_id': 'CXR_PROCESS_ID'}
+MODES = ('off', 'auto', 'explicit')
+DEFAULT_TIMEOUT_S = 300
 
 
 def parse_device_ids(text: str) -> list[int] | None:
@@ -69,60 +46,80 @@ def parse_device_ids(text: str) -> list[int] | None:
   try:
     ids = [int(t) for t in text.split(',') if t.strip()]
   except ValueError:
-    raise ValueError(f'--local_device_ids={text!r}: expected comma-separated '
+    raise ValueError(f'local_device_ids={text!r}: expected comma-separated '
                      'integers such as 0,1,2,3.') from None
   if len(set(ids)) != len(ids) or min(ids) < 0:
-    raise ValueError(f'--local_device_ids={text!r}: ids must be distinct and '
+    raise ValueError(f'local_device_ids={text!r}: ids must be distinct and '
                      '>= 0.')
   return ids
 
 
-def _given(name: str) -> bool:
-  """Whether flag `name` was set on the command line or by its env var."""
-  return flags.FLAGS[name].present or _ENV[name] in os.environ
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """How this process joins the others (see the module docstring).
+
+  Attributes:
+    mode: 'off', 'auto' or 'explicit'; 'off' with a `coordinator_address`
+      means 'explicit'.
+    coordinator_address: 'HOST:PORT' of process 0; '' = not given.
+    num_processes: the number of processes; None = not given (1 in
+      'explicit' mode, detected in 'auto').
+    process_id: this process's index; None = not given (0 in 'explicit'
+      mode, detected in 'auto').
+    local_device_ids: comma-separated accelerator ids; '' = JAX's default.
+    timeout_s: seconds to wait for every process to reach the coordinator.
+  """
+  mode: str = 'off'
+  coordinator_address: str = ''
+  num_processes: int | None = None
+  process_id: int | None = None
+  local_device_ids: str = ''
+  timeout_s: int = DEFAULT_TIMEOUT_S
 
 
-def init_kwargs(mode: str | None = None) -> dict | None:
+def init_kwargs(settings: Settings) -> dict | None:
   """The keyword arguments `initialize` passes to `jax.distributed`.
 
   Returns None when there is nothing to initialise (one process). Raises
-  ValueError naming the missing or inconsistent flag.
+  ValueError naming the missing or inconsistent setting.
   """
-  mode = mode or _MODE.value
-  if mode == 'off' and _COORD.value:
+  s = settings
+  mode = s.mode
+  if mode not in MODES:
+    raise ValueError(f'distributed mode {mode!r}: expected one of {MODES}.')
+  if mode == 'off' and s.coordinator_address:
     mode = 'explicit'
   if mode == 'off':
     return None
-  kw: dict = dict(initialization_timeout=_TIMEOUT.value)
-  ids = parse_device_ids(_LOCAL_IDS.value)
+  kw: dict = dict(initialization_timeout=s.timeout_s)
+  ids = parse_device_ids(s.local_device_ids)
   if ids is not None:
     kw['local_device_ids'] = ids
   if mode == 'auto':
     # Only what the user gave; jax detects the rest (TPU, SLURM, Open MPI).
-    if _COORD.value:
-      kw['coordinator_address'] = _COORD.value
-    if _given('num_processes'):
-      kw['num_processes'] = _NUM.value
-    if _given('process_id'):
-      kw['process_id'] = _ID.value
+    given = dict(coordinator_address=s.coordinator_address or None,
+                 num_processes=s.num_processes, process_id=s.process_id)
+    kw.update({k: v for k, v in given.items() if v is not None})
     return kw
-  if not _COORD.value:
-    raise ValueError('--distributed=explicit needs --coordinator_address '
-                     '(or CXR_COORDINATOR), e.g. 10.0.0.1:1234 = process 0.')
-  if _NUM.value < 1 or not 0 <= _ID.value < _NUM.value:
-    raise ValueError(f'--process_id={_ID.value} must be in [0, '
-                     f'--num_processes={_NUM.value}).')
-  kw.update(coordinator_address=_COORD.value, num_processes=_NUM.value,
-            process_id=_ID.value)
+  if not s.coordinator_address:
+    raise ValueError('distributed mode explicit needs a coordinator address '
+                     '(--coordinator_address or CXR_COORDINATOR), e.g. '
+                     '10.0.0.1:1234 = process 0.')
+  num = 1 if s.num_processes is None else s.num_processes
+  pid = 0 if s.process_id is None else s.process_id
+  if num < 1 or not 0 <= pid < num:
+    raise ValueError(f'process_id={pid} must be in [0, num_processes={num}).')
+  kw.update(coordinator_address=s.coordinator_address, num_processes=num,
+            process_id=pid)
   return kw
 
 
-def initialize() -> None:
-  """Initialises the JAX distributed runtime as the flags ask.
+def initialize(settings: Settings = Settings()) -> None:
+  """Initialises the JAX distributed runtime as `settings` ask.
 
-  Must run before any JAX computation (main.py calls it first thing).
+  Must run before any JAX computation; does nothing for one process.
   """
-  kw = init_kwargs()
+  kw = init_kwargs(settings)
   if kw is None:
     return
   logging.info('jax.distributed.initialize(%s)',
