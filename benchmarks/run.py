@@ -68,12 +68,15 @@ _ISOLATE = flags.DEFINE_bool(
     'alternating) instead of interleaved in this one; default: on for CPU, '
     'off for GPU. See benchmarks/isolated.py.')
 _TUNE_HOST_MALLOC = flags.DEFINE_bool(
-    'tune_host_malloc', True, 'Start the JAX side\'s timing processes with '
-    'glibc malloc tunables that keep XLA\'s temporaries mapped between steps, '
-    'as main.py does (cxr_jax/runtime/hostmem.py).')
+    'tune_host_malloc', True, 'On (unlike main.py, where it is opt-in): start '
+    'the JAX side\'s timing processes with glibc malloc tunables that keep '
+    'XLA\'s temporaries mapped between steps, as `main.py --tune_host_malloc` '
+    'does (cxr_jax/runtime/hostmem.py); with --noisolate on CPU this process '
+    'restarts once with them, so both sides get them. The report says which '
+    'sides ran with them.')
 _TORCH_TUNE_HOST_MALLOC = flags.DEFINE_bool(
-    'torch_tune_host_malloc', False, 'The same tunables for the torch side '
-    '(by default it runs as users run it).')
+    'torch_tune_host_malloc', False, 'The same tunables for the torch side\'s '
+    'processes (by default it runs as users run it).')
 _TORCH_CUDNN_BENCHMARK = flags.DEFINE_bool(
     'torch_cudnn_benchmark', True, 'torch.backends.cudnn.benchmark for the '
     'torch side on a GPU (cuDNN autotuning, as XLA autotunes its '
@@ -103,6 +106,10 @@ def _save(res: dict[str, Any], md: str | None = None) -> None:
 
 
 def _setup_backend() -> None:
+  if _DEVICE.value == 'cpu' and not _isolate() and _TUNE_HOST_MALLOC.value:
+    from cxr_jax.runtime import hostmem  # pylint: disable=g-import-not-at-top
+    hostmem.ensure()  # restarts this process once, with the tunables
+    hostmem.configure_jax()
   if _DEVICE.value == 'cpu':
     # Read by XLA when the backend starts (the first jax.devices() below).
     xla_flags.apply(_CPU_XLA_FLAGS.value)
@@ -264,11 +271,9 @@ def report(res: dict[str, Any]) -> str:
          f"dtype {res['config']['dtype']}, load avg {m['load_avg_start']:.1f} "
          f"at start, {m['time_utc']} UTC", '']
   hp = res['config'].get('tune_host_malloc') or {}
-  if res['config'].get('isolate'):
-    out += ['Processes started with the malloc tunables of '
-            'cxr_jax/runtime/hostmem.py: ' + (', '.join(
-                k for k in ('jax', 'torch') if hp.get(k)) or 'none') + '.',
-            '']
+  tuned = ', '.join(k for k in ('jax', 'torch') if hp.get(k)) or 'none'
+  out += ['glibc malloc tunables of cxr_jax/runtime/hostmem.py (main.py '
+          f'--tune_host_malloc, off by default there): sides {tuned}.', '']
   if res.get('train'):
     out += ['## Train step (images/s, median; ratio = JAX / torch)', '',
             _table(res['train'], [
@@ -323,6 +328,9 @@ def main(argv: list[str]) -> None:
   from benchmarks import isolated  # pylint: disable=g-import-not-at-top
   isolated.TUNE_HOST_MALLOC.update(jax=_TUNE_HOST_MALLOC.value,
                                    torch=_TORCH_TUNE_HOST_MALLOC.value)
+  if not _isolate():  # one process: the tunables (CPU only) cover both sides
+    both = _TUNE_HOST_MALLOC.value and _DEVICE.value == 'cpu'
+    isolated.TUNE_HOST_MALLOC.update(jax=both, torch=both)
   res = _RESULTS
   res.update(
       machine=_machine(), config=dict(

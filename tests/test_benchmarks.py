@@ -104,12 +104,15 @@ def test_flops_and_report():
   assert flops.utilisation(1e9, 0.5, 4e9) == pytest.approx(50.0)
   res = dict(machine=dict(device='cpu', cpu_count=2, load_avg_start=1.0,
                           time_utc='now'),
-             config=dict(dtype='float32'), load_avg_end=1.0,
+             config=dict(dtype='float32',
+                         tune_host_malloc=dict(jax=True, torch=False)),
+             load_avg_end=1.0,
              train=[dict(model='m', batch=2, size=32, jax_images_per_s=2.0,
                          torch_images_per_s=1.0, ratio=2.0, jax_step_s=1.0,
                          flops_per_step=None)])
   md = run.report(res)
   assert '| m | 2 | 32 | 2 | 1 | 2 |' in md
+  assert 'main.py --tune_host_malloc, off by default there): sides jax.' in md
 
 
 def test_cpu_xla_flags_keep_what_the_user_set():

@@ -15,7 +15,7 @@ _KEEP = ':'.join(hostmem.KEEP)
 
 def _clean_env(**extra):
   env = {k: v for k, v in os.environ.items()
-         if k not in ('GLIBC_TUNABLES', hostmem.OPT_OUT, hostmem._MARK)}  # pylint: disable=protected-access
+         if k not in ('GLIBC_TUNABLES', hostmem._MARK)}  # pylint: disable=protected-access
   env.update(extra)
   return env
 
@@ -45,8 +45,7 @@ def test_keeps_blocks_reads_mmap_max():
   assert not hostmem.keeps_blocks(None)
 
 
-def test_no_restart_when_opted_out_marked_or_already_set():
-  assert not hostmem.needs_restart(_clean_env(**{hostmem.OPT_OUT: '0'}))
+def test_no_restart_when_marked_or_already_set():
   assert not hostmem.needs_restart(_clean_env(**{hostmem._MARK: '-'}))  # pylint: disable=protected-access
   assert not hostmem.needs_restart(
       _clean_env(GLIBC_TUNABLES=':'.join(hostmem.tunables())))
@@ -54,7 +53,7 @@ def test_no_restart_when_opted_out_marked_or_already_set():
 
 @applies_here
 def test_ensure_execs_the_same_command_with_the_tunables(monkeypatch):
-  for k in ('GLIBC_TUNABLES', hostmem.OPT_OUT, hostmem._MARK):  # pylint: disable=protected-access
+  for k in ('GLIBC_TUNABLES', hostmem._MARK):  # pylint: disable=protected-access
     monkeypatch.delenv(k, raising=False)
   monkeypatch.setenv('GLIBC_TUNABLES', 'glibc.malloc.arena_max=4')
   calls = []
@@ -96,10 +95,11 @@ def test_restarted_process_runs_once_and_restores_the_environment(before):
 
 
 _REUSE = textwrap.dedent("""
-    import resource
+    import resource, sys
     from cxr_jax.runtime import hostmem
-    hostmem.ensure()
-    hostmem.configure_jax()
+    if sys.argv[1] == 'tuned':
+      hostmem.ensure()
+      hostmem.configure_jax()
     import jax, jax.numpy as jnp
     jax.config.update('jax_platforms', 'cpu')
     x = jnp.ones((1 << 19, 64), jnp.float32)
@@ -118,14 +118,14 @@ def test_xla_temporaries_stay_mapped_between_executions():
   temporary faults it in afresh on every call by default (32,768 pages of
   4 KiB), and not again after the first calls with the tunables and inline
   dispatch."""
-  def faults(**env):
+  def faults(mode):
     return int(subprocess.run(
-        [sys.executable, '-c', _REUSE], capture_output=True, text=True,
+        [sys.executable, '-c', _REUSE, mode], capture_output=True, text=True,
         check=True, cwd=_ROOT,
-        env=_clean_env(PYTHONPATH=_ROOT, **env)).stdout.split()[-1])
+        env=_clean_env(PYTHONPATH=_ROOT)).stdout.split()[-1])
   pages = (128 << 20) // 4096
-  assert faults(**{hostmem.OPT_OUT: '0'}) > 0.9 * pages
-  assert faults() < 0.02 * pages
+  assert faults('plain') > 0.9 * pages
+  assert faults('tuned') < 0.02 * pages
 
 
 _FRESH = textwrap.dedent("""
@@ -162,7 +162,6 @@ def test_benchmark_processes_get_the_tunables_per_side(monkeypatch):
   from benchmarks import isolated  # pylint: disable=g-import-not-at-top
   monkeypatch.delenv('GLIBC_TUNABLES', raising=False)
   monkeypatch.delenv(hostmem._MARK, raising=False)  # pylint: disable=protected-access
-  monkeypatch.delenv(hostmem.OPT_OUT, raising=False)
   monkeypatch.setattr(isolated, 'TUNE_HOST_MALLOC', {'jax': True,
                                                      'torch': False})
   assert (isolated.side_env('jax')['GLIBC_TUNABLES'] ==

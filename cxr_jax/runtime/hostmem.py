@@ -1,13 +1,12 @@
 """Host memory for XLA's CPU temporaries: mapped once, reused every step.
 
-XLA's CPU runtime allocates the temporaries of each execution as one block
-(a ViT-B/16 train step at batch 16: 3.1 GB; DenseNet-201: 3.2 GB) and frees
-it when the execution ends. By default glibc serves that block with a fresh
-`mmap` and returns it with `munmap`, so on every step the kernel faults in
-and zeroes it again: ~800,000 page faults and 1.3 s of system time per ViT
-step, 1,500 faults and still 1.5-2 s with huge pages (`benchmarks/README.md`,
-levers 14 and 16). Two things send the block to `mmap`, and the fix needs
-both halves:
+XLA's CPU runtime allocates the temporaries of each execution as one large
+block (gigabytes for a ViT-B/16 or DenseNet-201 train step at batch 16) and
+frees it when the execution ends. By default glibc serves such a block with
+a fresh `mmap` and returns it with `munmap`, so on every step the kernel
+faults in and zeroes it again: page faults and system time that grow with
+the block. Two things send the block to `mmap`, and the fix needs both
+halves (either alone changes nothing):
 
 - The execution runs on a thread of the PJRT client's pool, whose glibc
   arena holds at most 64 MiB per heap and maps anything larger whatever the
@@ -16,7 +15,7 @@ both halves:
   allocations come from glibc's main arena. Eigen's worker threads, which
   do the arithmetic, keep their own arenas.
 - The main arena maps blocks above its mmap threshold (at most 32 MiB) and
-  gives its heap back when the top is freed. `TUNABLES`:
+  gives its heap back when the top is freed. `tunables()`:
   `glibc.malloc.mmap_max=0` (never map: large blocks come from the heap),
   `glibc.malloc.trim_threshold=64 GiB` (a freed block stays for the next
   step), and, where the kernel grants transparent huge pages on request
@@ -24,19 +23,19 @@ both halves:
   `always`), `glibc.malloc.hugetlb=1` (glibc >= 2.35: the heap on 2 MiB
   pages, fewer TLB misses).
 
-Together (2-core VM, batch 16, fp32): ViT-B/16 step 9.2-9.3 -> 8.4-8.9 s,
-system time 1.5 -> 0.02 s, faults 1,500 -> 0 a step; ResNet-50 2.95 -> 2.7 s;
-DenseNet-201 3.3-3.6 -> 3.15-3.3 s. Either half alone changes nothing. The
-process keeps its peak heap until it exits (what a training job does anyway).
+The process keeps its peak heap until it exits (what a training job does
+anyway). The effect on CPU step times is measured in `benchmarks/README.md`
+(lever "host memory"); accelerator steps are unaffected.
 
 glibc reads its tunables only when a process starts, so `ensure` starts the
-interpreter again, once, with the same command line and `TUNABLES` added to
-`$GLIBC_TUNABLES` (a setting of the same name already there wins). The
+interpreter again, once, with the same command line and the tunables added
+to `$GLIBC_TUNABLES` (a setting of the same name already there wins). The
 restarted process puts `$GLIBC_TUNABLES` back as it was, so the processes
 it starts (data-loading workers, tools) run with the user's settings.
-`main.py` calls `ensure` first thing and `configure_jax` before JAX starts
-(`--notune_host_malloc` or `CXR_JAX_TUNE_MALLOC=0` turn both off); it
-changes nothing elsewhere than on Linux with glibc.
+Nothing here runs unless asked: `main.py --tune_host_malloc` (off by
+default) calls `ensure` first thing and `configure_jax` before JAX starts,
+through `cxr_jax.runtime.startup`; the benchmarks turn it on for their JAX
+processes. It changes nothing elsewhere than on Linux with glibc.
 """
 from __future__ import annotations
 
@@ -47,7 +46,6 @@ from typing import Callable, Mapping
 
 KEEP = ('glibc.malloc.mmap_max=0', 'glibc.malloc.trim_threshold=68719476736')
 HUGE_PAGES = 'glibc.malloc.hugetlb=1'
-OPT_OUT = 'CXR_JAX_TUNE_MALLOC'  # '0' = leave the allocator alone
 # Set in the restarted process: '-' if $GLIBC_TUNABLES was unset before the
 # restart, else '=' + its value.
 _MARK = '_CXR_JAX_MALLOC_REEXEC'
@@ -104,7 +102,7 @@ def keeps_blocks(current: str | None) -> bool:
 def needs_restart(environ: Mapping[str, str] | None = None) -> bool:
   """Whether `ensure` would restart the process (see the module doc)."""
   env = os.environ if environ is None else environ
-  if env.get(_MARK) or env.get(OPT_OUT, '1') == '0':
+  if env.get(_MARK):
     return False
   if not sys.platform.startswith('linux') or not _glibc_version():
     return False
