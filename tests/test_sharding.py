@@ -1,6 +1,7 @@
 """Layouts over devices: the same losses on 1 and 8 (forced) CPU devices and
 on a ('data', 'model') mesh with sharded parameters; the mesh and sharding
-rules from config (cxr_jax/runtime/sharding.py) and their errors."""
+rules from config (cxr_jax/runtime/sharding.py, partition.py) and their
+errors."""
 import json
 import os
 import subprocess
@@ -16,6 +17,7 @@ from ml_collections import config_flags
 
 from cxr_jax import models
 from cxr_jax import optim
+from cxr_jax.runtime import partition
 from cxr_jax.runtime import sharding
 
 _SCRIPT = textwrap.dedent('''
@@ -67,7 +69,7 @@ _MODEL_PARALLEL = textwrap.dedent('''
     import jax
     import numpy as np
     from cxr_jax import ckpt, train, weights
-    from cxr_jax.runtime import sharding
+    from cxr_jax.runtime import partition
     from cxr_jax.data import pipeline
     from configs import siim_classifier
     root = sys.argv[1]
@@ -88,9 +90,9 @@ _MODEL_PARALLEL = textwrap.dedent('''
 
     def recording_save(self, step, state, *args):
       fc1 = state.params['blocks_0']['mlp']['fc1']['kernel']
-      moments = [(sharding.path_str(p), x) for p, x in
+      moments = [(partition.path_str(p), x) for p, x in
                  jax.tree_util.tree_flatten_with_path(state.opt_state)[0]
-                 if sharding.path_str(p).endswith('blocks_0/mlp/fc1/kernel')]
+                 if partition.path_str(p).endswith('blocks_0/mlp/fc1/kernel')]
       seen['fc1'] = (str(fc1.sharding.spec), fc1.shape,
                      [s.data.shape for s in fc1.addressable_shards])
       seen['moments'] = [(p, str(x.sharding.spec)) for p, x in moments]
@@ -188,26 +190,26 @@ def _spec(specs, path):
 
 
 def test_presets(vit_params):
-  fsdp = sharding.partition_specs(vit_params, ('fsdp',), SIZES)
+  fsdp = partition.partition_specs(vit_params, ('fsdp',), SIZES)
   assert _spec(fsdp, 'blocks_0/mlp/fc1/kernel') == P(None, 'model')  # 128
   assert _spec(fsdp, 'blocks_0/mlp/fc2/kernel') == P('model')
   assert _spec(fsdp, 'patch_embed/kernel') == P(None, None, None, 'model')
   assert _spec(fsdp, 'cls_token') == P(None, None, 'model')
-  both = sharding.partition_specs(vit_params, ('megatron_vit', 'fsdp'), SIZES)
+  both = partition.partition_specs(vit_params, ('megatron_vit', 'fsdp'), SIZES)
   assert _spec(both, 'blocks_1/attn/key/kernel') == P(None, 'model', None)
   assert _spec(both, 'blocks_1/attn/key/bias') == P('model', None)
   assert _spec(both, 'blocks_1/attn/proj/kernel') == P('model', None)
   assert _spec(both, 'blocks_1/mlp/fc1/bias') == P('model')
   assert _spec(both, 'blocks_1/mlp/fc2/kernel') == P('model', None)
   assert _spec(both, 'head/kernel') == P('model')  # fsdp: (32, 2) -> dim 0
-  megatron = sharding.partition_specs(vit_params, ('megatron_vit',), SIZES)
+  megatron = partition.partition_specs(vit_params, ('megatron_vit',), SIZES)
   assert _spec(megatron, 'norm/scale') == P()  # unmatched: replicated
-  over_data = sharding.partition_specs(vit_params, ('fsdp:data',), SIZES)
+  over_data = partition.partition_specs(vit_params, ('fsdp:data',), SIZES)
   assert _spec(over_data, 'blocks_0/mlp/fc1/kernel') == P(None, 'data')
   assert all(s == P() for s in jax.tree.leaves(
-      sharding.partition_specs(vit_params, (), SIZES),
+      partition.partition_specs(vit_params, (), SIZES),
       is_leaf=lambda x: isinstance(x, P)))
-  explicit = sharding.partition_specs(
+  explicit = partition.partition_specs(
       vit_params, (('.*fc1/kernel', (None, ('data', 'model'))),), SIZES)
   assert _spec(explicit, 'blocks_0/mlp/fc1/kernel') == P(None,
                                                          ('data', 'model'))
@@ -226,7 +228,7 @@ def test_presets(vit_params):
 ])
 def test_bad_rules_are_clear_errors(vit_params, rules, match):
   with pytest.raises(ValueError, match=match):
-    sharding.partition_specs(vit_params, rules, {'data': 1, 'model': 3})
+    partition.partition_specs(vit_params, rules, {'data': 1, 'model': 3})
 
 
 @pytest.mark.parametrize('mesh, match', [
@@ -275,8 +277,8 @@ def test_mesh_and_rules_from_the_command_line():
                                     lock_config=True, sys_argv=argv)
     fv(argv)
     assert fv.config.mesh == mesh and fv.config.sharding_rules == rules
-    sharding.check_rules(fv.config.sharding_rules,
-                         sharding.mesh_shape(fv.config.mesh, 8))
+    partition.check_rules(fv.config.sharding_rules,
+                          sharding.mesh_shape(fv.config.mesh, 8))
 
 
 def test_optimizer_state_follows_the_parameters(vit_params):
@@ -289,7 +291,7 @@ def test_optimizer_state_follows_the_parameters(vit_params):
            'step': np.zeros((), np.int32)}
   mesh = sharding.make_mesh((('data', -1), ('model', 1)))
   sh = sharding.state_shardings(state, params, ('megatron_vit', 'fsdp'), mesh)
-  flat = {sharding.path_str(p): s for p, s in
+  flat = {partition.path_str(p): s for p, s in
           jax.tree_util.tree_flatten_with_path(sh)[0]}
   fc1 = [k for k in flat if k.endswith('blocks_0/mlp/fc1/kernel')]
   assert len(fc1) == 3  # the parameter, mu and nu
