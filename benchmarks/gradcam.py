@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import alternating
 from benchmarks import train_step
 from cxr_jax import models
 from cxr_jax.explain import cam as cam_lib
@@ -158,7 +159,7 @@ def bench_gradcam(name: str, *, batch: int, size: int, steps: int,
   """Grad-CAM images/s (ours vs pytorch-grad-cam) and map agreement.
 
   The maps are compared in this process; with `isolate` the timing runs in
-  separate processes per side (`benchmarks.isolated`), else interleaved.
+  separate processes per side (`benchmarks.alternating`), else interleaved.
   """
   tm, model, variables = converted_pair(name, size=size,
                                         num_classes=num_classes, seed=seed)
@@ -172,8 +173,7 @@ def bench_gradcam(name: str, *, batch: int, size: int, steps: int,
   if isolate:
     for fn in fns.values():  # once each, for the agreement check
       fn()
-    from benchmarks import isolated  # pylint: disable=g-import-not-at-top
-    times, _ = isolated.run_alternating(
+    times, _ = alternating.run_alternating(
         'gradcam', rounds=rounds, steps=steps, warmup=max(warmup, 1),
         model=name, batch=batch, size=size, num_classes=num_classes,
         device='gpu' if torch_device == 'cuda' else 'cpu')

@@ -6,7 +6,7 @@ r"""The benchmark suite: train step, Grad-CAM, loader and FLOP utilisation.
 Prints Markdown tables and writes DIR/results.json and DIR/results.md.
 JAX/torch ratios: on CPU (`--isolate`, the default there) each side is
 timed alone in its own processes, alternating JAX, torch, torch, JAX
-(`benchmarks/isolated.py` says why); on GPU the two sides alternate (ABBA)
+(`benchmarks/alternating.py` says why); on GPU the two sides alternate (ABBA)
 in one process after warm-up. See benchmarks/README.md for each number.
 """
 from __future__ import annotations
@@ -66,7 +66,7 @@ _TORCH = flags.DEFINE_bool('torch', True, 'Run the torch references (on GPU '
 _ISOLATE = flags.DEFINE_bool(
     'isolate', None, 'Time JAX and torch in separate processes (2 per side, '
     'alternating) instead of interleaved in this one; default: on for CPU, '
-    'off for GPU. See benchmarks/isolated.py.')
+    'off for GPU. See benchmarks/alternating.py.')
 _TUNE_HOST_MALLOC = flags.DEFINE_bool(
     'tune_host_malloc', True, 'On (unlike main.py, where it is opt-in): start '
     'the JAX side\'s timing processes with glibc malloc tunables that keep '
@@ -325,19 +325,19 @@ def main(argv: list[str]) -> None:
   if unknown:
     raise SystemExit(f'--only: unknown parts {sorted(unknown)}')
   torch_device = _torch_device()
-  from benchmarks import isolated  # pylint: disable=g-import-not-at-top
-  isolated.TUNE_HOST_MALLOC.update(jax=_TUNE_HOST_MALLOC.value,
+  from benchmarks import alternating  # pylint: disable=g-import-not-at-top
+  alternating.TUNE_HOST_MALLOC.update(jax=_TUNE_HOST_MALLOC.value,
                                    torch=_TORCH_TUNE_HOST_MALLOC.value)
   if not _isolate():  # one process: the tunables (CPU only) cover both sides
     both = _TUNE_HOST_MALLOC.value and _DEVICE.value == 'cpu'
-    isolated.TUNE_HOST_MALLOC.update(jax=both, torch=both)
+    alternating.TUNE_HOST_MALLOC.update(jax=both, torch=both)
   res = _RESULTS
   res.update(
       machine=_machine(), config=dict(
           quick=quick, steps=steps, warmup=_WARMUP.value, dtype=_DTYPE.value,
           batch=_BATCH.value, size=_SIZE.value, device=_DEVICE.value,
           torch_device=torch_device, isolate=_isolate(),
-          tune_host_malloc=dict(isolated.TUNE_HOST_MALLOC),
+          tune_host_malloc=dict(alternating.TUNE_HOST_MALLOC),
           argv=sys.argv[1:]))
   res['partial'] = True
   train_rows = []

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from benchmarks import alternating
 from benchmarks import flops as flops_lib
 from cxr_jax import config_base
 from cxr_jax import optim
@@ -278,14 +279,13 @@ def bench_classifier(name: str, *, batch: int, size: int, steps: int,
   """JAX vs torch train step of one classifier; a result row.
 
   `isolate`: each side in its own processes (`rounds` per side, alternating;
-  `benchmarks.isolated`), else both interleaved (ABBA) in this process.
+  `benchmarks.alternating`), else both interleaved (ABBA) in this process.
   `torch_cudnn_benchmark`: see `TorchTrainStep`.
   """
   side_kw = dict(batch=batch, size=size, num_classes=num_classes, dtype=dtype,
                  device='gpu' if torch_device == 'cuda' else 'cpu')
   if isolate and torch_device:
-    from benchmarks import isolated  # pylint: disable=g-import-not-at-top
-    times, info = isolated.run_alternating(
+    times, info = alternating.run_alternating(
         'train', rounds=rounds, steps=steps, warmup=warmup, model=name,
         **side_kw)
   else:

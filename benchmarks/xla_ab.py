@@ -18,7 +18,7 @@ compiler_options=...)`, no XLA_FLAGS needed; a value with commas goes last,
 as above). The variants and the torch reference (batch `--batch`) then run
 interleaved (ABBA), so machine load hits all of them alike. Read the
 variants against each other; the torch column shares the process, which
-on CPU slows both sides unevenly (`benchmarks/isolated.py`), so CPU
+on CPU slows both sides unevenly (`benchmarks/alternating.py`), so CPU
 JAX/torch ratios come from `benchmarks.run`. Prints each
 variant's median step time, images/s, its rate over torch's, achieved
 FLOP/s and (on an accelerator with a known peak) MFU; `--out` writes the rows

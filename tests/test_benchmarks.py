@@ -79,9 +79,9 @@ def test_isolated_rows_time_each_side_in_its_own_processes():
                               num_classes=3, isolate=True, rounds=1)
   assert row['isolated'] and row['jax_s'] > 0 and row['torch_s'] > 0
   assert row['raw_corr'] >= 0.999, row
-  from benchmarks import isolated  # pylint: disable=g-import-not-at-top
+  from benchmarks import alternating  # pylint: disable=g-import-not-at-top
   with pytest.raises(RuntimeError, match='failed'):
-    isolated.run_alternating('train', rounds=1, steps=1, warmup=0,
+    alternating.run_alternating('train', rounds=1, steps=1, warmup=0,
                              model='no_such_model', batch=1, size=32)
 
 

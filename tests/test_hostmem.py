@@ -159,14 +159,14 @@ def test_huge_page_tunable_backs_fresh_blocks_with_huge_pages():
 
 @applies_here
 def test_benchmark_processes_get_the_tunables_per_side(monkeypatch):
-  from benchmarks import isolated  # pylint: disable=g-import-not-at-top
+  from benchmarks import alternating  # pylint: disable=g-import-not-at-top
   monkeypatch.delenv('GLIBC_TUNABLES', raising=False)
   monkeypatch.delenv(hostmem._MARK, raising=False)  # pylint: disable=protected-access
-  monkeypatch.setattr(isolated, 'TUNE_HOST_MALLOC', {'jax': True,
+  monkeypatch.setattr(alternating, 'TUNE_HOST_MALLOC', {'jax': True,
                                                      'torch': False})
-  assert (isolated.side_env('jax')['GLIBC_TUNABLES'] ==
+  assert (alternating.side_env('jax')['GLIBC_TUNABLES'] ==
           ':'.join(hostmem.tunables()))
-  assert 'GLIBC_TUNABLES' not in isolated.side_env('torch')
+  assert 'GLIBC_TUNABLES' not in alternating.side_env('torch')
   monkeypatch.setenv('GLIBC_TUNABLES', 'glibc.malloc.mmap_max=4')
-  assert isolated.side_env('jax')['GLIBC_TUNABLES'].startswith(
+  assert alternating.side_env('jax')['GLIBC_TUNABLES'].startswith(
       'glibc.malloc.mmap_max=4:')
