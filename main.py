@@ -41,7 +41,7 @@ _WORKDIR = flags.DEFINE_string(
 _XLA_CACHE = flags.DEFINE_string(
     'xla_cache', None,
     'Persistent XLA compilation cache folder, so that a rerun (or a stage '
-    'compiling what an earlier one did) skips compiling; default '
+    'compiling the same program as another) skips compiling; default '
     '$JAX_COMPILATION_CACHE_DIR, else <data cache>/xla (~/.cache/cxr_jax/xla); '
     "'' = off.")
 _CPU_XLA_FLAGS = flags.DEFINE_string(

@@ -1,13 +1,14 @@
 """XLA flags this project sets by default, in one place.
 
-XLA's CPU backend (jaxlib 0.10.2) hands dots, reductions and convolutions to
-its YNNPACK library. YNNPACK's convolution weight gradients run 3-6x slower
-than the forward convolution of the same FLOPs, and its GEMMs at 80-90% of
-XLA's Eigen kernels for the ViT's shapes; keeping YNNPACK for reductions only
-made the fp32 train step 1.8x faster for ResNet-50 and VGG16 and 1.06x for
-ViT-B/16 (benchmarks/README.md). `main.py` and `benchmarks/run.py` add
-`CPU_XLA_FLAGS` to `XLA_FLAGS` before JAX starts its backend (it has no
-effect on GPU/TPU computations); a flag the user already set wins.
+XLA's CPU backend hands dots, reductions and convolutions to its YNNPACK
+library. YNNPACK's convolution weight gradients are much slower than the
+forward convolution of the same FLOPs, and its GEMMs slower than XLA's Eigen
+kernels for the ViT's shapes, so `CPU_XLA_FLAGS` keeps YNNPACK for
+reductions only (the train-step times behind this choice are in
+`benchmarks/README.md`, lever "XLA CPU flags"). `main.py` (through
+`cxr_jax.runtime.startup`) and `benchmarks/run.py` add `CPU_XLA_FLAGS` to
+`XLA_FLAGS` before JAX starts its backend; it has no effect on GPU/TPU
+computations, and a flag the user already set wins.
 """
 from __future__ import annotations
 
