@@ -13,10 +13,12 @@ import scipy.ndimage
 
 from cxr_jax.data import dicom
 from cxr_jax.data import egd
+from cxr_jax.data import egd_csv
 from cxr_jax.data import egd_splits
 from cxr_jax.data import gaze
 from cxr_jax.data import preprocess
 from cxr_jax.data.phantom import gaze as phantom_gaze
+from cxr_jax.data.phantom import reading as phantom_reading
 
 SIZE_HW = (50, 60)
 
@@ -318,13 +320,13 @@ def test_phantom_files(phantom_root):
   fix = _rows(os.path.join(phantom_root, 'fixations.csv'))
   dur = np.array([float(f['FPOGD']) for f in fix])
   assert dur.min() >= 0.09 and dur.max() <= 1.25
-  for d, f in egd.read_gaze_csv(os.path.join(phantom_root, 'fixations.csv'),
+  for d, f in egd_csv.read_gaze_csv(os.path.join(phantom_root, 'fixations.csv'),
                                 durations=True).items():
     # FPOGD agrees with the times: each fixation ends before the next starts.
     o = np.argsort(f['time'])
     assert (f['time'][o][:-1] + f['duration'][o][:-1]
             <= f['time'][o][1:] + 1e-4).all(), d
-  boxes = egd.read_boxes(os.path.join(phantom_root, 'bounding_boxes.csv'))
+  boxes = egd_csv.read_boxes(os.path.join(phantom_root, 'bounding_boxes.csv'))
   assert set(boxes) == {r['dicom_id'] for r in master}
   for r in master:
     names = [b[0] for b in boxes[r['dicom_id']]]
@@ -348,7 +350,7 @@ def test_build_shapes_and_alignment(phantom_root, tmp_path):
   assert out['test']['image'].shape[0] == 3
   idx = np.concatenate([out[s]['index'] for s in out])
   np.testing.assert_array_equal(np.sort(idx), np.arange(12))
-  master = egd.read_master(os.path.join(phantom_root, 'master_sheet.csv'))
+  master = egd_csv.read_master(os.path.join(phantom_root, 'master_sheet.csv'))
   fix = _rows(os.path.join(phantom_root, 'fixations.csv'))
   for s, d in out.items():
     n = d['index'].shape[0]
@@ -367,7 +369,7 @@ def test_build_shapes_and_alignment(phantom_root, tmp_path):
       _, pads = preprocess.pad_to_aspect(native, 1.0)
       assert pads[2] > 0  # the padding path is exercised
       rows = [f for f in fix if f['DICOM_ID'] == master['dicom_id'][i]]
-      key = _key_dwell_xy(rows, phantom_gaze.KEY_RADIUS * 64)
+      key = _key_dwell_xy(rows, phantom_reading.KEY_RADIUS * 64)
       kx, ky = egd.map_points(key[None], native.shape, pads, (32, 32))[0]
       py, px = _argmax_yx(d['gaze'][j])
       assert np.hypot(px - kx, py - ky) <= 3.0, (s, j)
@@ -404,7 +406,7 @@ def test_missing_column_names_column_and_file(phantom_root, tmp_path):
   path = os.path.join(root, 'fixations.csv')
   with pytest.raises(ValueError, match=r"fixations\.csv.*'X_ORIGINAL'"):
     _write_rows(path, _rows(path), drop='X_ORIGINAL')
-    egd.read_gaze_csv(path)
+    egd_csv.read_gaze_csv(path)
 
 
 def test_missing_image_names_path(phantom_root, tmp_path):
@@ -475,7 +477,7 @@ def test_study_without_gaze_warns_with_dicom_id(phantom_root, tmp_path,
   warned = [r.getMessage() for r in caplog.records
             if r.levelno == logging.WARNING and 'no gaze' in r.getMessage()]
   assert len(warned) == 1 and gone in warned[0]
-  master = egd.read_master(os.path.join(root, 'master_sheet.csv'))
+  master = egd_csv.read_master(os.path.join(root, 'master_sheet.csv'))
   i = master['dicom_id'].index(gone)
   for s in egd.SPLITS:
     for j, idx in enumerate(out[s]['index']):
@@ -498,8 +500,8 @@ def test_default_sigma_is_the_recipes_own(phantom_root, tmp_path, caplog):
   assert egd._sigma(cfg, (3000, 2500), phantom=False) == 100.0
   # End to end: the default blurs the fixations recipe with 150 (scaled for
   # the phantom's 64-px images), not the authors' 75.5.
-  master = egd.read_master(os.path.join(phantom_root, 'master_sheet.csv'))
-  fix = egd.read_gaze_csv(os.path.join(phantom_root, 'fixations.csv'))
+  master = egd_csv.read_master(os.path.join(phantom_root, 'master_sheet.csv'))
+  fix = egd_csv.read_gaze_csv(os.path.join(phantom_root, 'fixations.csv'))
   d = master['dicom_id'][0]
   path = os.path.join(phantom_root, master['path'][0])
   maps = {}
@@ -512,14 +514,14 @@ def test_default_sigma_is_the_recipes_own(phantom_root, tmp_path, caplog):
 
 
 def test_duration_recipe_weights_by_fpogd(phantom_root, tmp_path):
-  master = egd.read_master(os.path.join(phantom_root, 'master_sheet.csv'))
+  master = egd_csv.read_master(os.path.join(phantom_root, 'master_sheet.csv'))
   # read_gaze_csv returns the FPOGD column as the durations.
   path = os.path.join(phantom_root, 'fixations.csv')
-  got = egd.read_gaze_csv(path, durations=True)
+  got = egd_csv.read_gaze_csv(path, durations=True)
   for d, rows in got.items():
     want = [float(r['FPOGD']) for r in _rows(path) if r['DICOM_ID'] == d]
     np.testing.assert_array_equal(rows['duration'], want)
-  assert 'duration' not in egd.read_gaze_csv(path)[master['dicom_id'][0]]
+  assert 'duration' not in egd_csv.read_gaze_csv(path)[master['dicom_id'][0]]
   # Fixation at A, a tracking gap, then B (long) and A again: the gaps
   # between starts favour A (2.0 + median 1.425 s vs 0.85 s), FPOGD favours
   # B (0.8 s vs 0.2 + 0.2 s).

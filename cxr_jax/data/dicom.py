@@ -121,24 +121,10 @@ def stable_uid(key: str) -> str:
   return generate_uid(prefix=_UID_ROOT, entropy_srcs=[key])
 
 
-def write_dicom(path: str | os.PathLike, pixels_uint16: np.ndarray, *,
-                photometric: str = 'MONOCHROME2', bits_stored: int = 12,
-                rescale: tuple[float, float] = (1.0, 0.0),
-                patient_id: str = '', sop_uid: str | None = None,
-                extra: Mapping[str, Any] | None = None) -> None:
-  """Writes a frontal chest CR (or DX, with extra={'Modality': 'DX'}) DICOM.
-
-  Args:
-    path: output file; parent folders are created.
-    pixels_uint16: (H, W) stored values, all < 2**bits_stored.
-    photometric: 'MONOCHROME2' (high = bright) or 'MONOCHROME1' (high = dark).
-    bits_stored: 1..16 significant bits in each 16-bit word.
-    rescale: (RescaleSlope, RescaleIntercept) of the Modality LUT.
-    patient_id: PatientID (also used as PatientName).
-    sop_uid: SOPInstanceUID; a fresh UID when None.
-    extra: DICOM keyword -> value, set last (may override any tag, e.g.
-      StudyInstanceUID, SeriesInstanceUID, WindowCenter, PixelSpacing).
-  """
+def _stored_pixels(path: str | os.PathLike, pixels_uint16: np.ndarray,
+                   photometric: str, bits_stored: int) -> np.ndarray:
+  """Checks the arguments of `write_dicom`; the pixels as little-endian
+  uint16."""
   px = np.asarray(pixels_uint16)
   if px.ndim != 2:
     raise ValueError(f'{path}: pixels must be 2-D, got shape {px.shape}')
@@ -150,21 +136,23 @@ def write_dicom(path: str | os.PathLike, pixels_uint16: np.ndarray, *,
   if px.size and (px.min() < 0 or px.max() >= (1 << bits_stored)):
     raise ValueError(f'{path}: pixel values [{px.min()}, {px.max()}] do not '
                      f'fit in {bits_stored} stored bits')
-  px = px.astype('<u2')
-  extra = dict(extra or {})
-  modality = str(extra.get('Modality', 'CR'))
-  sop_uid = sop_uid or generate_uid(prefix=_UID_ROOT)
-  sop_class = DX_SOP_CLASS if modality == 'DX' else CR_SOP_CLASS
+  return px.astype('<u2')
 
+
+def _file_meta(sop_class: str, sop_uid: str) -> FileMetaDataset:
+  """The file meta group (explicit VR little endian)."""
   meta = FileMetaDataset()
   meta.MediaStorageSOPClassUID = sop_class
   meta.MediaStorageSOPInstanceUID = sop_uid
   meta.TransferSyntaxUID = ExplicitVRLittleEndian
   meta.ImplementationClassUID = _UID_ROOT + '1'
   meta.ImplementationVersionName = 'CXR_JAX_1'
+  return meta
 
-  ds = Dataset()
-  ds.file_meta = meta
+
+def _set_study_tags(ds: Dataset, sop_class: str, sop_uid: str, modality: str,
+                    patient_id: str) -> None:
+  """Patient, study, series and instance tags of a frontal chest study."""
   now = datetime.datetime(2019, 1, 1)
   ds.SpecificCharacterSet = 'ISO_IR 100'
   ds.ImageType = ['ORIGINAL', 'PRIMARY']
@@ -190,6 +178,11 @@ def write_dicom(path: str | os.PathLike, pixels_uint16: np.ndarray, *,
   ds.SeriesNumber = 1
   ds.InstanceNumber = 1
   ds.PatientOrientation = ''
+
+
+def _set_image_tags(ds: Dataset, px: np.ndarray, photometric: str,
+                    bits_stored: int, rescale: tuple[float, float]) -> None:
+  """Image pixel module and Modality LUT tags for stored pixels `px`."""
   ds.SamplesPerPixel = 1
   ds.PhotometricInterpretation = photometric
   ds.Rows, ds.Columns = int(px.shape[0]), int(px.shape[1])
@@ -203,6 +196,35 @@ def write_dicom(path: str | os.PathLike, pixels_uint16: np.ndarray, *,
   ds.RescaleSlope = f'{float(rescale[0]):.6g}'
   ds.RescaleType = 'US'
   ds.LossyImageCompression = '00'
+
+
+def write_dicom(path: str | os.PathLike, pixels_uint16: np.ndarray, *,
+                photometric: str = 'MONOCHROME2', bits_stored: int = 12,
+                rescale: tuple[float, float] = (1.0, 0.0),
+                patient_id: str = '', sop_uid: str | None = None,
+                extra: Mapping[str, Any] | None = None) -> None:
+  """Writes a frontal chest CR (or DX, with extra={'Modality': 'DX'}) DICOM.
+
+  Args:
+    path: output file; parent folders are created.
+    pixels_uint16: (H, W) stored values, all < 2**bits_stored.
+    photometric: 'MONOCHROME2' (high = bright) or 'MONOCHROME1' (high = dark).
+    bits_stored: 1..16 significant bits in each 16-bit word.
+    rescale: (RescaleSlope, RescaleIntercept) of the Modality LUT.
+    patient_id: PatientID (also used as PatientName).
+    sop_uid: SOPInstanceUID; a fresh UID when None.
+    extra: DICOM keyword -> value, set last (may override any tag, e.g.
+      StudyInstanceUID, SeriesInstanceUID, WindowCenter, PixelSpacing).
+  """
+  px = _stored_pixels(path, pixels_uint16, photometric, bits_stored)
+  extra = dict(extra or {})
+  modality = str(extra.get('Modality', 'CR'))
+  sop_uid = sop_uid or generate_uid(prefix=_UID_ROOT)
+  sop_class = DX_SOP_CLASS if modality == 'DX' else CR_SOP_CLASS
+  ds = Dataset()
+  ds.file_meta = _file_meta(sop_class, sop_uid)
+  _set_study_tags(ds, sop_class, sop_uid, modality, patient_id)
+  _set_image_tags(ds, px, photometric, bits_stored, rescale)
   for keyword, value in extra.items():
     setattr(ds, keyword, value)
   ds.PixelData = px.tobytes()

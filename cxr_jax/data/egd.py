@@ -15,19 +15,19 @@ was recorded at 60 Hz; classes Normal / CHF / pneumonia. Files read here:
   `Y_ORIGINAL` in the real files: such points are dropped by default
   (`gaze_off_image`), their number logged per study.
 
-`build(cfg)` reads each image, pads it (zeros, centred) to the target
-aspect, resizes and min-max scales it per image; the gaze map is computed at
-native resolution by a recipe of `cxr_jax.data.gaze` and goes through the
-same pad/resize; fixations are mapped through the same geometry into a
-binary `fixmap`. `root == ''` generates the phantom once (real on-disk
-formats, `cxr_jax.data.phantom.gaze`) and reads it with the same code. The
-split rules (`data.split`) are in `cxr_jax.data.egd_splits`.
+`build(cfg)` reads each image, pads it (zeros, centred) to the target aspect,
+resizes and min-max scales it per image; the gaze map is computed at native
+resolution by a recipe of `cxr_jax.data.gaze` and goes through the same
+pad/resize; fixations are mapped through the same geometry into a binary
+`fixmap`. `root == ''` generates the phantom once (real on-disk formats,
+`cxr_jax.data.phantom.gaze`) and reads it with the same code. The CSV
+readers are in `cxr_jax.data.egd_csv`, the split rules (`data.split`) in
+`cxr_jax.data.egd_splits`.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import csv
 import logging
 import os
 from typing import Any, Mapping, Sequence
@@ -37,15 +37,13 @@ import numpy as np
 
 from cxr_jax.data import cache
 from cxr_jax.data import dicom
+from cxr_jax.data import egd_csv
 from cxr_jax.data import egd_splits
 from cxr_jax.data import gaze
 from cxr_jax.data import preprocess
 
-CLASS_NAMES = ('Normal', 'CHF', 'pneumonia')
+CLASS_NAMES = egd_csv.CLASS_NAMES
 SPLITS = egd_splits.SPLITS
-MASTER_COLUMNS = ('dicom_id', 'path', 'patient_id') + CLASS_NAMES
-GAZE_COLUMNS = ('DICOM_ID', 'Time (in secs)', 'X_ORIGINAL', 'Y_ORIGINAL')
-DURATION_COLUMN = 'FPOGD'  # fixation duration (s), optional
 _CACHE_VERSION = 2  # bump when the arrays' recipe changes
 
 
@@ -89,131 +87,6 @@ def default_config() -> ml_collections.ConfigDict:
   c.phantom_seed = 0
   c.num_workers = 0  # threads for reading images; 0 = os.cpu_count()
   return c
-
-
-# ---------------------------------------------------------------- CSV files
-
-
-def read_csv_columns(path: str, required: Sequence[str],
-                     optional: Sequence[str] = ()
-                     ) -> tuple[dict[str, list[str]], np.ndarray]:
-  """Reads the `required` columns of a CSV (and the `optional` ones that the
-  header has) as lists of strings.
-
-  Returns (column -> values, (N,) line numbers of the rows in the file, the
-  header being line 1). Raises `FileNotFoundError` naming the file, or
-  `ValueError` naming the file and every missing required column.
-  """
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f'{path}: file not found')
-  with open(path, newline='', encoding='utf-8-sig') as f:
-    reader = csv.reader(f)
-    try:
-      header = [h.strip() for h in next(reader)]
-    except StopIteration:
-      raise ValueError(f'{path}: empty file (no header)') from None
-    missing = [c for c in required if c not in header]
-    if missing:
-      raise ValueError(f'{path}: missing column(s) {missing}; found {header}')
-    wanted = list(required) + [c for c in optional if c in header]
-    idx = [header.index(c) for c in wanted]
-    cols: dict[str, list[str]] = {c: [] for c in wanted}
-    lines = []
-    for row in reader:
-      if not row:
-        continue
-      if len(row) <= max(idx):
-        raise ValueError(f'{path}: line {reader.line_num} has {len(row)} '
-                         f'fields, expected {len(header)}')
-      for c, i in zip(wanted, idx):
-        cols[c].append(row[i].strip())
-      lines.append(reader.line_num)
-  return cols, np.asarray(lines, np.int64)
-
-
-def _floats(values: Sequence[str], path: str, column: str,
-            lines: np.ndarray) -> np.ndarray:
-  """Parses a column to float64, naming file/line/column on failure."""
-  out = np.empty(len(values), np.float64)
-  for i, v in enumerate(values):
-    try:
-      out[i] = float(v)
-    except ValueError:
-      raise ValueError(f'{path}: line {lines[i]}, column {column!r}: '
-                       f'{v!r} is not a number') from None
-  return out
-
-
-def read_master(path: str) -> dict[str, Any]:
-  """Reads master_sheet.csv.
-
-  Returns dict with `dicom_id`, `path`, `patient_id` (lists of str), `label`
-  (N,) int32 (0 Normal, 1 CHF, 2 pneumonia) and `line` (N,) line numbers.
-  Raises `ValueError` naming the dicom_id and line when the one-hot label
-  columns do not hold exactly one 1.
-  """
-  cols, lines = read_csv_columns(path, MASTER_COLUMNS)
-  onehot = np.stack([_floats(cols[c], path, c, lines) for c in CLASS_NAMES],
-                    axis=1)
-  for i, row in enumerate(onehot):
-    if not (np.isin(row, (0.0, 1.0)).all() and row.sum() == 1):
-      raise ValueError(
-          f'{path}: line {lines[i]} (dicom_id {cols["dicom_id"][i]!r}): '
-          f'label columns {list(CLASS_NAMES)} = {row.tolist()}, need exactly '
-          'one 1 and the rest 0')
-  ids = cols['dicom_id']
-  if len(set(ids)) != len(ids):
-    dup = sorted({d for d in ids if ids.count(d) > 1})[:5]
-    raise ValueError(f'{path}: duplicate dicom_id(s) {dup}')
-  return dict(dicom_id=ids, path=cols['path'], patient_id=cols['patient_id'],
-              label=onehot.argmax(1).astype(np.int32), line=lines)
-
-
-def read_gaze_csv(path: str, durations: bool = False
-                  ) -> dict[str, dict[str, np.ndarray]]:
-  """Reads eye_gaze.csv or fixations.csv grouped by DICOM_ID.
-
-  Returns DICOM_ID -> {'xy': (N, 2) X_ORIGINAL/Y_ORIGINAL, 'time': (N,),
-  'line': (N,) line numbers}, rows in file order. With `durations` (for
-  fixations.csv), also 'duration': (N,) the `FPOGD` column when the file has
-  it (fixation durations in seconds); absent otherwise.
-  """
-  cols, lines = read_csv_columns(
-      path, GAZE_COLUMNS, (DURATION_COLUMN,) if durations else ())
-  xy = np.stack([_floats(cols['X_ORIGINAL'], path, 'X_ORIGINAL', lines),
-                 _floats(cols['Y_ORIGINAL'], path, 'Y_ORIGINAL', lines)], 1)
-  t = _floats(cols['Time (in secs)'], path, 'Time (in secs)', lines)
-  dur = (_floats(cols[DURATION_COLUMN], path, DURATION_COLUMN, lines)
-         if DURATION_COLUMN in cols else None)
-  ids = np.asarray(cols['DICOM_ID'])
-  out = {}
-  if ids.size == 0:
-    return out
-  order = np.argsort(ids, kind='stable')
-  uniq, starts = np.unique(ids[order], return_index=True)
-  ends = np.append(starts[1:], ids.size)
-  for d, s, e in zip(uniq, starts, ends):
-    sel = order[s:e]
-    out[str(d)] = dict(xy=xy[sel], time=t[sel], line=lines[sel])
-    if dur is not None:
-      out[str(d)]['duration'] = dur[sel]
-  return out
-
-
-def read_boxes(path: str) -> dict[str, list[tuple[str, float, float, float,
-                                                  float]]]:
-  """Reads the optional bounding_boxes.csv: dicom_id -> [(bbox_name, x1, x2,
-  y1, y2)] in native pixels ({} when the file is absent)."""
-  if not os.path.isfile(path):
-    return {}
-  names = ('dicom_id', 'bbox_name', 'x1', 'x2', 'y1', 'y2')
-  cols, lines = read_csv_columns(path, names)
-  coords = [_floats(cols[c], path, c, lines) for c in names[2:]]
-  out: dict[str, list] = {}
-  for i, d in enumerate(cols['dicom_id']):
-    out.setdefault(d, []).append(
-        (cols['bbox_name'][i], *(float(c[i]) for c in coords)))
-  return out
 
 
 # ------------------------------------------------------------ one image
@@ -366,17 +239,12 @@ def _check_config(cfg: ml_collections.ConfigDict) -> None:
     raise ValueError(f'image_size must be (H, W), got {cfg.image_size}')
 
 
-def build_arrays(root: str, cfg: ml_collections.ConfigDict,
-                 phantom: bool = False) -> dict[str, dict[str, np.ndarray]]:
-  """Reads the study at `root` into split arrays (no caching)."""
-  master = read_master(os.path.join(root, 'master_sheet.csv'))
-  recipe = gaze.get_recipe(cfg.gaze_recipe)
-  samples = (read_gaze_csv(os.path.join(root, 'eye_gaze.csv'))
-             if recipe.source == 'eye_gaze' else {})
-  fixations = read_gaze_csv(os.path.join(root, 'fixations.csv'),
-                            durations=recipe.weighting == 'duration')
+def _find_images(master: Mapping[str, Any], root: str,
+                 cfg: ml_collections.ConfigDict
+                 ) -> tuple[np.ndarray, list[str]]:
+  """(positions in the master sheet, image files) of the studies whose image
+  exists; a missing one raises or, with `on_error='skip'`, is logged."""
   image_root = cfg.image_root or root
-
   keep, paths = [], []
   for i, (d, rel) in enumerate(zip(master['dicom_id'], master['path'])):
     path = _resolve_image(image_root, rel)
@@ -392,17 +260,17 @@ def build_arrays(root: str, cfg: ml_collections.ConfigDict,
   if not keep:
     raise FileNotFoundError(f'no image of {root}/master_sheet.csv was found '
                             f'under {image_root}')
+  return np.asarray(keep, np.int64), paths
 
-  keep = np.asarray(keep, np.int64)
-  labels = master['label'][keep]
-  pids = [master['patient_id'][i] for i in keep]
-  parts = egd_splits.split_indices(labels, pids, cfg)
 
-  # Preallocate the split arrays and fill them as images are read (the real
-  # study at 640x512 is ~3 GB; no second copy).
-  h, w = (int(v) for v in cfg.image_size)
-  out = {}
-  where = {}  # position in keep -> (split, row)
+def _allocate(parts: Mapping[str, np.ndarray], labels: np.ndarray,
+              keep: np.ndarray, size_hw: Sequence[int]
+              ) -> tuple[dict[str, dict[str, np.ndarray]],
+                         dict[int, tuple[str, int]]]:
+  """Zero split arrays to fill as images are read (the real study at 640x512
+  is ~3 GB: no second copy), and position in `keep` -> (split, row)."""
+  h, w = (int(v) for v in size_hw)
+  out, where = {}, {}
   for s in SPLITS:
     n = parts[s].size
     out[s] = dict(image=np.zeros((n, h, w, 1), np.float32),
@@ -411,6 +279,39 @@ def build_arrays(root: str, cfg: ml_collections.ConfigDict,
                   label=labels[parts[s]].astype(np.int32),
                   index=keep[parts[s]].astype(np.int32))
     where.update({int(j): (s, r) for r, j in enumerate(parts[s])})
+  return out, where
+
+
+def _log_gaze_summary(done: Sequence[tuple[str, int, bool]],
+                      source: str) -> None:
+  """Warns about dropped off-image points and studies without gaze."""
+  n_dropped = [n for _, n, _ in done if n]
+  if n_dropped:
+    logging.warning('Dropped %d gaze points off the image in %d of %d '
+                    'studies (per-study counts logged above).',
+                    sum(n_dropped), len(n_dropped), len(done))
+  no_gaze = [d for d, _, has in done if not has]
+  if no_gaze:
+    logging.warning(
+        '%d studies have no gaze in %s inside the image, so an all-zero gaze '
+        'map (saliency metrics are NaN for them): dicom_id %s', len(no_gaze),
+        source, no_gaze)
+
+
+def build_arrays(root: str, cfg: ml_collections.ConfigDict,
+                 phantom: bool = False) -> dict[str, dict[str, np.ndarray]]:
+  """Reads the study at `root` into split arrays (no caching)."""
+  master = egd_csv.read_master(os.path.join(root, 'master_sheet.csv'))
+  recipe = gaze.get_recipe(cfg.gaze_recipe)
+  samples = (egd_csv.read_gaze_csv(os.path.join(root, 'eye_gaze.csv'))
+             if recipe.source == 'eye_gaze' else {})
+  fixations = egd_csv.read_gaze_csv(os.path.join(root, 'fixations.csv'),
+                                    durations=recipe.weighting == 'duration')
+  keep, paths = _find_images(master, root, cfg)
+  labels = master['label'][keep]
+  pids = [master['patient_id'][i] for i in keep]
+  parts = egd_splits.split_indices(labels, pids, cfg)
+  out, where = _allocate(parts, labels, keep, cfg.image_size)
 
   def one(j: int) -> tuple[str, int, bool]:
     d = master['dicom_id'][keep[j]]
@@ -424,18 +325,7 @@ def build_arrays(root: str, cfg: ml_collections.ConfigDict,
   workers = cfg.num_workers or os.cpu_count() or 1
   with concurrent.futures.ThreadPoolExecutor(workers) as pool:
     done = list(pool.map(one, range(len(keep))))
-  n_dropped = [n for _, n, _ in done if n]
-  if n_dropped:
-    logging.warning('Dropped %d gaze points off the image in %d of %d '
-                    'studies (per-study counts logged above).',
-                    sum(n_dropped), len(n_dropped), len(done))
-  no_gaze = [d for d, _, has in done if not has]
-  if no_gaze:
-    source = f'{recipe.source}.csv'
-    logging.warning(
-        '%d studies have no gaze in %s inside the image, so an all-zero gaze '
-        'map (saliency metrics are NaN for them): dicom_id %s', len(no_gaze),
-        source, no_gaze)
+  _log_gaze_summary(done, f'{recipe.source}.csv')
   return out
 
 

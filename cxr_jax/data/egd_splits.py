@@ -44,6 +44,56 @@ def _stratified_take(idx: np.ndarray, labels: np.ndarray, frac: float
   return idx[order[:k]], idx[order[k:]]
 
 
+def _mtunet(labels: np.ndarray, rng: np.random.Generator
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(train, val, test): a seeded permutation, then a counter per class:
+  counter % 10 in {0, 1} -> test, 2 -> val, else train."""
+  perm = rng.permutation(labels.shape[0])
+  counter: dict[int, int] = {}
+  parts = {'train': [], 'val': [], 'test': []}
+  for i in perm:
+    c = int(labels[i])
+    k = counter.get(c, 0)
+    counter[c] = k + 1
+    parts['test' if k % 10 in (0, 1) else 'val' if k % 10 == 2
+          else 'train'].append(i)
+  return tuple(np.asarray(parts[s], np.int64) for s in SPLITS)
+
+
+def _whole_patients(patients: Sequence[str], pids: np.ndarray,
+                    at_least: int) -> tuple[list[str], int]:
+  """The first patients (in the given order) whose images reach `at_least`,
+  and their image count."""
+  taken, count = [], 0
+  for p in patients:
+    if count >= at_least:
+      break
+    taken.append(p)
+    count += int((pids == p).sum())
+  return taken, count
+
+
+def _patient(patient_ids: Sequence[str], n: int,
+             cfg: ml_collections.ConfigDict, rng: np.random.Generator
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(train, val, test) of whole patients, from a seeded permutation of the
+  patients: test until `num_test` images, then val until its fraction."""
+  pids = np.asarray([str(p) for p in patient_ids])
+  if pids.shape[0] != n:
+    raise ValueError(f'{pids.shape[0]} patient ids for {n} labels')
+  patients = rng.permutation(np.unique(pids))
+  test_p, count = _whole_patients(patients, pids, _num_test(cfg.num_test, n))
+  test_set = set(test_p)
+  rest_p = [p for p in patients if p not in test_set]
+  n_val = int(round(cfg.num_val * (n - count)))
+  n_val = max(n_val, 1) if cfg.num_val > 0 else 0
+  val_p, _ = _whole_patients(rest_p, pids, n_val)
+  test = np.flatnonzero(np.isin(pids, test_p))
+  val = np.flatnonzero(np.isin(pids, val_p))
+  train = np.flatnonzero(~np.isin(pids, test_p + val_p))
+  return train, val, test
+
+
 def split_indices(labels: np.ndarray, patient_ids: Sequence[str],
                   cfg: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
   """Positions (sorted int64) of each split in the study list.
@@ -66,41 +116,9 @@ def split_indices(labels: np.ndarray, patient_ids: Sequence[str],
     test, rest = perm[:k], perm[k:]
     val, train = _stratified_take(rest, labels, cfg.num_val)
   elif cfg.split == 'mtunet':
-    perm = rng.permutation(n)
-    counter: dict[int, int] = {}
-    parts = {'train': [], 'val': [], 'test': []}
-    for i in perm:
-      c = int(labels[i])
-      k = counter.get(c, 0)
-      counter[c] = k + 1
-      parts['test' if k % 10 in (0, 1) else 'val' if k % 10 == 2
-            else 'train'].append(i)
-    train, val, test = (np.asarray(parts[s], np.int64) for s in SPLITS)
+    train, val, test = _mtunet(labels, rng)
   elif cfg.split == 'patient':
-    pids = np.asarray([str(p) for p in patient_ids])
-    if pids.shape[0] != n:
-      raise ValueError(f'{pids.shape[0]} patient ids for {n} labels')
-    patients = rng.permutation(np.unique(pids))
-    k = _num_test(cfg.num_test, n)
-    test_p, count = [], 0
-    for p in patients:  # whole patients until at least k test images
-      if count >= k:
-        break
-      test_p.append(p)
-      count += int((pids == p).sum())
-    test_set = set(test_p)
-    rest_p = [p for p in patients if p not in test_set]
-    n_val = int(round(cfg.num_val * (n - count)))
-    n_val = max(n_val, 1) if cfg.num_val > 0 else 0
-    val_p, count = [], 0
-    for p in rest_p:
-      if count >= n_val:
-        break
-      val_p.append(p)
-      count += int((pids == p).sum())
-    test = np.flatnonzero(np.isin(pids, test_p))
-    val = np.flatnonzero(np.isin(pids, val_p))
-    train = np.flatnonzero(~np.isin(pids, test_p + val_p))
+    train, val, test = _patient(patient_ids, n, cfg, rng)
   else:
     raise ValueError(f"split must be 'thesis', 'mtunet' or 'patient', got "
                      f'{cfg.split!r}')

@@ -26,8 +26,9 @@ The blur is `scipy.ndimage.gaussian_filter(mode=recipe.mode)` of the
 impulse image: the border mode matters, since gaze near an edge would lose
 mass to zero padding ('constant'). Because the input is a sum of impulses,
 the same numbers are computed exactly (same truncated, normalised kernel,
-same border reflection) as a separable outer-product sum, which is ~100x
-faster at 3000 px; `blur_points` picks that path and `tests/test_data_egd.py`
+same border reflection) as a separable outer-product sum, whose cost grows
+with the number of distinct points rather than with the image area;
+`blur_points` picks that path and `tests/test_data_egd.py`
 checks it equals `gaussian_filter` in every mode.
 """
 

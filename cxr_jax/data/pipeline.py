@@ -224,9 +224,9 @@ class TrainIterator(Iterator[dict[str, np.ndarray]]):
     batch = next(self._iterator)
     self._next_batch += 1
     # Worker batches arrive in grain's POSIX shared memory, unlinked when the
-    # array is garbage collected. A plain copy (a few ms per batch, off the
-    # device's critical path) keeps /dev/shm clean if the trainer holds or
-    # leaks batches or the process is killed.
+    # array is garbage collected. A plain copy (off the device's critical
+    # path) keeps /dev/shm clean if the trainer holds or leaks batches or the
+    # process is killed.
     return {k: np.array(v) if type(v) is not np.ndarray else v
             for k, v in batch.items()}
 

@@ -145,6 +145,144 @@ def _vessels(rng: np.random.Generator, shape: tuple[int, int],
   return out
 
 
+def _grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+  """(H, W) float32 pixel-centre coordinates y, x in [0, 1]."""
+  yy = ((np.arange(h, dtype=np.float32) + 0.5) / h)[:, None]
+  xx = ((np.arange(w, dtype=np.float32) + 0.5) / w)[None, :]
+  return np.broadcast_arrays(yy, xx)
+
+
+def _body(xx: np.ndarray, yy: np.ndarray, dx: np.ndarray, p: dict
+          ) -> tuple[np.ndarray, np.ndarray]:
+  """Body outline (neck, shoulders, torso) and its density, which follows
+  the path length through it, plus the humeral heads and upper arms."""
+  half = 0.13 + (p['body_w'] + 0.03 - 0.13) * _smoothstep((yy + 0.02) / 0.14)
+  body_prof = np.sqrt(np.clip(1.0 - (dx / half) ** 2, 0.0, 1.0))
+  density = p['tissue'] * body_prof ** 0.6
+  for s in (-1, 1):  # at the top corners
+    arm = np.clip(1.0 - ((xx - p['cx'] - s * (p['body_w'] + 0.02)) / 0.06) ** 2
+                  - ((yy - 0.13) / 0.08) ** 2, 0.0, 1.0)
+    density += 0.15 * np.sqrt(arm)
+  return body_prof > 0, density
+
+
+def _heart(xx: np.ndarray, yy: np.ndarray, p: dict) -> np.ndarray:
+  """Heart: a rotated ellipse on the patient's left (image right)."""
+  hcx = p['cx'] + p['heart_c'][1]
+  hcy = p['dome'][1] - 0.075 + p['heart_c'][0] * 0.5
+  ca, sa = np.cos(p['heart_angle']), np.sin(p['heart_angle'])
+  hu = ((xx - hcx) * ca + (yy - hcy) * sa) / p['heart_r'][1]
+  hv = (-(xx - hcx) * sa + (yy - hcy) * ca) / p['heart_r'][0]
+  heart_r2 = hu * hu + hv * hv
+  return (heart_r2 < 1.0) & (yy < p['dome'][1] + 0.02)
+
+
+def _lungs(dx: np.ndarray, yy: np.ndarray, p: dict, heart: np.ndarray,
+           sigma: float, px: float
+           ) -> tuple[dict[int, np.ndarray], np.ndarray, np.ndarray]:
+  """Lung fields by side, their soft (blurred) union, and the darkening by
+  lung air (thinner at the lung edges and behind the breasts)."""
+  lungs = {}
+  for s in (-1, 1):
+    lungs[s] = _lung(dx * s, yy, p, s) & ~heart
+  lung_any = lungs[-1] | lungs[1]
+  lung_soft = ndimage.gaussian_filter(lung_any.astype(np.float32), sigma)
+  depth = ndimage.distance_transform_edt(lung_any) * px
+  air = p['air'] * lung_soft * (0.72 + 0.28 * _smoothstep(depth / 0.08))
+  air *= 1.0 - 0.25 * _smoothstep((yy - p['dome'][-1] + 0.2) / 0.2)  # breasts
+  return lungs, lung_soft, air
+
+
+def _mediastinum(dx: np.ndarray, yy: np.ndarray, p: dict, heart: np.ndarray,
+                 lung_any: np.ndarray, sigma: float
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Mediastinum mask (between the lungs above the diaphragm, outside heart
+  and lungs), the density of the heart/mediastinum/abdomen silhouette, and
+  that of the aortic knob."""
+  t = (yy - p['top']) / (p['dome'][1] - p['top'])
+  knob = 0.035 * np.exp(-((yy - p['top'] - 0.17) / 0.035) ** 2) * (dx > 0)
+  med_half = 0.05 + 0.03 * np.clip(t, 0, 1) + knob
+  mediastinum = ((np.abs(dx) < med_half) & (t > -0.15) & (yy < p['dome'][1])
+                 & ~heart & ~lung_any)
+  abdomen = _below_lungs(lung_any, yy)
+  silhouette = np.maximum((heart | mediastinum) * (1.0 - abdomen), abdomen)
+  return (mediastinum,
+          0.1 * ndimage.gaussian_filter(silhouette.astype(np.float32),
+                                        2 * sigma),
+          0.05 * knob / 0.035)
+
+
+def _airways_and_spine(dx: np.ndarray, yy: np.ndarray, p: dict, px: float
+                       ) -> tuple[np.ndarray, np.ndarray]:
+  """Densities removed by the trachea and main bronchi (air) and added by
+  the spine with its vertebrae."""
+  carina = p['top'] + 0.2
+  trach = _band(dx, 0.017, px) * (yy < carina) * _smoothstep((yy) / 0.05)
+  for s in (-1, 1):
+    bu = dx * s - (yy - carina) * 0.9
+    trach = np.maximum(trach, _band(bu, 0.011, px) * (yy > carina)
+                       * (yy < carina + 0.06))
+  vert = 0.5 + 0.5 * np.cos(2 * np.pi * (yy - p['top']) / 0.045)
+  spine = _band(dx, 0.04, px) * (0.7 + 0.3 * _smoothstep((vert - 0.2) / 0.2))
+  return (0.12 * trach,
+          0.06 * spine + 0.03 * _band(np.abs(dx) - 0.04, 0.004, px))
+
+
+def _add_chest_wall(density: np.ndarray, dx: np.ndarray, yy: np.ndarray,
+                    p: dict, px: float) -> None:
+  """Adds ribs and clavicles (over the lungs and everything else) to
+  `density` in place."""
+  for s in (-1, 1):
+    u = dx * s
+    side = (u > 0).astype(np.float32)
+    lat = p['lat'][s]
+    ribs = _ribs(u, yy, p, lat, px) * side
+    ribs *= _smoothstep((p['dome'][s] + 0.12 - yy) / 0.06)
+    density += 0.075 * ribs
+    y_st, y_ac = p['top'] + 0.1, p['top'] + 0.03
+    tt = (u - 0.05) / 0.36
+    yc = y_st + (y_ac - y_st) * tt + 0.015 * np.sin(2 * np.pi * tt)
+    clav = _band(yy - yc, 0.012, px) * (tt > 0) * (tt < 1) * side
+    density += 0.14 * clav
+
+
+def _add_hila(density: np.ndarray, rng: np.random.Generator, xx: np.ndarray,
+              yy: np.ndarray, p: dict, hila_scale: float
+              ) -> list[tuple[float, float, int]]:
+  """Adds both hila to `density` in place; returns their (y, x, side) in
+  normalised coordinates."""
+  hila_pts = []
+  for s in (-1, 1):  # patient right, then left
+    hy = p['top'] + 0.3 * (p['dome'][s] - p['top']) + rng.uniform(-0.02, 0.02)
+    hx = p['cx'] + s * (0.1 + rng.uniform(-0.01, 0.01)
+                        + (0.02 if s > 0 else 0.0))
+    hila_pts.append((hy, hx, s))
+    blob = np.exp(-(((yy - hy) / 0.05) ** 2 + ((xx - hx) / 0.03) ** 2))
+    density += 0.09 * hila_scale * blob
+  return hila_pts
+
+
+def _markings(rng: np.random.Generator, shape: tuple[int, int],
+              hila_pts: list[tuple[float, float, int]],
+              lung_soft: np.ndarray, lung_any: np.ndarray) -> np.ndarray:
+  """Vessel trees from the hila plus fine texture, inside the lungs only."""
+  h, w = shape
+  vessels = _vessels(rng, (h, w), hila_pts)
+  fine = ndimage.gaussian_filter(rng.standard_normal((h, w)).astype(np.float32),
+                                 max(0.7, 0.0025 * min(h, w)))
+  fine *= 0.5 / max(float(fine.std()), 1e-6)
+  return (0.09 * vessels / max(float(np.percentile(vessels, 99.5)), 1e-6)
+          + 0.012 * fine) * lung_soft * lung_any
+
+
+def _bubble(xx: np.ndarray, yy: np.ndarray, p: dict) -> np.ndarray:
+  """Density removed by the gastric bubble under the left dome."""
+  gy, gx = p['dome'][1] + 0.06, p['cx'] + 0.17
+  bubble = np.clip(1 - ((xx - gx) / 0.06) ** 2 - ((yy - gy) / 0.035) ** 2,
+                   0, 1)
+  return 0.15 * np.sqrt(bubble) * (yy > p['dome'][1] + 0.03)
+
+
 def draw_thorax(rng: np.random.Generator, size_hw: tuple[int, int], *,
                 heart_scale: float = 1.0, hila_scale: float = 1.0,
                 noise_std: float | None = None) -> tuple[np.ndarray, dict]:
@@ -174,105 +312,26 @@ def draw_thorax(rng: np.random.Generator, size_hw: tuple[int, int], *,
     raise ValueError(f'size_hw must be at least 16x16, got {size_hw}')
   p = _sample_params(rng, heart_scale)
   px = 1.0 / min(h, w)
-  yy = ((np.arange(h, dtype=np.float32) + 0.5) / h)[:, None]
-  xx = ((np.arange(w, dtype=np.float32) + 0.5) / w)[None, :]
-  yy, xx = np.broadcast_arrays(yy, xx)
-  cx = p['cx']
-  dx = xx - cx
-
-  # Body outline: neck, shoulders, torso; density ~ path length through it.
-  half = 0.13 + (p['body_w'] + 0.03 - 0.13) * _smoothstep((yy + 0.02) / 0.14)
-  body_prof = np.sqrt(np.clip(1.0 - (dx / half) ** 2, 0.0, 1.0))
-  body = body_prof > 0
-  density = p['tissue'] * body_prof ** 0.6
-  for s in (-1, 1):  # humeral heads and upper arms at the top corners
-    arm = np.clip(1.0 - ((xx - cx - s * (p['body_w'] + 0.02)) / 0.06) ** 2
-                  - ((yy - 0.13) / 0.08) ** 2, 0.0, 1.0)
-    density += 0.15 * np.sqrt(arm)
-
-  # Heart (rotated ellipse, on the patient's left = image right).
-  hcx = cx + p['heart_c'][1]
-  hcy = p['dome'][1] - 0.075 + p['heart_c'][0] * 0.5
-  ca, sa = np.cos(p['heart_angle']), np.sin(p['heart_angle'])
-  hu = ((xx - hcx) * ca + (yy - hcy) * sa) / p['heart_r'][1]
-  hv = (-(xx - hcx) * sa + (yy - hcy) * ca) / p['heart_r'][0]
-  heart_r2 = hu * hu + hv * hv
-  heart = (heart_r2 < 1.0) & (yy < p['dome'][1] + 0.02)
-
-  # Lungs.
-  lungs = {}
-  for s in (-1, 1):
-    lungs[s] = _lung(dx * s, yy, p, s) & ~heart
-  lung_any = lungs[-1] | lungs[1]
+  yy, xx = _grid(h, w)
+  dx = xx - p['cx']
+  body, density = _body(xx, yy, dx, p)
+  heart = _heart(xx, yy, p)
   sigma = max(1.0, 0.004 * min(h, w))
-  lung_soft = ndimage.gaussian_filter(lung_any.astype(np.float32), sigma)
-  depth = ndimage.distance_transform_edt(lung_any) * px
-  air = p['air'] * lung_soft * (0.72 + 0.28 * _smoothstep(depth / 0.08))
-  air *= 1.0 - 0.25 * _smoothstep((yy - p['dome'][-1] + 0.2) / 0.2)  # breasts
+  lungs, lung_soft, air = _lungs(dx, yy, p, heart, sigma, px)
+  lung_any = lungs[-1] | lungs[1]
   density -= air
-
-  # Mediastinum: between the lungs above the diaphragm, outside heart/lungs.
-  t = (yy - p['top']) / (p['dome'][1] - p['top'])
-  knob = 0.035 * np.exp(-((yy - p['top'] - 0.17) / 0.035) ** 2) * (dx > 0)
-  med_half = 0.05 + 0.03 * np.clip(t, 0, 1) + knob
-  mediastinum = ((np.abs(dx) < med_half) & (t > -0.15) & (yy < p['dome'][1])
-                 & ~heart & ~lung_any)
-  abdomen = _below_lungs(lung_any, yy)
-  silhouette = np.maximum((heart | mediastinum) * (1.0 - abdomen), abdomen)
-  density += 0.1 * ndimage.gaussian_filter(silhouette.astype(np.float32),
-                                          2 * sigma)
-  density += 0.05 * knob / 0.035
-
-  # Trachea and main bronchi (air, darker), spine with vertebrae.
-  carina = p['top'] + 0.2
-  trach = _band(dx, 0.017, px) * (yy < carina) * _smoothstep((yy) / 0.05)
-  for s in (-1, 1):
-    bu = dx * s - (yy - carina) * 0.9
-    trach = np.maximum(trach, _band(bu, 0.011, px) * (yy > carina)
-                       * (yy < carina + 0.06))
-  density -= 0.12 * trach
-  vert = 0.5 + 0.5 * np.cos(2 * np.pi * (yy - p['top']) / 0.045)
-  spine = _band(dx, 0.04, px) * (0.7 + 0.3 * _smoothstep((vert - 0.2) / 0.2))
-  density += 0.06 * spine + 0.03 * _band(np.abs(dx) - 0.04, 0.004, px)
-
-  # Ribs and clavicles (chest wall: over the lungs and everything else).
-  for s in (-1, 1):
-    u = dx * s
-    side = (u > 0).astype(np.float32)
-    lat = p['lat'][s]
-    ribs = _ribs(u, yy, p, lat, px) * side
-    ribs *= _smoothstep((p['dome'][s] + 0.12 - yy) / 0.06)
-    density += 0.075 * ribs
-    y_st, y_ac = p['top'] + 0.1, p['top'] + 0.03
-    tt = (u - 0.05) / 0.36
-    yc = y_st + (y_ac - y_st) * tt + 0.015 * np.sin(2 * np.pi * tt)
-    clav = _band(yy - yc, 0.012, px) * (tt > 0) * (tt < 1) * side
-    density += 0.14 * clav
-
-  # Hila and vessel markings.
-  hila = {}
-  hila_pts = []
-  for s, name in ((-1, 'right'), (1, 'left')):
-    hy = p['top'] + 0.3 * (p['dome'][s] - p['top']) + rng.uniform(-0.02, 0.02)
-    hx = cx + s * (0.1 + rng.uniform(-0.01, 0.01) + (0.02 if s > 0 else 0.0))
-    hila[name] = (hy * h, hx * w)
-    hila_pts.append((hy, hx, s))
-    blob = np.exp(-(((yy - hy) / 0.05) ** 2 + ((xx - hx) / 0.03) ** 2))
-    density += 0.09 * hila_scale * blob
-  vessels = _vessels(rng, (h, w), hila_pts)
-  fine = ndimage.gaussian_filter(rng.standard_normal((h, w)).astype(np.float32),
-                                 max(0.7, 0.0025 * min(h, w)))
-  fine *= 0.5 / max(float(fine.std()), 1e-6)
-  markings = (0.09 * vessels / max(float(np.percentile(vessels, 99.5)), 1e-6)
-              + 0.012 * fine) * lung_soft * lung_any
-
-  # Gastric bubble under the left dome.
+  mediastinum, silhouette, knob = _mediastinum(dx, yy, p, heart, lung_any,
+                                               sigma)
+  density += silhouette
+  density += knob
+  airways, spine = _airways_and_spine(dx, yy, p, px)
+  density -= airways
+  density += spine
+  _add_chest_wall(density, dx, yy, p, px)
+  hila_pts = _add_hila(density, rng, xx, yy, p, hila_scale)
+  markings = _markings(rng, (h, w), hila_pts, lung_soft, lung_any)
   if p['bubble']:
-    gy, gx = p['dome'][1] + 0.06, cx + 0.17
-    bubble = np.clip(1 - ((xx - gx) / 0.06) ** 2 - ((yy - gy) / 0.035) ** 2,
-                     0, 1)
-    density -= 0.15 * np.sqrt(bubble) * (yy > p['dome'][1] + 0.03)
-
+    density -= _bubble(xx, yy, p)
   gain = p['gain']
   markings_img = (gain * markings).astype(np.float32)
   std = rng.uniform(0.004, 0.015) if noise_std is None else float(noise_std)
@@ -280,15 +339,26 @@ def draw_thorax(rng: np.random.Generator, size_hw: tuple[int, int], *,
   image = p['offset'] + gain * density + markings_img + noise
   image = np.clip(image, 0.0, 1.0).astype(np.float32)
 
-  ys, xs = np.nonzero(heart)
+  masks = dict(right_lung=lungs[-1], left_lung=lungs[1], heart=heart,
+               mediastinum=mediastinum, body=body)
+  return image, _geometry(masks, p, hila_pts, markings_img, noise,
+                          (gain * air).astype(np.float32), (h, w))
+
+
+def _geometry(masks: dict[str, np.ndarray], p: dict,
+              hila_pts: list[tuple[float, float, int]],
+              markings_img: np.ndarray, noise: np.ndarray,
+              lung_air: np.ndarray, shape: tuple[int, int]) -> dict:
+  """The `geom` dict of `draw_thorax` (its docstring lists the keys)."""
+  h, w = shape
+  ys, xs = np.nonzero(masks['heart'])
   bbox = ((int(ys.min()), int(xs.min()), int(ys.max()) + 1, int(xs.max()) + 1)
           if ys.size else (0, 0, 0, 0))
-  geom = dict(
-      right_lung=lungs[-1], left_lung=lungs[1], heart=heart,
-      mediastinum=mediastinum, body=body, lung_markings=markings_img,
-      noise=noise, lung_air=(gain * air).astype(np.float32),
-      air_peak=float(gain * p['air']), heart_bbox=bbox, hila=hila,
-      midline_x=cx * w,
+  hila = {name: (hy * h, hx * w) for (hy, hx, _), name in
+          zip(hila_pts, ('right', 'left'))}
+  return dict(
+      masks, lung_markings=markings_img, noise=noise, lung_air=lung_air,
+      air_peak=float(p['gain'] * p['air']), heart_bbox=bbox, hila=hila,
+      midline_x=p['cx'] * w,
       diaphragm_y={'right': p['dome'][-1] * h, 'left': p['dome'][1] * h},
-      gain=float(gain))
-  return image, geom
+      gain=float(p['gain']))
