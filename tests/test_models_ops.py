@@ -1,10 +1,12 @@
-"""cxr_jax.models.ops: the CPU forms equal the lax forms, values and grads."""
+"""cxr_jax.models.ops and accel_ops: the CPU forms and the accelerator forms
+equal the lax/Flax forms and autodiff, values and grads."""
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from cxr_jax.models import accel_ops
 from cxr_jax.models import ops
 
 POOLS = [  # (input shape, window, strides, padding)
@@ -159,7 +161,7 @@ def test_add_over_batch_gradient_is_the_batch_sum(x_dtype):
   v = jax.random.normal(kv, (1, 7, 6))
   g = jax.random.normal(kg, (5, 7, 6)).astype(x_dtype)
   plain = lambda x, v: x + v.astype(x.dtype)  # noqa: E731
-  y, vjp = jax.vjp(ops._add_over_batch, x, v)  # pylint: disable=protected-access
+  y, vjp = jax.vjp(accel_ops.add_over_batch_matmul, x, v)
   y_ref, vjp_ref = jax.vjp(plain, x, v)
   assert y.dtype == x_dtype
   np.testing.assert_array_equal(np.asarray(y, np.float32),

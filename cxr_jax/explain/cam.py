@@ -10,22 +10,7 @@ single forward pass, never differentiating the parameters. Variables are
 applied with `train=False` and no mutable collections: explaining never
 changes `params` or `batch_stats`.
 
-Formulas follow pytorch-grad-cam (jacobgil) so maps are comparable:
-  gradcam    w_c = mean_hw(dS/dA_c);          cam = ReLU(sum_c w_c A_c)
-  hirescam   cam = ReLU(sum_c dS/dA_c * A_c)
-  gradcam++  a = g^2 / (2 g^2 + sum_hw(A) g^3 + 1e-6), a = 0 where g == 0,
-             w_c = sum_hw(ReLU(g) a);         cam = ReLU(sum_c w_c A_c)
-  xgradcam   w_c = sum_hw(g A / (sum_hw(A) + 1e-7)); cam = ReLU(sum_c w_c A_c)
-  layercam   cam = ReLU(sum_c ReLU(g) A_c)
-  scorecam   each channel, bilinearly upsampled (align_corners=True, as
-             torch's UpsamplingBilinear2d) and min-max scaled to [0, 1]
-             (+1e-8), masks the input; w = softmax_c(target logit of the
-             masked input); cam = ReLU(sum_c w_c A_c)
-  eigencam   projection of the centred activations (hw, C) on their first
-             right singular vector; the SVD sign is arbitrary, so the map is
-             flipped where |min| > |max| (the sign correction of
-             pytorch-grad-cam's `get_2d_projection_with_sign_correction`;
-             its `EigenCAM` class itself does not correct); cam = ReLU(.)
+The methods (`METHODS`) and their formulas are in `cam_methods.py`.
 
 Post-processing order (the same for every method): `raw` = the ReLU'd map on
 the feature grid (B, h, w); then bilinear `jax.image.resize` (half-pixel
@@ -46,61 +31,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import cxr_jax.explain.cam_methods as methods
+
 Array = jax.Array
-
-
-# ----------------------------------------------------------------- methods --
-def _spatial_sum(x_BhwC: Array) -> Array:
-  return jnp.sum(x_BhwC, axis=(1, 2), keepdims=True)
-
-
-def _weighted(acts_BhwC: Array, w_BC: Array) -> Array:
-  return jnp.einsum('bhwc,bc->bhw', acts_BhwC, w_BC)
-
-
-def gradcam(acts_BhwC: Array, grads_BhwC: Array) -> Array:
-  """Grad-CAM (Selvaraju et al. 2017), before ReLU."""
-  return _weighted(acts_BhwC, jnp.mean(grads_BhwC, axis=(1, 2)))
-
-
-def hirescam(acts_BhwC: Array, grads_BhwC: Array) -> Array:
-  """HiResCAM (Draelos & Carin 2020): element-wise gradient x activation."""
-  return jnp.sum(grads_BhwC * acts_BhwC, axis=-1)
-
-
-def gradcam_pp(acts_BhwC: Array, grads_BhwC: Array) -> Array:
-  """Grad-CAM++ (Chattopadhyay et al. 2018), pytorch-grad-cam's eq. 19."""
-  g2 = grads_BhwC**2
-  g3 = g2 * grads_BhwC
-  aij = g2 / (2 * g2 + _spatial_sum(acts_BhwC) * g3 + 1e-6)
-  aij = jnp.where(grads_BhwC != 0, aij, 0.0)
-  w_BC = jnp.sum(jax.nn.relu(grads_BhwC) * aij, axis=(1, 2))
-  return _weighted(acts_BhwC, w_BC)
-
-
-def xgradcam(acts_BhwC: Array, grads_BhwC: Array) -> Array:
-  """XGrad-CAM (Fu et al. 2020)."""
-  w_BC = jnp.sum(grads_BhwC * acts_BhwC / (_spatial_sum(acts_BhwC) + 1e-7),
-                 axis=(1, 2))
-  return _weighted(acts_BhwC, w_BC)
-
-
-def layercam(acts_BhwC: Array, grads_BhwC: Array) -> Array:
-  """LayerCAM (Jiang et al. 2021)."""
-  return jnp.sum(jax.nn.relu(grads_BhwC) * acts_BhwC, axis=-1)
-
-
-def eigencam(acts_BhwC: Array, grads_BhwC: Array | None = None) -> Array:
-  """Eigen-CAM (Muhammad & Yeasin 2020): first principal component, signed."""
-  del grads_BhwC
-  b, h, w, c = acts_BhwC.shape
-  x_BNC = jnp.nan_to_num(acts_BhwC.reshape(b, h * w, c))
-  x_BNC = x_BNC - jnp.mean(x_BNC, axis=1, keepdims=True)
-  _, _, vt_BCC = jnp.linalg.svd(x_BNC, full_matrices=False)
-  proj_BN = jnp.einsum('bnc,bc->bn', x_BNC, vt_BCC[:, 0, :])
-  flip_B = jnp.abs(proj_BN.min(-1)) > jnp.abs(proj_BN.max(-1))
-  proj_BN = jnp.where(flip_B[:, None], -proj_BN, proj_BN)
-  return proj_BN.reshape(b, h, w)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,12 +45,12 @@ class CamMethod:
 
 
 METHODS: dict[str, CamMethod] = {
-    'gradcam': CamMethod(gradcam, True),
-    'hirescam': CamMethod(hirescam, True),
-    'gradcam++': CamMethod(gradcam_pp, True),
-    'xgradcam': CamMethod(xgradcam, True),
-    'layercam': CamMethod(layercam, True),
-    'eigencam': CamMethod(eigencam, False, class_specific=False),
+    'gradcam': CamMethod(methods.gradcam, True),
+    'hirescam': CamMethod(methods.hirescam, True),
+    'gradcam++': CamMethod(methods.gradcam_pp, True),
+    'xgradcam': CamMethod(methods.xgradcam, True),
+    'layercam': CamMethod(methods.layercam, True),
+    'eigencam': CamMethod(methods.eigencam, False, class_specific=False),
     'scorecam': CamMethod(None, False),
 }
 
@@ -136,10 +69,10 @@ def normalize_maps(cam_BHW: Array) -> Array:
   constant map.
 
   pytorch-grad-cam adds 1e-7 to the denominator. We divide exactly, so every
-  non-constant map's maximum is exactly 1: with the 1e-7 it fell just short
-  of 1 whenever the raw map's range was below a few units, and the thesis
-  EHR's last threshold (t = 1) then depended on the raw scale of a network's
-  activations and gradients rather than on where its heat lies.
+  non-constant map's maximum is exactly 1. With the 1e-7 the maximum falls
+  short of 1 whenever the raw map's range is small (below a few units), so
+  the thesis EHR's last threshold (t = 1) would depend on the raw scale of a
+  network's activations and gradients rather than on where its heat lies.
   """
   lo = jnp.min(cam_BHW, axis=(-2, -1), keepdims=True)
   x = cam_BHW - lo
@@ -364,13 +297,8 @@ def _finish(acts_BhwC, grads, scores_BCK, targets_B, *, method, all_classes,
     else:
       raw = spec.fn(acts_BhwC, grads)
   elif method == 'scorecam':
-    w_BCK = jax.nn.softmax(scores_BCK, axis=1)
-    if all_classes:
-      raw = jnp.einsum('bhwc,bck->bkhw', acts_BhwC, w_BCK)
-    else:
-      w_BC = jnp.take_along_axis(w_BCK, targets_B[:, None, None], axis=2)
-      w_BC = w_BC[..., 0]
-      raw = _weighted(acts_BhwC, w_BC)
+    raw = methods.scorecam(acts_BhwC, scores_BCK, targets_B,
+                           all_classes=all_classes)
   else:
     raw = spec.fn(acts_BhwC, None)
     if all_classes:
@@ -381,6 +309,22 @@ def _finish(acts_BhwC, grads, scores_BCK, targets_B, *, method, all_classes,
   if normalize:
     cam = normalize_maps(cam)
   return cam, raw
+
+
+def _resolve_targets(targets: str | Any, labels: Any, b: int
+                     ) -> tuple[Array, bool]:
+  """The (B,) int32 classes to explain and whether the model's prediction
+  replaces them (targets='pred'); zeros for 'all' (every class is taken)."""
+  if not isinstance(targets, str):
+    return jnp.asarray(targets, jnp.int32).reshape(b), False
+  if targets == 'label':
+    if labels is None:
+      raise ValueError("targets='label' needs `labels`.")
+    return jnp.asarray(labels, jnp.int32).reshape(b), False
+  if targets in ('pred', 'all'):
+    return jnp.zeros((b,), jnp.int32), targets == 'pred'
+  raise ValueError(f"targets must be 'label', 'pred', 'all' or an int "
+                   f'array (B,), got {targets!r}.')
 
 
 def compute_cams(model: nn.Module, variables: Mapping[str, Any],
@@ -417,20 +361,7 @@ def compute_cams(model: nn.Module, variables: Mapping[str, Any],
   """
   spec = get_method(method)
   images_BHWC = jnp.asarray(images_BHWC)
-  b = images_BHWC.shape[0]
-  use_pred = False
-  if isinstance(targets, str):
-    if targets == 'label':
-      if labels is None:
-        raise ValueError("targets='label' needs `labels`.")
-      t = jnp.asarray(labels, jnp.int32).reshape(b)
-    elif targets in ('pred', 'all'):
-      t, use_pred = jnp.zeros((b,), jnp.int32), targets == 'pred'
-    else:
-      raise ValueError(f"targets must be 'label', 'pred', 'all' or an int "
-                       f'array (B,), got {targets!r}.')
-  else:
-    t = jnp.asarray(targets, jnp.int32).reshape(b)
+  t, use_pred = _resolve_targets(targets, labels, images_BHWC.shape[0])
   all_classes = isinstance(targets, str) and targets == 'all'
   path = (tuple(target_layer.split('/')) if isinstance(target_layer, str)
           else tuple(target_layer))

@@ -20,7 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cxr_jax.explain import cam as cam_lib
+import cxr_jax.explain.cam as cam_lib
 
 HEAD_FUSIONS = ('mean', 'max', 'min')
 

@@ -136,6 +136,32 @@ class Attention(nn.Module):
     (fused path only): the first `length` tokens are real, the rest is
     padding, masked as keys."""
     d = x_BND.shape[-1]
+    w_D3HK, b_3HK = self._qkv_params(d)
+    scale = (d // self.heads) ** -0.5
+    implementation = self.resolved_implementation()
+    fused = self.fused(train, queries)
+    if length is not None and not fused:
+      raise ValueError('Attention(length=...) needs the fused path')
+    if fused:
+      q_BNHK, k_BNHK, v_BNHK = (
+          t[:, :, 0] for t in jnp.split(_project(x_BND, w_D3HK, b_3HK), 3, 2))
+      y_BNHK = fused_attention(
+          q_BNHK, k_BNHK, v_BNHK, scale=scale,
+          implementation=implementation,
+          pad_to=required_seq_multiple(implementation), length=length)
+      attn_BHNN = None
+    else:
+      y_BNHK, attn_BHNN = self._heads_major_attention(
+          x_BND, w_D3HK, b_3HK, scale, train=train, queries=queries)
+    y_BND = y_BNHK.reshape(y_BNHK.shape[:2] + (d,))
+    y_BND = nn.Dense(d, dtype=self.dtype, name='proj')(
+        layers.rows(y_BND)).reshape(y_BND.shape)
+    y_BND = nn.Dropout(self.dropout_rate)(y_BND, deterministic=not train)
+    return y_BND, attn_BHNN
+
+  def _qkv_params(self, d: int) -> tuple[jax.Array, jax.Array]:
+    """The `query`/`key`/`value` kernels stacked (D, 3, heads, head_dim) and
+    biases (3, heads, head_dim), in the compute dtype."""
     head_dim = d // self.heads
     flat_init = nn.initializers.lecun_normal()
 
@@ -145,72 +171,63 @@ class Attention(nn.Module):
     ws, bs = zip(*(_Params(name=n)(kernel_init, (d, self.heads, head_dim),
                                    (self.heads, head_dim))
                    for n in ('query', 'key', 'value')))
-    w_D3HK = jnp.stack(ws, 1).astype(self.dtype)
-    b_3HK = jnp.stack(bs, 0).astype(self.dtype)
+    return (jnp.stack(ws, 1).astype(self.dtype),
+            jnp.stack(bs, 0).astype(self.dtype))
 
-    def project(x_BND, w_DTHK, b_THK):  # one GEMM over all tokens
-      y = layers.rows(x_BND) @ w_DTHK.reshape(d, -1) + b_THK.reshape(1, -1)
-      return y.reshape(x_BND.shape[:2] + b_THK.shape)
+  def _heads_major_attention(self, x_BND, w_D3HK, b_3HK, scale, *, train,
+                             queries):
+    """The unfused core: output (B, N, heads, head_dim) and, with
+    `return_weights`, the probabilities (B, heads, N, N), else None.
 
-    scale = head_dim ** -0.5
-    need_weights = self.need_weights(train)
-    attn_BHNN = None
-    implementation = self.resolved_implementation()
-    fused = self.fused(train, queries)
-    if length is not None and not fused:
-      raise ValueError('Attention(length=...) needs the fused path')
-    if fused:
-      q_BNHK, k_BNHK, v_BNHK = (
-          t[:, :, 0] for t in jnp.split(project(x_BND, w_D3HK, b_3HK), 3, 2))
-      y_BNHK = fused_attention(
-          q_BNHK, k_BNHK, v_BNHK, scale=scale,
-          implementation=implementation,
-          pad_to=required_seq_multiple(implementation), length=length)
+    Heads-major (B, heads, N, head_dim): both attention matmuls are then
+    plain batched GEMMs; in (B, N, heads, head_dim), the layout
+    `dot_product_attention` takes, XLA's CPU batched dots run slower. The
+    projections go there in one transpose each and are split (`split`'s
+    gradient is one concatenation; indexing's is a zero-padded copy per
+    slice, summed)."""
+    if queries is None:
+      q_BHNK, k_BHNK, v_BHNK = _heads_major(x_BND, w_D3HK, b_3HK)
     else:
-      # Heads-major (B, heads, N, head_dim): both attention matmuls are then
-      # plain batched GEMMs; in (B, N, heads, head_dim), the layout
-      # `dot_product_attention` takes, XLA's CPU batched dots ran 1.5x slower
-      # (ViT-B/16 forward: 100 -> 65 ms per block at batch 16). The
-      # projections go there in one transpose each and are split (`split`'s
-      # gradient is one concatenation; indexing's was a zero-padded copy
-      # per slice, summed).
-      def heads_major(x_BND, w_DTHK, b_THK):
-        y_TBHNK = project(x_BND, w_DTHK, b_THK).transpose(2, 0, 3, 1, 4)
-        return [t[0] for t in jnp.split(y_TBHNK, y_TBHNK.shape[0])]
+      q_BHNK, = _heads_major(x_BND[:, :queries], w_D3HK[:, :1], b_3HK[:1])
+      k_BHNK, v_BHNK = _heads_major(x_BND, w_D3HK[:, 1:], b_3HK[1:])
+    q_BHNK = q_BHNK * jnp.asarray(scale, q_BHNK.dtype)
+    attn_BHNN = None
+    if self.need_weights(train):
+      attn_BHNN = attention_probs(q_BHNK, k_BHNK).astype(self.dtype)
+      probs = nn.Dropout(self.attn_dropout_rate)(attn_BHNN,
+                                                 deterministic=not train)
+      y_BHNK = jnp.einsum('bhqn,bhnk->bhqk', probs, v_BHNK)
+    else:  # no probabilities to return: normalised after P V on CPU
+      y_BHNK = attend(q_BHNK, k_BHNK, v_BHNK)
+    return (y_BHNK.transpose(0, 2, 1, 3),
+            attn_BHNN if self.return_weights else None)
 
-      if queries is None:
-        q_BHNK, k_BHNK, v_BHNK = heads_major(x_BND, w_D3HK, b_3HK)
-      else:
-        q_BHNK, = heads_major(x_BND[:, :queries], w_D3HK[:, :1], b_3HK[:1])
-        k_BHNK, v_BHNK = heads_major(x_BND, w_D3HK[:, 1:], b_3HK[1:])
-      q_BHNK = q_BHNK * jnp.asarray(scale, q_BHNK.dtype)
-      if need_weights:
-        attn_BHNN = attention_probs(q_BHNK, k_BHNK).astype(self.dtype)
-        probs = nn.Dropout(self.attn_dropout_rate)(attn_BHNN,
-                                                   deterministic=not train)
-        y_BHNK = jnp.einsum('bhqn,bhnk->bhqk', probs, v_BHNK)
-      else:  # no probabilities to return: normalised after P V on CPU
-        y_BHNK = attend(q_BHNK, k_BHNK, v_BHNK)
-      y_BNHK = y_BHNK.transpose(0, 2, 1, 3)
-      if not self.return_weights:
-        attn_BHNN = None
-    y_BND = y_BNHK.reshape(y_BNHK.shape[:2] + (d,))
-    y_BND = nn.Dense(d, dtype=self.dtype, name='proj')(
-        layers.rows(y_BND)).reshape(y_BND.shape)
-    y_BND = nn.Dropout(self.dropout_rate)(y_BND, deterministic=not train)
-    return y_BND, attn_BHNN
+
+def _project(x_BND: jax.Array, w_DTHK: jax.Array, b_THK: jax.Array
+             ) -> jax.Array:
+  """x @ W + b for T stacked projections, one GEMM over all tokens:
+  (B, N, D) -> (B, N, T, heads, head_dim)."""
+  d = w_DTHK.shape[0]
+  y = layers.rows(x_BND) @ w_DTHK.reshape(d, -1) + b_THK.reshape(1, -1)
+  return y.reshape(x_BND.shape[:2] + b_THK.shape)
+
+
+def _heads_major(x_BND: jax.Array, w_DTHK: jax.Array, b_THK: jax.Array
+                 ) -> list[jax.Array]:
+  """The T projections of `_project`, each (B, heads, N, head_dim)."""
+  y_TBHNK = _project(x_BND, w_DTHK, b_THK).transpose(2, 0, 3, 1, 4)
+  return [t[0] for t in jnp.split(y_TBHNK, y_TBHNK.shape[0])]
 
 
 def attend(q_BHQK: jax.Array, k_BHNK: jax.Array, v_BHNK: jax.Array
-              ) -> jax.Array:
+           ) -> jax.Array:
   """softmax(q k^T) v over the last two axes (q already scaled), float32
   softmax. On the CPU the normalisation comes after the `P V` product:
   `(exp(S - max) V) / rowsum`, whose custom VJP keeps the unnormalised
   `exp(S - max)` as its residual (dS = E * (dO/l V^T - rowsum(dO * O)/l)),
   so neither pass writes or reads the normalised (B, H, Q, N)
   probabilities: one pass over the largest tensor of the block less each
-  way (ViT-B/16 block at batch 16, two threads: forward 19.3 -> 10.9 ms,
-  forward + backward 71 -> 66.5 ms). Elsewhere, the plain form."""
+  way. Elsewhere, the plain form."""
   if not ops.on_cpu():
     p = attention_probs(q_BHQK, k_BHNK).astype(v_BHNK.dtype)
     return jnp.einsum('bhqn,bhnk->bhqk', p, v_BHNK)

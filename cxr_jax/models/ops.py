@@ -1,16 +1,16 @@
-"""CPU-friendly forms of four primitives, with the same math.
+"""CPU forms of four primitives, same math; the public ops the models use.
 
-XLA's CPU backend (jaxlib 0.10.2) runs four common ops slowly
-(`benchmarks/README.md`, "Speed levers"):
+XLA's CPU backend runs four common ops slowly; each has a form here that it
+runs faster (measurements: `benchmarks/README.md`, "Speed levers"):
 
 * **1x1 convolutions.** The weight gradient of a convolution is lowered as
-  a convolution over the batch axis. For that, XLA transposes the activation
-  and the output gradient to batch-minor layouts. On a 2-core VM those
-  copies (fused with whatever produced the activation) took 2.0 of the 3.6 s
-  a ResNet-50 step took. A 1x1 convolution *is* a matrix product over the
-  channel axis, so `conv_general_dilated` computes it as one
-  (`jnp.dot` on the (N*H*W, C) view): forward, input gradient and weight
-  gradient are then plain GEMMs on the NHWC buffers, with no copies.
+  a convolution over the batch axis, for which XLA transposes the activation
+  and the output gradient to batch-minor layouts: copies (fused with
+  whatever produced the activation) that take a large share of a ResNet-50
+  step. A 1x1 convolution *is* a matrix product over the channel axis, so
+  `conv_general_dilated` computes it as one (`jnp.dot` on the (N*H*W, C)
+  view): forward, input gradient and weight gradient are then plain GEMMs on
+  the NHWC buffers, with no copies.
 * **Max-pooling.** JAX differentiates `reduce_window` max into
   `select_and_scatter_add`, which XLA's CPU backend expands into a
   reduce-window over index tuples (five full-size buffers of iotas) and a
@@ -20,31 +20,29 @@ XLA's CPU backend (jaxlib 0.10.2) runs four common ops slowly
   pass stores (one byte per output, like torch's indices): scatter-added
   for overlapping windows (ResNet/DenseNet's 3x3/2 stem pool), shifted
   adds on the pooled grid interleaved back to the input grid for windows
-  that tile it (VGG's 2x2/2; the scatter was slower there). Its forward is the
-  elementwise maximum of the window's strided slices: as a `reduce_window`,
-  the CPU flag's YNNPACK reduction fusion took it together with every
-  convolution before it (VGG16's whole feature stack), and YNNPACK's
-  convolutions are slower than Eigen's (VGG16 Grad-CAM: 2.9 -> 2.2 s).
+  that tile it (VGG's 2x2/2, where the scatter is slower). Its forward is
+  the elementwise maximum of the window's strided slices: as a
+  `reduce_window`, the YNNPACK reduction fusion of XLA's CPU backend takes
+  it together with every convolution before it (VGG16's whole feature
+  stack), and YNNPACK's convolutions are slower than Eigen's.
 * **LayerNorm gradients.** Autodiff of a LayerNorm reduces `g * scale` and
-  `g * scale * x_hat` over the feature axis; XLA's CPU backend fed those
+  `g * scale * x_hat` over the feature axis; XLA's CPU backend feeds those
   reductions a materialised (B, N, D) broadcast of `scale`. `LayerNorm`'s
   custom VJP writes them as matrix-vector products with `scale`, so nothing
-  is broadcast (ViT-B/16 block, forward + backward: -4%).
+  is broadcast.
 * **Exact GELU.** `gelu` writes it with `erf` (torch's formula) instead of
   jax's `erfc` form, which XLA's CPU backend computes with an exponential
-  and selects: half the time, forward + backward.
+  and selects.
 
 All four are used only when JAX's default backend is the CPU; elsewhere
 (cuDNN on GPU, TPU) they are exactly `lax.conv_general_dilated`,
-`flax.linen.max_pool`, autodiff of the LayerNorm formula and
-`flax.linen.gelu`. Results are the same up to float rounding (tests compare
-against the lax/Flax forms, values and gradients). `stored_gradient`, an
-identity whose gradient XLA computes once (DenseNet's feature chunks), is
-also CPU-only and documented where it is defined.
-
-One form goes the other way, for accelerators: `add_over_batch` (a ViT's
-position embedding) gives its broadcast operand a gradient that keeps XLA's
-GPU layouts row-major; on the CPU it is the plain sum.
+`flax.linen.max_pool`, the LayerNorm formula and `flax.linen.gelu`, or, for
+`LayerNorm`, `gelu` and `add_over_batch` with their defaults, the
+memory-lean accelerator forms of `cxr_jax.models.accel_ops`. Results are the
+same up to float rounding (tests compare against the lax/Flax forms, values
+and gradients). `stored_gradient`, an identity whose gradient XLA computes
+once (DenseNet's feature chunks), is also CPU-only and documented where it
+is defined.
 """
 from __future__ import annotations
 
@@ -57,6 +55,8 @@ import flax.linen as nn
 import jax
 from jax import lax
 import jax.numpy as jnp
+
+from cxr_jax.models import accel_ops
 
 _NHWC = ((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))  # lhs, rhs, out specs
 
@@ -221,10 +221,9 @@ def _route_by_phase(k, g, window, strides, pads, x_shape):
 def _route_by_scatter(k, g, window, strides, pads, x_shape):
   """Scatter-adds each output's gradient to its input element (overlapping
   windows may pick the same one), reading each element of `g` once. The
-  phase form reads `g` once per window offset, and XLA fused the whole
+  phase form reads `g` once per window offset, and XLA fuses the whole
   chain that produced `g` (DenseNet's first-block gradient) into each of
-  the nine reads of a 3x3/2 window: 318 ms of a one-thread DenseNet-201
-  step, against 7 ms for the scatter."""
+  the nine reads of a 3x3/2 window, i.e. runs that chain nine times."""
   (_, kw), (sh, sw), ((pt, _), (pl, _)) = window, strides, pads
   n, h, w, c = x_shape
   ho, wo = k.shape[1:3]
@@ -249,14 +248,10 @@ class LayerNorm(nn.Module):
   output in `dtype` (default: the input's).
 
   The backward pass: on the CPU, a custom VJP whose residual is the
-  normalised input (`_layer_norm`). Elsewhere, with `lean` (default), a
-  custom VJP whose residuals are the input and the per-row mean and
-  1/std, kept behind an optimisation barrier: with autodiff's form XLA's GPU
-  backend recomputed the statistics in the backward pass, which put row
-  reductions in front of the scale gradient's column reduction, so a
-  float32 (rows, D) product was written to memory and read back for it
-  (ViT-B/16, batch 256: 24 x 155 MB a step); from stored statistics that
-  product fuses into the column reduction. `lean=False`: autodiff's.
+  normalised input (`_layer_norm`, see the module docstring). Elsewhere,
+  with `lean` (default), `accel_ops.layer_norm_stats`, whose residuals are
+  the input and the per-row statistics (no float32 (rows, D) round trip
+  through memory); `lean=False`: autodiff's.
   """
   epsilon: float = 1e-6
   dtype: Any = None
@@ -269,7 +264,7 @@ class LayerNorm(nn.Module):
     bias = self.param('bias', nn.initializers.zeros, (d,), jnp.float32)
     dtype = jnp.dtype(self.dtype or x.dtype)
     if not on_cpu() and self.lean:
-      return _layer_norm_stats(x, scale, bias, self.epsilon, dtype)
+      return accel_ops.layer_norm_stats(x, scale, bias, self.epsilon, dtype)
     norm = _layer_norm if on_cpu() else _layer_norm_formula
     return norm(x.astype(jnp.float32), scale, bias, self.epsilon).astype(dtype)
 
@@ -280,9 +275,7 @@ def _normalise(x, epsilon):
   return xc * r, r
 
 
-def _bcast(v, x):
-  """(D,) -> (1, ..., 1, D) to broadcast against x explicitly."""
-  return v.reshape((1,) * (x.ndim - 1) + v.shape)
+_bcast = accel_ops.bcast
 
 
 def _layer_norm_formula(x, scale, bias, epsilon):
@@ -313,83 +306,22 @@ def _layer_norm_bwd(epsilon, res, g):
 _layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def _layer_norm_stats(x, scale, bias, epsilon, dtype):
-  return _layer_norm_stats_fwd(x, scale, bias, epsilon, dtype)[0]
-
-
-def _layer_norm_stats_fwd(x, scale, bias, epsilon, dtype):
-  xf = x.astype(jnp.float32)
-  mean = jnp.mean(xf, -1, keepdims=True)
-  xc = xf - mean
-  r = lax.rsqrt(jnp.mean(xc * xc, -1, keepdims=True) + epsilon)
-  y = (xc * r * _bcast(scale, x) + _bcast(bias, x)).astype(dtype)
-  # Without the barrier XLA fuses the statistics' reductions into the
-  # backward pass's consumers again (recomputing them), see LayerNorm.
-  mean, r = lax.optimization_barrier((mean, r))
-  return y, (x, mean, r, scale)
-
-
-def _layer_norm_stats_bwd(epsilon, dtype, res, g):
-  del epsilon, dtype
-  x, mean, r, scale = res
-  xh = (x.astype(jnp.float32) - mean) * r
-  g = g.astype(jnp.float32)
-  gs = g * _bcast(scale, g)
-  dx = r * (gs - jnp.mean(gs, -1, keepdims=True)
-            - xh * jnp.mean(gs * xh, -1, keepdims=True))
-  rows = tuple(range(g.ndim - 1))
-  return dx.astype(x.dtype), jnp.sum(g * xh, rows), jnp.sum(g, rows)
-
-
-_layer_norm_stats.defvjp(_layer_norm_stats_fwd, _layer_norm_stats_bwd)
-
-
 def gelu(x: jax.Array, approximate: bool = False, lean: bool = True
          ) -> jax.Array:
   """`flax.linen.gelu`; on the CPU the exact form is x/2 * (1 + erf(x/sqrt2))
   (torch's formula), not jax's x/2 * erfc(-x/sqrt2): XLA's CPU `erfc` runs an
   exponential and two selects per element where `erf` is one rational
-  polynomial, and the MLP's GELU (forward + backward) took 5% of a
-  ViT-B/16 train step.
+  polynomial.
 
-  Off the CPU, with `lean` (default), a custom VJP keeps only the input and
-  recomputes the derivative in the backward pass: XLA's GPU backend wrote
-  autodiff's `tanh` (or `erf`) residual as a second full-size output of the
-  forward fusion and read it back (ViT-B/16, batch 256: 12 x 310 MB each
-  way a step); the recomputation is elementwise work in a fusion that reads
-  the same input anyway. `lean=False`: autodiff's.
+  Off the CPU, with `lean` (default), `accel_ops.gelu_recompute`, which
+  keeps only the input and recomputes the derivative in the backward pass;
+  `lean=False`: autodiff's.
   """
   if not on_cpu() and lean:
-    return _gelu_recompute(x, approximate)
+    return accel_ops.gelu_recompute(x, approximate)
   if approximate or not on_cpu():
     return nn.gelu(x, approximate=approximate)
   return x * (0.5 * (1 + lax.erf(x * jnp.asarray(0.5 ** 0.5, x.dtype))))
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
-def _gelu_recompute(x, approximate):
-  return nn.gelu(x, approximate=approximate)
-
-
-def _gelu_recompute_fwd(x, approximate):
-  return nn.gelu(x, approximate=approximate), x
-
-
-def _gelu_recompute_bwd(approximate, x, g):
-  xf = x.astype(jnp.float32)
-  if approximate:
-    c = math.sqrt(2 / math.pi)
-    t = jnp.tanh(c * (xf + 0.044715 * xf ** 3))
-    d = 0.5 * (1 + t) + (0.5 * c) * xf * (1 - t * t) * (
-        1 + (3 * 0.044715) * xf * xf)
-  else:
-    d = (0.5 * (1 + lax.erf(xf * math.sqrt(0.5)))
-         + xf * jnp.exp(-0.5 * xf * xf) * (1 / math.sqrt(2 * math.pi)))
-  return ((g.astype(jnp.float32) * d).astype(x.dtype),)
-
-
-_gelu_recompute.defvjp(_gelu_recompute_fwd, _gelu_recompute_bwd)
 
 
 def stored_gradient(x: jax.Array) -> jax.Array:
@@ -430,42 +362,15 @@ def add_over_batch(x: jax.Array, v: jax.Array, grad: str = 'auto'
   """`x + v` for a `v` of shape (1, *x.shape[1:]) (a ViT's position
   embedding), in x's dtype; `v`'s gradient comes back in v's dtype.
 
-  `grad`: 'auto' (a matrix product off the CPU, the sum on it), 'matmul' or
-  'sum' (autodiff's, for A/B timings: `benchmarks/xla_ab.py`).
-
-  Autodiff gives `v` the sum of x's gradient over the batch, a reduction
-  over the major axis. XLA's GPU layout assignment turns it into a row
-  reduction by making the batch the *minor* axis of that gradient and of
-  everything it shares a layout with: in ViT-B/16 that was the whole
-  residual stream (tokens x features x batch), so every LayerNorm wrote a
-  transposed copy for the next GEMM, fusions that took 16% of the step on an
-  H100 (`benchmarks/README.md`, session 7). Off the CPU the gradient is
-  instead a (1, B) @ (B, rest) product with float32 accumulation, which
-  leaves the layouts row-major. On the CPU it is the plain sum.
+  `grad`: 'auto' (off the CPU `accel_ops.add_over_batch_matmul`, whose
+  gradient for `v` is a matrix product that keeps XLA's GPU layouts
+  row-major; on the CPU the plain sum), 'matmul' (always the product) or
+  'sum' (always autodiff's batch sum; both for A/B comparisons,
+  `benchmarks/xla_ab.py`).
   """
   if grad not in ('auto', 'matmul', 'sum'):
     raise ValueError(f"add_over_batch grad {grad!r}: expected 'auto', "
                      "'matmul' or 'sum'")
   if grad == 'sum' or (grad == 'auto' and on_cpu()):
     return x + v.astype(x.dtype)
-  return _add_over_batch(x, v)
-
-
-@jax.custom_vjp
-def _add_over_batch(x, v):
-  return x + v.astype(x.dtype)
-
-
-def _add_over_batch_fwd(x, v):
-  return _add_over_batch(x, v), jnp.zeros((0,), v.dtype)  # v's dtype only
-
-
-def _add_over_batch_bwd(res, g):
-  b = g.shape[0]
-  dv = lax.dot_general(jnp.ones((1, b), g.dtype), g.reshape(b, -1),
-                       (((1,), (0,)), ((), ())),
-                       preferred_element_type=jnp.float32)
-  return g, dv.reshape((1,) + g.shape[1:]).astype(res.dtype)
-
-
-_add_over_batch.defvjp(_add_over_batch_fwd, _add_over_batch_bwd)
+  return accel_ops.add_over_batch_matmul(x, v)
