@@ -19,6 +19,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from cxr_jax import config_cli
 from cxr_jax import jobs
 from cxr_jax.runtime import distributed
 from cxr_jax.runtime import startup
@@ -103,4 +104,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=config_cli.parse_flags_with_usage)

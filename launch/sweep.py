@@ -38,7 +38,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import enum
-import importlib.util
 import json
 import math
 import os
@@ -58,6 +57,7 @@ from ml_collections.config_flags import config_path
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:  # config files import `configs.*` and `cxr_jax.*`
   sys.path.insert(0, REPO)
+from cxr_jax import config_cli  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 MODES = ('local', 'slurm', 'tpu')
 DONE = 'sweep_done.json'
@@ -90,28 +90,11 @@ class Job:
 # ---------------------------------------------------------------- config ---
 
 
-def split_config_arg(arg: str) -> tuple[str, str | None]:
-  """'configs/x.py:demo' -> ('configs/x.py', 'demo') (first ':' splits)."""
-  path, sep, preset = arg.partition(':')
-  return path, (preset if sep else None)
-
-
-def load_config_module(path: str):
-  """Imports a config file by path (as ml_collections.config_flags does)."""
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f'Config file {path!r} not found.')
-  name = 'sweep_config_' + re.sub(r'\W', '_', os.path.splitext(
-      os.path.basename(path))[0])
-  spec = importlib.util.spec_from_file_location(name, path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 def load(config_arg: str) -> tuple[ml_collections.ConfigDict, list[Point]]:
   """The (locked) config and the sweep points of `path[:preset]`."""
-  path, preset = split_config_arg(config_arg)
-  module = load_config_module(path)
+  path, preset = config_cli.split_config_arg(config_arg)
+  module = config_cli.load_config_module(path, 'sweep_config_' + re.sub(
+      r'\W', '_', os.path.splitext(os.path.basename(path))[0]))
   sweep_fn = getattr(module, 'sweep', None)
   if not callable(sweep_fn):
     raise ValueError(
@@ -161,7 +144,10 @@ def apply_overrides(config: ml_collections.ConfigDict,
   out.lock()
   for key, value in point.overrides.items():
     try:
+      config_cli.check_key(out, key)
       config_path.get_value(key, out)
+    except config_cli.UnknownKeyError as e:
+      raise ValueError(f'sweep point {point.name!r}: {e}') from None
     except (KeyError, AttributeError):
       raise ValueError(f'sweep point {point.name!r}: {key!r} is not a key of '
                        'the config.') from None
@@ -270,7 +256,7 @@ def make_jobs(config_arg: str, root: str, *, mode: str,
   """The commands of a sweep (nothing runs; see `run_jobs`)."""
   if mode not in MODES:
     raise ValueError(f'--mode={mode!r}: choose one of {", ".join(MODES)}.')
-  path, preset = split_config_arg(config_arg)
+  path, preset = config_cli.split_config_arg(config_arg)
   config, points = load(config_arg)
   if only:
     unknown = sorted(set(only) - {p.name for p in points})
@@ -379,7 +365,7 @@ def main(argv: Sequence[str]) -> None:
         _CONFIG.value, _WORKDIR.value, mode=_MODE.value, only=_ONLY.value,
         first_only=_FIRST_ONLY.value, extra=extra, env=_parse_env(_ENV.value),
         python=_PYTHON.value, sbatch_args=shlex.split(_SBATCH_ARGS.value))
-  except (ValueError, FileNotFoundError, TypeError) as e:
+  except (ValueError, config_cli.ConfigError, TypeError) as e:
     sys.exit(f'sweep.py: error: {e}')
   if _DRY_RUN.value:
     print(f'# mode={_MODE.value}, {len(jobs)} point(s), each run in {REPO}')

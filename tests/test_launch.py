@@ -454,7 +454,8 @@ def test_bad_points_and_flags_are_clear_errors(tmp_path):
   '''))
   out = _sweep(f'--config={cfg}', '--workdir=/w', '--dry_run', check=False)
   assert out.returncode == 1
-  assert "sweep point 'typo': 'lrr' is not a key of the config" in out.stderr
+  assert ("sweep point 'typo': unknown config key 'lrr': the config has no "
+          "field 'lrr'. Did you mean lr?") in out.stderr, out.stderr
   cfg.write_text(textwrap.dedent('''
       import ml_collections
       def get_config(arg=None):
