@@ -15,6 +15,7 @@ from configs import study_b
 def get_config(arg=None):
   c = study_b.sequence(study_b.args(arg), study_b.STAGES + study_b.BASELINES)
   c.report = 'cooperative'
+  c.bootstrap = 1000  # replicates of the report's bootstrap 95% CIs
   return c
 
 

@@ -14,10 +14,11 @@ localisation table, ANOVA + Tukey HSD, Fig 3.1/3.2 and `report.md` to
 `workdir/report/`. `--config.sequence=resnet18,vit_b16` runs a subset.
 
 `init_dir`: a folder holding converted ImageNet weights as
-`<init_dir>/<model>/` (written by `python -m cxr_jax.convert`); every stage's
-`init.path` follows it lazily (a field reference, so `--config.init_dir=...`
-reaches every stage). Empty (the default) trains every model FROM SCRATCH,
-unlike the thesis (ImageNet-pretrained); the report says which was used.
+`<init_dir>/<model>/` (written by `python -m cxr_jax.convert`); the sequence
+job starts every stage from its model's folder (`jobs.stage_config`), so
+`--config.init_dir=...` reaches every stage. Empty (the default) trains every
+model FROM SCRATCH, unlike the thesis (ImageNet-pretrained); the report says
+which was used.
 
 `cam` configures the report (not training): `method` of the per-model maps,
 `targets` = 'label' (the thesis explains the true class; every scored image
@@ -35,8 +36,6 @@ but stages of one family then train the same network), `init_dir=PATH`.
 """
 from __future__ import annotations
 
-import os
-
 import ml_collections
 
 from cxr_jax import config_base
@@ -48,13 +47,6 @@ CAM_METHODS = ('gradcam', 'hirescam', 'gradcam++', 'xgradcam', 'layercam',
                'scorecam', 'eigencam')
 
 
-def _stage_init_path(model: str):
-  """`init_dir` -> `init_dir/model`, '' -> '' (applied lazily)."""
-  def fn(init_dir: str) -> str:
-    return os.path.join(init_dir, model) if init_dir else ''
-  return fn
-
-
 def get_config(arg=None) -> ml_collections.ConfigDict:
   a = config_base.parse_arg(arg, demo=False, init_dir='')
   c = config_base.sequence_config()
@@ -63,14 +55,10 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   c.data = first.data  # shared by every stage (jobs.stage_config copies it)
   c.seed = first.seed
   c.init_dir = a.init_dir
-  init_ref = c.get_ref('init_dir')
   c.sequence = MODELS
   stages = {}
   for name in MODELS:
     s = siim_classifier.get_config(f'model={name},{preset}')
-    # Lazy: `--config.init_dir=...` updates every stage. (A public
-    # FieldReference op cannot express "'' stays ''", hence `_apply_op`.)
-    s.init.path = init_ref._apply_op(_stage_init_path(name))  # pylint: disable=protected-access
     if a.demo:
       _demo_stage(s, name)
     stages[name] = s

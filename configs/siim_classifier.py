@@ -59,9 +59,10 @@ def get_config(arg=None):
   else:
     c.optim.name = 'adam'
     c.total_epochs = 50.0
-  c.evals.val = dict(type='loss', split='val', every_steps=0)
-  c.evals.test = dict(type='classification', split='test', every_steps=-1,
-                      final=True, task='binary')
+  c.evals.val = config_base.evaluator('loss', 'val')
+  c.evals.test = config_base.evaluator('classification', 'test',
+                                       every_steps=-1, final=True,
+                                       task='binary')
   c.select_metric = 'val/loss'
   c.early_stopping_patience = 0
   c.plateau_patience = 0

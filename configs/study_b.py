@@ -64,13 +64,14 @@ def _base(a, model: str, loss: str, *, evals=('classification',)):
   c.eval_batch_size = 16
   c.augment.rotate_deg = 10.0
   c.augment.hflip = False  # the heart's side is diagnostic for CHF
-  c.evals.val = dict(type='loss', split='val', every_steps=0)
+  c.evals.val = config_base.evaluator('loss', 'val')
   if 'classification' in evals:
-    c.evals.test_cls = dict(type='classification', split='test',
-                            every_steps=-1, final=True, task='multiclass')
+    c.evals.test_cls = config_base.evaluator(
+        'classification', 'test', every_steps=-1, final=True,
+        task='multiclass')
   if 'saliency' in evals:
-    c.evals.test_sal = dict(type='saliency', split='test', every_steps=-1,
-                            final=True)
+    c.evals.test_sal = config_base.evaluator('saliency', 'test',
+                                             every_steps=-1, final=True)
   c.early_stopping_patience = 10
   c.plateau_patience = 5
   if a.demo:

@@ -7,12 +7,38 @@ error naming the key).
 """
 from __future__ import annotations
 
+from typing import Any
+
 import ml_collections
 
 from cxr_jax.data import augment
 
+# The keys of every `config.evals` entry (`evaluator`), besides the
+# evaluator type's own keyword arguments.
+EVALUATOR_KEYS = ('type', 'split', 'every_steps', 'final')
+
+
+def evaluator(type: str, split: str, *, every_steps: int = 0,  # pylint: disable=redefined-builtin
+              final: bool = False, **kwargs: Any) -> dict[str, Any]:
+  """A `config.evals` entry: evaluator `type` on `split`.
+
+  Args:
+    type: an `cxr_jax.evaluators.EVALUATORS` name ('loss', 'classification',
+      'saliency', 'cam_localization').
+    split: the dataset split it evaluates ('val', 'test', ...).
+    every_steps: > 0 evaluates every that many steps, 0 once per epoch
+      (`config.eval_every_steps`), -1 never during training.
+    final: also evaluate the best checkpoint at the end of training
+      (`final_metrics.json`).
+    **kwargs: the evaluator type's own keyword arguments (e.g.
+      `task='binary'` of 'classification').
+  """
+  return dict(type=type, split=split, every_steps=every_steps, final=final,
+              **kwargs)
+
 
 def train_config() -> ml_collections.ConfigDict:
+  """Every key `cxr_jax.train.run` reads, at its default."""
   c = ml_collections.ConfigDict()
   c.job = 'train'
   c.seed = 0
@@ -52,14 +78,23 @@ def train_config() -> ml_collections.ConfigDict:
   c.log_every_steps = 10
   c.progress_every_s = 30.0
   c.evals = ml_collections.ConfigDict()
-  c.evals.val = dict(type='loss', split='val', every_steps=0)
-  c.select_metric = 'val/loss'   # best checkpoint, plateau, early stopping
+  c.evals.val = evaluator('loss', 'val')
+  # The best checkpoint, reduce-on-plateau and early stopping follow this
+  # '<evaluator>/<metric>' ('' = none: the last step is the best).
+  c.select_metric = 'val/loss'
   c.select_mode = 'min'
   c.select_min_delta = 0.0
+  # A NaN/inf selection metric: 'error' stops training naming the metric and
+  # step; 'worst' ranks it below every finite value (with a warning).
+  c.select_nonfinite = 'error'
   c.early_stopping_patience = 10  # evaluations without improvement; 0 = off
   c.plateau_patience = 5          # evaluations; 0 = off
   c.plateau_factor = 0.1
   c.plateau_min_scale = 1e-3
+  # Resuming a workdir whose config.json differs in a key that defines the
+  # run is an error; True accepts the change and records it in config.json's
+  # `history` (`cxr_jax.training.resume`).
+  c.allow_config_change = False
   return c
 
 

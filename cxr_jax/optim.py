@@ -3,8 +3,10 @@
 `config.schedule` is a sequence of `(regex, settings)` pairs matched against
 '/'-joined parameter paths ('densenet/conv0/kernel'); the first match wins and
 every parameter must be matched. `settings=None` freezes the parameter
-(`optax.set_to_zero()` in an `optax.multi_transform`); a dict overrides fields
-of `config.optim` (e.g. `dict(lr=1e-3)`) for that group.
+(`optax.set_to_zero()` in an `optax.multi_transform`; the modules whose
+parameters are all frozen also run in inference mode,
+`cxr_jax.training.freezing`); a dict overrides fields of `config.optim`
+(e.g. `dict(lr=1e-3)`) for that group.
 """
 from __future__ import annotations
 
@@ -18,17 +20,6 @@ from cxr_jax.registry import check_choice
 
 FROZEN = 'frozen'
 OPTIMIZERS = ('adam', 'adamw', 'sgd')
-
-
-def path_str(path) -> str:
-  """'/'-joins a pytree key path of dict keys."""
-  return '/'.join(str(getattr(k, 'key', k)) for k in path)
-
-
-def flat_paths(tree) -> dict[str, Any]:
-  """{'a/b/c': leaf} for a nested dict."""
-  return {'/'.join(k): v for k, v in flax.traverse_util.flatten_dict(
-      flax.core.unfreeze(tree)).items()}
 
 
 def schedule_labels(params, schedule: Sequence) -> tuple[Any, dict[str, Any]]:
@@ -61,17 +52,6 @@ def schedule_labels(params, schedule: Sequence) -> tuple[Any, dict[str, Any]]:
                      f'parameter(s): {shown}{more}. Add a pattern (e.g. '
                      "('.*', {})) so that every parameter is trained or frozen.")
   return flax.traverse_util.unflatten_dict(labels), groups
-
-
-def frozen_top_level(labels) -> tuple[str, ...]:
-  """Top-level submodules whose parameters are all frozen (run in eval mode)."""
-  out = []
-  for name, sub in labels.items():
-    leaves = list(flax.traverse_util.flatten_dict(sub).values()) if isinstance(
-        sub, Mapping) else [sub]
-    if leaves and all(l == FROZEN for l in leaves):
-      out.append(name)
-  return tuple(sorted(out))
 
 
 def _base(optim: Mapping[str, Any], overrides: Mapping[str, Any] | None):

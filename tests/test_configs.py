@@ -2,13 +2,13 @@
 import json
 import os
 
+import flax
 import jax
 import numpy as np
 import pytest
 
 from cxr_jax import weights
 from cxr_jax import jobs
-from cxr_jax import optim
 from configs import cooperative
 from configs import siim_classifier
 from configs import stage1
@@ -97,8 +97,12 @@ def test_sequence_override_as_comma_separated_names(tmp_path):
   assert c.sequence == ('stage1_contrastive', 'no_such_stage')
 
 
+def _flat(tree):
+  return flax.traverse_util.flatten_dict(tree, sep='/')
+
+
 def _sub(tree, prefix):
-  flat = optim.flat_paths(tree)
+  flat = _flat(tree)
   return {k: v for k, v in flat.items() if k.startswith(prefix)}
 
 
@@ -124,7 +128,7 @@ def test_stage2_leaves_the_densenet_bitwise_unchanged(coop_workdir):
   s1 = weights.restore(os.path.join(coop_workdir, 'stage1_finetune'))
   s2 = weights.restore(os.path.join(coop_workdir, 'stage2'))
   for coll in ('params', 'batch_stats'):
-    before = optim.flat_paths(s1[coll])
+    before = _flat(s1[coll])
     after = _sub(s2[coll], 'densenet/')
     assert len(after) == len(before) > 0
     for k, v in after.items():

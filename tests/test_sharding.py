@@ -186,7 +186,9 @@ SIZES = {'data': 4, 'model': 2}
 
 
 def _spec(specs, path):
-  return optim.flat_paths(specs)[path]
+  flat = {jax.tree_util.keystr(k, simple=True, separator='/'): s
+          for k, s in jax.tree_util.tree_leaves_with_path(specs)}
+  return flat[path]
 
 
 def test_presets(vit_params):

@@ -1,4 +1,5 @@
-"""The trainer: demo runs, resume, freezing, config errors, non-finite loss."""
+"""The trainer: demo runs, resume, config errors, non-finite loss, reduce on
+plateau."""
 import json
 import os
 import subprocess
@@ -10,9 +11,9 @@ import numpy as np
 import pytest
 
 from cxr_jax import ckpt as ckpt_lib
-from cxr_jax import optim
 from cxr_jax import train
 from cxr_jax.data import pipeline
+from cxr_jax.training import selection
 from configs import siim_classifier
 
 
@@ -120,32 +121,6 @@ def test_resume_after_a_kill_between_best_and_latest_save(tmp_path,
     np.testing.assert_array_equal(a, b)
 
 
-def test_frozen_parameters_do_not_change(tmp_path):
-  c = _tiny(3, schedule=(('head/.*', {}), ('.*', None)))
-  wd = str(tmp_path / 'frozen')
-  model = train.build_model(c.model)
-  example = {'image': np.zeros((2, 64, 64, 1), np.float32)}
-  init, _ = train.init_state(c, model, example, jax.random.key(c.seed))
-  train.run(c, wd)
-  after, _ = _params(wd)
-  flat0 = optim.flat_paths(init.params)
-  flat1 = optim.flat_paths(after)
-  changed = [k for k in flat0 if not np.array_equal(flat0[k], flat1[k])]
-  assert changed and all(k.startswith('head/') for k in changed)
-
-
-def test_schedule_must_cover_every_parameter():
-  params = {'a': {'kernel': np.zeros(2)}, 'b': {'kernel': np.zeros(2)}}
-  with pytest.raises(ValueError, match='b/kernel'):
-    optim.schedule_labels(params, (('a/.*', {}),))
-  with pytest.raises(ValueError, match='freezes every parameter'):
-    optim.make_optimizer(siim_classifier.get_config('demo').optim,
-                         (('.*', None),), params)
-  labels, groups = optim.schedule_labels(params, (('a/.*', None), ('.*', {})))
-  assert labels == {'a': {'kernel': 'frozen'}, 'b': {'kernel': 'g1'}}
-  assert optim.frozen_top_level(labels) == ('a',)
-
-
 def test_unknown_model_name_lists_choices(tmp_path):
   c = _tiny(2)
   c.model.name = 'resnet5O'
@@ -201,7 +176,8 @@ def test_reduce_on_plateau_reaches_its_floor_and_stays():
               stopped_early=False)
   scales = []
   for step in range(1, 6):  # never better than 0.5
-    state, meta = train._after_eval(c, state, meta, {c.select_metric: 1.0},
-                                    step, checkpointer=None)
+    state, meta = selection.after_eval(c, state, meta,
+                                       {c.select_metric: 1.0}, step,
+                                       checkpointer=None, workdir='run')
     scales.append(float(state.lr_scale))
   np.testing.assert_allclose(scales, [0.1, 0.01, 1e-3, 1e-3, 1e-3], rtol=1e-6)

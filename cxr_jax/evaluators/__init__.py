@@ -1,7 +1,7 @@
 """Evaluators: what the trainer measures on a split, plugged in by config.
 
-`config.evals.<name> = dict(type=..., split='val', every_steps=0, final=False,
-**kwargs)`: `type` picks `cxr_jax.evaluators.<type>.Evaluator`;
+`config.evals.<name> = config_base.evaluator(type, split, every_steps=0,
+final=False, **kwargs)`: `type` picks `cxr_jax.evaluators.<type>.Evaluator`;
 `every_steps` > 0 evaluates every that many steps, 0 once per epoch, -1 never
 during training; `final=True` also evaluates the best checkpoint at the end
 of training (`final_metrics.json`). Results are logged as `<name>/<metric>`.
@@ -10,7 +10,9 @@ An evaluator is `Evaluator(ctx, split=..., **kwargs)` with
 `run(variables) -> dict[str, float]`; `ctx` (an `EvalContext`) runs the
 model in inference mode over a split, sharded over the mesh like training:
 batches over its `'data'` axis, variables as they come (the trainer passes
-them laid out by `config.sharding_rules`).
+them laid out by `config.sharding_rules`). An evaluator may also declare
+`metric_names(variables) -> tuple[str, ...]`, the keys `run` returns, so
+that the trainer checks `config.select_metric` before training.
 """
 from __future__ import annotations
 
@@ -68,6 +70,17 @@ class EvalContext:
         self.splits[split], batch_size=self.batch_size,
         shard_index=self._shard[0], shard_count=self._shard[1])
 
+  def abstract_batch(self, split: str) -> dict[str, jax.ShapeDtypeStruct]:
+    """The shapes and dtypes of one global batch of `split` (with
+    `'valid'`), to trace what an evaluator computes (`jax.eval_shape`)."""
+    if split not in self.splits:
+      raise ValueError(f'Evaluator split {split!r} not in the dataset '
+                       f'(splits: {sorted(self.splits)}).')
+    out = {k: jax.ShapeDtypeStruct((self.batch_size,) + v.shape[1:], v.dtype)
+           for k, v in self.splits[split].items()}
+    out['valid'] = jax.ShapeDtypeStruct((self.batch_size,), np.bool_)
+    return out
+
   def _put(self, batch):
     return {k: jax.make_array_from_process_local_data(self._data_sharding, v)
             for k, v in batch.items()}
@@ -115,16 +128,20 @@ class EvalContext:
 
 
 def build(name: str, cfg: Mapping[str, Any], ctx: EvalContext):
-  """Builds evaluator `name` from its config dict."""
+  """Builds evaluator `name` from its `config.evals` entry
+  (`config_base.evaluator`: type, split, every_steps, final, kwargs)."""
   kw = dict(cfg)
-  etype = kw.pop('type', None)
-  if etype is None:
-    raise ValueError(f"config.evals.{name} has no 'type' (choices: "
-                     f'{", ".join(EVALUATORS.names())}).')
-  for k in ('every_steps', 'final'):
-    kw.pop(k, None)
-  cls = EVALUATORS.get(etype, key=f'evals.{name}.type')
+  cls = EVALUATORS.get(kw.pop('type'), key=f'evals.{name}.type')
+  del kw['every_steps'], kw['final']  # the trainer's, not the evaluator's
   try:
     return cls(ctx, **kw)
   except TypeError as e:
     raise TypeError(f'config.evals.{name}: {e}') from e
+
+
+def metric_names(evaluator, variables) -> tuple[str, ...] | None:
+  """The keys `evaluator.run` returns, where its type declares them
+  (`metric_names(variables)`); None otherwise."""
+  if not hasattr(evaluator, 'metric_names'):
+    return None
+  return tuple(evaluator.metric_names(variables))

@@ -1,6 +1,8 @@
 """The training loss (and its metrics) on a split, in inference mode."""
 from __future__ import annotations
 
+import jax
+
 from cxr_jax import losses
 
 
@@ -8,7 +10,7 @@ class Evaluator:
   """`loss` evaluator: mean training loss on a split (the usual early-stopping
   and checkpoint-selection metric)."""
 
-  def __init__(self, ctx, *, split: str = 'val'):
+  def __init__(self, ctx, *, split: str):
     if ctx.loss is None:
       raise ValueError('The loss evaluator needs the training loss.')
     self.ctx, self.split = ctx, split
@@ -19,6 +21,12 @@ class Evaluator:
       loss, metrics = loss_fn(logits, out, batch, **kwargs)
       return {'loss': loss, **metrics}
     self._fn = fn
+
+  def metric_names(self, variables) -> tuple[str, ...]:
+    """'loss' and the loss function's metrics (traced, not computed)."""
+    shapes = jax.eval_shape(lambda v, b: self._fn(*self.ctx.apply(v, b), b),
+                            variables, self.ctx.abstract_batch(self.split))
+    return tuple(sorted(shapes))
 
   def run(self, variables) -> dict[str, float]:
     return self.ctx.reduce(variables, self.split, self._fn, key=id(self))

@@ -17,10 +17,10 @@ Three top-level submodules, named so that freezing patterns read naturally
 before the last dense block"); it sits at 1/16 already and is only passed
 through the injection conv.
 
-`frozen` names submodules that run in inference mode even when `train=True`
-(running BatchNorm statistics, no dropout), so a frozen encoder's statistics
-do not drift while others train; the trainer fills it from the freezing
-schedule. Parameter freezing itself is the optimizer's job.
+A submodule that a training stage freezes (the DenseNet in stages 2 and 3)
+runs in inference mode by the trainer's freezing contract
+(`cxr_jax.training.freezing`), so its BatchNorm statistics stay those of
+stage 1 while the other submodules train.
 """
 from __future__ import annotations
 
@@ -40,7 +40,6 @@ Dtype = Any
 # variant -> (DenseNet variant, UNet variant)
 VARIANTS = {'full': ('201', 'res_se'), 'tiny': ('tiny', 'res_se_tiny'),
             'small': ('small', 'res_se_tiny')}  # small: the demo's
-SUBMODULES = ('densenet', 'unet', 'fusion')
 DENSENET_FEATURES = ('denseblock3', 'denseblock4')
 
 
@@ -74,7 +73,6 @@ class Model(nn.Module):
     dtype: compute dtype.
     densenet_feature: DenseNet intermediate injected into the UNet decoder,
       'denseblock4' (authors' code, default) or 'denseblock3' (thesis text).
-    frozen: top-level submodule names (of `SUBMODULES`) run with train=False.
     dropout_rate: dropout of the fusion classifier.
     inject_gate: zero-initialised learned gate on the injected DenseNet
       features (an option of ours; False, the default, is the authors' plain
@@ -91,7 +89,6 @@ class Model(nn.Module):
   in_chans: int = 1
   dtype: Dtype = jnp.float32
   densenet_feature: str = 'denseblock4'
-  frozen: tuple[str, ...] = ()
   dropout_rate: float = 0.25
   inject_gate: bool = False
 
@@ -104,23 +101,18 @@ class Model(nn.Module):
     if self.densenet_feature not in DENSENET_FEATURES:
       raise ValueError(f'densenet_feature={self.densenet_feature!r}; valid: '
                        f'{DENSENET_FEATURES}')
-    unknown = set(self.frozen) - set(SUBMODULES)
-    if unknown:
-      raise ValueError(f'frozen names unknown submodules {sorted(unknown)}; '
-                       f'valid: {SUBMODULES}')
     dn_variant, unet_variant = VARIANTS[self.variant]
-    mode = {n: train and n not in self.frozen for n in SUBMODULES}
 
     dn_logits, dn_out = densenet.Model(
         num_classes=self.num_classes, variant=dn_variant,
         in_chans=self.in_chans, dtype=self.dtype, name='densenet')(
-            x_BHWC, train=mode['densenet'])
+            x_BHWC, train=train)
     inject = dn_out[self.densenet_feature]
     sal_logp, unet_out = unet.Model(
         variant=unet_variant, in_chans=self.in_chans, dtype=self.dtype,
         inject_channels=inject.shape[-1], inject_gate=self.inject_gate,
         name='unet')(
-            x_BHWC, train=mode['unet'], inject=inject)
+            x_BHWC, train=train, inject=inject)
 
     # GAP(ReLU(norm5)): the DenseNet's pooled vector, computed from its
     # (perturbed) Grad-CAM target so that CAMs of these logits see it.
@@ -129,7 +121,7 @@ class Model(nn.Module):
     logits = FusionClassifier(self.num_classes, dropout_rate=self.dropout_rate,
                               dtype=self.dtype, name='fusion')(
                                   embedding_BC, decoder_BC,
-                                  train=mode['fusion'])
+                                  train=train)
     out = {
         'saliency_logp': sal_logp,
         'densenet_logits': dn_logits,
