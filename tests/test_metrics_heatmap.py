@@ -36,21 +36,73 @@ def _ehr_thesis_reference(cam, mask, n=101):
   return sum((r[i] + r[i + 1]) / 2 * (t[i + 1] - t[i]) for i in range(n - 1))
 
 
-def _ehr_inputiba_reference(cam, mask):
-  heat = cam.copy()
-  poi = heat >= 0.1
-  heat[~poi] = 0
-  vals = heat[poi]
-  qs = np.linspace(0, 1, 11)
-  r = []
-  for q in qs:
-    t = min(np.quantile(vals, q), heat.max() * 0.99)
-    b = heat >= t
-    r.append(heat[b & (mask > 0)].sum() / (b.sum() + 1e-8))
-  return sum((r[i] + r[i + 1]) / 2 * 0.1 for i in range(10))
+def _ehr_inputiba_reference(cam, mask, weight_by_heat=True):
+  """InputIBA's published EHR procedure, written out independently of ours:
+  `EffectiveHeatRatios.evaluate` in CAMP-eXplain-AI/InputIBA,
+  input_iba/evaluation/vision/effective_heat_ratios.py. It zeroes the heat
+  below base_threshold = 0.1 (`heatmap[~(heatmap >= 0.1)] = 0`); for each
+  q in linspace(0, 1, 11) takes t = min(quantile(heat >= 0.1, q),
+  0.99 * max heat); ratio = (heat inside the ROI at pixels >= t, or their
+  count without `weight_by_heat`) / (count of pixels >= t + 1e-8): the
+  numerator is heat-weighted, the denominator a pixel count in their code;
+  then `scipy.integrate.trapezoid(ratios, quantiles)`."""
+  heat = [float(v) if v >= 0.1 else 0.0 for v in np.ravel(cam)]
+  inside = [bool(v > 0) for v in np.ravel(mask)]
+  poi = sorted(v for v in np.ravel(cam) if v >= 0.1)
+  ratios = []
+  for k in range(11):
+    pos = k / 10 * (len(poi) - 1)  # quantile: linear between order stats
+    lo = int(pos)
+    hi = min(lo + 1, len(poi) - 1)
+    t = min(poi[lo] + (pos - lo) * (poi[hi] - poi[lo]), 0.99 * max(heat))
+    num = sum((v if weight_by_heat else 1.0)
+              for v, m in zip(heat, inside) if v >= t and m)
+    ratios.append(num / (sum(v >= t for v in heat) + 1e-8))
+  return sum(0.1 * (ratios[k] + ratios[k + 1]) / 2 for k in range(10))
 
 
-def test_ehr_known_values_and_references():
+def _cam_with_heat_pixels(rng, shape, n):
+  """A [0, 1] map with exactly n pixels >= 0.1 (max 1). With n - 1 prime to
+  10 no quantile position k (n - 1) / 10, 0 < k < 10, is an integer, so no
+  threshold falls on a pixel value and rounding cannot move a pixel across
+  a threshold."""
+  cam = rng.uniform(0, 0.09, shape)
+  idx = rng.choice(cam.size, n, replace=False)
+  cam.flat[idx] = rng.uniform(0.1, 1.0, n)
+  cam.flat[idx[0]] = 1.0
+  return cam
+
+
+def test_ehr_inputiba_by_hand_and_against_the_published_procedure():
+  # By hand: heat (.05, .2, .4 / .6, 1, 0), ROI = the .4 and the 1.
+  # Heat >= .1: (.2, .4, .6, 1), n = 4, quantile position 3q; thresholds
+  # q = 0: .2; q = .1, .2, .3: .26, .32, .38; q = .4, .5, .6: .44, .5, .56;
+  # q = .7, .8, .9: .64, .76, .88; q = 1: min(1, .99) = .99.
+  # Pixels >= t: 4 (heat in ROI 1.4) -> 1.4/4 = .35; then 3 -> 1.4/3;
+  # then 2 (.6, 1) -> 1/2; then 1 (the 1) -> 1, also at q = 1.
+  # Trapezoid, step .1: .1 (.35/2 + 3 (1.4/3) + 3 (.5) + 3 (1) + 1/2)
+  # = .1 * 6.575 = .6575.
+  # Pixel counts instead of heat: .1 (.5/2 + 3 (2/3) + 3 (.5) + 3 + 1/2)
+  # = .725. (Heat over heat, which InputIBA does not do, would differ:
+  # its first ratio is 1.4/2.2.)
+  cam = np.array([[0.05, 0.2, 0.4], [0.6, 1.0, 0.0]])
+  roi = np.array([[1, 0, 1], [0, 1, 0]])
+  assert H.ehr_auc(cam, roi, variant='inputiba') == pytest.approx(0.6575,
+                                                                  rel=1e-7)
+  assert H.ehr_auc(cam, roi, variant='inputiba',
+                   weight_by_heat=False) == pytest.approx(0.725, rel=1e-7)
+  assert _ehr_inputiba_reference(cam, roi) == pytest.approx(0.6575, rel=1e-7)
+  m = _mask()
+  rng = np.random.default_rng(1)
+  for n in (38, 122, 300):  # n - 1 = 37, 121, 299
+    cam = _cam_with_heat_pixels(rng, m.shape, n)
+    for by_heat in (True, False):
+      assert H.ehr_auc(cam, m, variant='inputiba',
+                       weight_by_heat=by_heat) == pytest.approx(
+                           _ehr_inputiba_reference(cam, m, by_heat), rel=1e-9)
+
+
+def test_ehr_known_values_and_thesis_reference():
   m = _mask()
   frac = m.mean()
   # cam == mask: EHR = 1 for every t > 0, |mask|/N at t = 0.
@@ -66,8 +118,6 @@ def test_ehr_known_values_and_references():
     cam = rng.random(m.shape) * (0.5 + m)
     cam /= cam.max()
     assert H.ehr_auc(cam, m) == pytest.approx(_ehr_thesis_reference(cam, m))
-    assert H.ehr_auc(cam, m, variant='inputiba') == pytest.approx(
-        _ehr_inputiba_reference(cam, m))
   x, r = H.ehr_curve(m, m)
   assert x.shape == r.shape == (101,) and r[0] == pytest.approx(frac)
   assert np.isnan(H.ehr_auc(np.full_like(m, 0.05), m, variant='inputiba'))

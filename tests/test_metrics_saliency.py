@@ -40,6 +40,40 @@ def test_kl_variants():
   assert np.isfinite(S.kl(gt[0], z, variant='mit'))
 
 
+def test_kl_direction_closed_form():
+  """KL(G || S) and KL(S || G) of two-pixel maps, by hand: G = (1/2, 1/2),
+  S = (1/4, 3/4) (given unnormalised, as 3G and 2S, to check the
+  normalisation):
+    KL(G || S) = 1/2 ln(2) + 1/2 ln(2/3) = 1/2 ln(4/3)
+    KL(S || G) = 1/4 ln(1/2) + 3/4 ln(3/2) = 3/4 ln(3) - ln(2)."""
+  g = 3 * np.array([[0.5, 0.5]])
+  s = 2 * np.array([[0.25, 0.75]])
+  gs, sg = 0.5 * np.log(4 / 3), 0.75 * np.log(3) - np.log(2)
+  for variant in S.VARIANTS:  # eps = 2.2e-16 moves nothing at this scale
+    assert S.kl(g, s, variant=variant) == pytest.approx(gs, rel=1e-12)
+    assert S.kl(g, s, variant=variant, direction='pred||gt') == pytest.approx(
+        sg, rel=1e-12)
+    assert S.kl(g, pred_logp=np.log(s / 2), variant=variant,
+                direction='pred||gt') == pytest.approx(sg, rel=1e-12)
+  # A pixel without gaze under predicted mass: G = (1, 0), S = (1/2, 1/2).
+  # KL(G || S) = ln 2 in both variants; KL(S || G) is inf without epsilon
+  # and 1/2 ln(1/2 + eps) + 1/2 ln(eps + 1/2 / eps) the MIT way.
+  g0, s0 = np.array([[1.0, 0.0]]), np.array([[0.5, 0.5]])
+  assert S.kl(g0, s0) == pytest.approx(np.log(2), rel=1e-12)
+  assert np.isinf(S.kl(g0, s0, direction='pred||gt'))
+  mit = 0.5 * np.log(EPS + 0.5 / (1 + EPS)) + 0.5 * np.log(EPS + 0.5 / EPS)
+  assert S.kl(g0, s0, variant='mit', direction='pred||gt') == pytest.approx(
+      mit, rel=1e-12)
+  # The swapped call is the same number; both are NaN without gaze.
+  gt, pred, _, _ = _maps(2)
+  gt[1] = 0
+  want = S.kl(gt, pred, variant='mit', direction='pred||gt')
+  np.testing.assert_array_equal(want, S.kl(pred, gt, variant='mit'))
+  assert np.isnan(want[1]) and np.isfinite(want[[0, 2]]).all()
+  with pytest.raises(ValueError, match='direction'):
+    S.kl(g, s, direction='pred||pred')
+
+
 def test_cc_hs_sim():
   gt, pred, _, _ = _maps(1)
   for i in range(3):

@@ -89,15 +89,31 @@ def test_friedman_matches_scipy():
   assert r2['p'] == pytest.approx(want2.pvalue)
 
 
-def test_holm_by_hand_and_statsmodels():
-  np.testing.assert_allclose(S.holm([0.01, 0.04, 0.03]), [0.03, 0.06, 0.06])
-  # Capped at 1, and monotone in the raw p-values.
-  np.testing.assert_allclose(S.holm([0.5, 0.2, 0.9]), [1.0, 0.6, 1.0])
-  p = np.random.default_rng(4).uniform(0, 0.2, 10)
+def test_holm_by_hand():
+  """Holm's step-down adjustment worked by hand for p = (.01, .04, .03, .005),
+  m = 4. Sorted ascending with multipliers m - j + 1 = 4, 3, 2, 1:
+    p_(1) = .005 (index 3) * 4 = .02
+    p_(2) = .010 (index 0) * 3 = .03   running max .03
+    p_(3) = .030 (index 2) * 2 = .06   running max .06
+    p_(4) = .040 (index 1) * 1 = .04   running max .06
+  so, in input order, (.03, .06, .06, .02). Holm's sequential rule at
+  alpha = .05 agrees: .005 <= .05/4 and .01 <= .05/3 are rejected, then
+  .03 > .05/2 stops, so exactly indices 0 and 3 are rejected, the two whose
+  adjusted p is <= .05."""
+  p = [0.01, 0.04, 0.03, 0.005]
   adj = S.holm(p)
-  assert np.all(np.diff(adj[np.argsort(p)]) >= 0) and np.all(adj >= p)
-  multitest = pytest.importorskip('statsmodels.stats.multitest')
-  np.testing.assert_allclose(adj, multitest.multipletests(p, method='holm')[1])
+  np.testing.assert_allclose(adj, [0.03, 0.06, 0.06, 0.02], rtol=1e-12)
+  np.testing.assert_array_equal(adj <= 0.05, [True, False, False, True])
+  # Capped at 1: (.5, .2, .9) -> .2 * 3 = .6; .5 * 2 = 1.0; .9 * 1 = .9,
+  # running max 1.0.
+  np.testing.assert_allclose(S.holm([0.5, 0.2, 0.9]), [1.0, 0.6, 1.0])
+  # Ties: (.02, .02, .5) -> .02 * 3 = .06; .02 * 2 = .04, running max .06;
+  # .5 * 1 = .5.
+  np.testing.assert_allclose(S.holm([0.02, 0.02, 0.5]), [0.06, 0.06, 0.5])
+  # Monotone in the raw p-values and never below them.
+  r = np.random.default_rng(4).uniform(0, 0.2, 10)
+  adj = S.holm(r)
+  assert np.all(np.diff(adj[np.argsort(r)]) >= 0) and np.all(adj >= r)
 
 
 def test_pairwise_wilcoxon_matches_scipy_and_holm():

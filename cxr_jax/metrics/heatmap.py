@@ -84,7 +84,8 @@ def ehr_auc(cam_HW: Any, mask_HW: Any, *, variant: str = 'thesis',
     equidistant thresholds t in [0, 1]; EHR(t) = |{cam >= t} & mask| /
     |{cam >= t}|, defined as 0 where no pixel reaches t; trapezoid over t.
     A heatmap equal to a binary mask scores 1 - (1 - |mask|/N) / (2 (n-1)).
-  variant='inputiba' (InputIBA's `EffectiveHeatRatios`): pixels below
+  variant='inputiba' (`EffectiveHeatRatios.evaluate` of InputIBA,
+    input_iba/evaluation/vision/effective_heat_ratios.py): pixels below
     `base_threshold` (0.1) are zeroed; thresholds are the quantiles 0, 0.1,
     ..., 1 of the remaining heat values, capped at 0.99 * max; ratio =
     (heat inside the mask and >= t) / (number of pixels >= t + 1e-8), i.e.
@@ -93,7 +94,8 @@ def ehr_auc(cam_HW: Any, mask_HW: Any, *, variant: str = 'thesis',
     over the quantile axis. NaN when no pixel reaches `base_threshold`
     (a blank CAM; `summarize` counts it in `n_nan`).
   Both are NaN for an empty mask.
-  The heatmap must lie in [0, 1] (InputIBA silently divides by 255 instead).
+  The heatmap must lie in [0, 1] (InputIBA instead divides a map whose
+  maximum exceeds 1 by 255).
   """
   x, r = ehr_curve(cam_HW, mask_HW, variant=variant,
                    num_thresholds=num_thresholds, base_threshold=base_threshold,

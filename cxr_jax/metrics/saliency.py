@@ -1,8 +1,9 @@
 """Saliency-map metrics (Study B): KL, CC, HS/SIM, NSS, AUC-Judd.
 
 Every function takes single maps (H, W) and returns a float, or batches
-(B, H, W) and returns (B,). Two conventions exist (SPEC, "Saliency metric
-variants"); `variant='authors'` (default) is comparable with thesis Table 4.2:
+(B, H, W) and returns (B,). Two conventions exist: the eye-gaze authors'
+code (`variant='authors'`, the default, comparable with thesis Table 4.2)
+and the MIT saliency benchmark's metrics (`variant='mit'`):
 
   KL  authors: sum_{G > 0} G (log G - log S), G = gt / sum(gt), S the
       predicted distribution (a probability map is renormalised to sum 1; or
@@ -10,6 +11,7 @@ variants"); `variant='authors'` (default) is comparable with thesis Table 4.2:
       zero S where G > 0 gives inf, as in the authors' torch KL.
       mit: sum G log(eps + G / (S + eps)), eps = 2.2204e-16, both maps
       normalised to sum 1 first.
+      Both are KL(G || S); `kl(..., direction='pred||gt')` gives KL(S || G).
   CC  Pearson correlation of the two maps (mean of the product of the
       z-scored maps, population std); no variants.
   HS  authors: sum min(G, S) of the sum-normalised maps.
@@ -38,6 +40,7 @@ import numpy as np
 
 EPS_MIT = 2.2204e-16
 VARIANTS = ('authors', 'mit')
+KL_DIRECTIONS = ('gt||pred', 'pred||gt')
 
 
 def _maps(*arrays: Any) -> tuple[list[np.ndarray], bool]:
@@ -78,31 +81,69 @@ def _check(variant: str) -> None:
 
 
 def kl(gt: Any, pred: Any = None, *, variant: str = 'authors',
-       pred_logp: Any = None) -> float | np.ndarray:
-  """KL(gt || pred) of saliency distributions (lower is better)."""
+       pred_logp: Any = None, direction: str = 'gt||pred'
+       ) -> float | np.ndarray:
+  """KL divergence between the ground-truth (G) and predicted (S) saliency
+  distributions (lower is better); NaN for an empty ground truth.
+
+  `direction='gt||pred'` (default): KL(G || S), the form of the authors'
+  code and of thesis Table 4.2 (formulas in the module docstring).
+  `direction='pred||gt'`: KL(S || G), chapter 2's formula read literally
+  (P the prediction, Q the ground truth), with the roles of the two maps
+  swapped in the same formulas: mit sum S log(eps + S / (G + eps)); authors
+  sum_{S > 0} S (log S - log G), which is inf wherever the prediction puts
+  mass on a pixel without gaze (G = 0, most gaze maps), so report this
+  direction with `variant='mit'`. `kl(pred, gt, variant='mit')` (arguments
+  swapped) gives the same value as `direction='pred||gt'`, but this
+  argument says what is meant and keeps the NaN rule on the ground truth.
+  `pred_logp` (log-probabilities) may replace `pred` in either direction.
+  """
   _check(variant)
+  if direction not in KL_DIRECTIONS:
+    raise ValueError(f'KL direction must be one of {KL_DIRECTIONS}, got '
+                     f'{direction!r}.')
   if pred is None and pred_logp is None:
     raise ValueError('Give pred (probabilities) or pred_logp.')
+  if direction == 'pred||gt':
+    if pred is None:
+      pred = np.exp(np.asarray(pred_logp, np.float64))
+    (g, s), single = _maps(gt, pred)
+    if variant == 'mit':
+      v = _kl_mit(s, g)
+    else:
+      with np.errstate(divide='ignore'):
+        v = _kl_exact(s, np.log(_sum1(g)))
+    return _ret(_nan_where(v, _empty_gt(g)), single)
   if variant == 'mit':
     if pred is None:
       pred = np.exp(np.asarray(pred_logp, np.float64))
     (g, s), single = _maps(gt, pred)
-    bad = _empty_gt(g)
-    with np.errstate(divide='ignore', invalid='ignore'):
-      g, s = _sum1(g), _sum1(s)
-      v = np.sum(g * np.log(EPS_MIT + g / (s + EPS_MIT)), axis=(1, 2))
-    return _ret(_nan_where(v, bad), single)
+    return _ret(_nan_where(_kl_mit(g, s), _empty_gt(g)), single)
   if pred_logp is not None:
     (g, logs), single = _maps(gt, pred_logp)
   else:
     (g, s), single = _maps(gt, pred)
     with np.errstate(divide='ignore'):
       logs = np.log(_sum1(s))
-  bad = _empty_gt(g)
+  return _ret(_nan_where(_kl_exact(g, logs), _empty_gt(g)), single)
+
+
+def _kl_mit(p_BHW: np.ndarray, q_BHW: np.ndarray) -> np.ndarray:
+  """KL(P || Q) the MIT way: sum P log(eps + P / (Q + eps)) of the
+  sum-normalised maps, finite where Q = 0 < P."""
   with np.errstate(divide='ignore', invalid='ignore'):
-    g = _sum1(g)
-    terms = np.where(g > 0, g * (np.log(np.where(g > 0, g, 1.0)) - logs), 0.0)
-  return _ret(_nan_where(np.sum(terms, axis=(1, 2)), bad), single)
+    p, q = _sum1(p_BHW), _sum1(q_BHW)
+    return np.sum(p * np.log(EPS_MIT + p / (q + EPS_MIT)), axis=(1, 2))
+
+
+def _kl_exact(p_BHW: np.ndarray, logq_BHW: np.ndarray) -> np.ndarray:
+  """KL(P || Q) = sum_{P > 0} P (log P - log Q), P sum-normalised, log Q
+  given; no epsilon, so inf where Q = 0 < P (as the authors' torch KL)."""
+  with np.errstate(divide='ignore', invalid='ignore'):
+    p = _sum1(p_BHW)
+    terms = np.where(p > 0, p * (np.log(np.where(p > 0, p, 1.0)) - logq_BHW),
+                     0.0)
+  return np.sum(terms, axis=(1, 2))
 
 
 def cc(gt: Any, pred: Any) -> float | np.ndarray:
