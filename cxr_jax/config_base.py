@@ -124,12 +124,18 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
 
 
 def sequence_config() -> ml_collections.ConfigDict:
-  """A `sequence` job: stages (train configs) run in order, then a report."""
+  """A `sequence` job: stages (train configs) run in order, then a report.
+
+  `init_dir`: a folder of converted weights, one `<init_dir>/<stage name>/`
+  per stage; when set, every stage without `init.from_stage` starts from
+  its folder (`jobs.stage_config`). '' = each stage's own `init.path`.
+  """
   c = ml_collections.ConfigDict()
   c.job = 'sequence'
   c.seed = 0
   c.data = ml_collections.ConfigDict()
   c.sequence = ()
   c.stages = ml_collections.ConfigDict()
+  c.init_dir = ''
   c.report = ''
   return c

@@ -5,10 +5,13 @@
   `config.stages.<name>`, run in `workdir/<name>` in the order of
   `config.sequence`; `config.data` and `config.seed` are shared by every
   stage; a stage whose `init.from_stage` names an earlier stage starts from
-  that stage's best checkpoint. A finished stage (`done.json`) is skipped and
-  an interrupted one resumes, so re-running the same command continues the
-  sequence. `config.report` then names a report (`REPORTS`) written to
-  `workdir/report/`.
+  that stage's best checkpoint, and every other stage starts from
+  `config.init_dir/<stage name>` when `config.init_dir` is set (converted
+  ImageNet weights, one folder per stage). A finished stage (`done.json`) is
+  skipped and an interrupted one resumes, so re-running the same command
+  continues the sequence. `config.report` then names a report (`REPORTS`),
+  `report(config, workdir, stages)` with `stages` = stage name -> resolved
+  train config (`stage_config`), written to `workdir/report/`.
 """
 from __future__ import annotations
 
@@ -39,6 +42,27 @@ def run(config, workdir: str):
   return JOBS.get(config.job, key='job')(config, workdir)
 
 
+def _init_path(config, name: str, sub, workdir: str) -> str:
+  """Stage `name`'s initial weights: its `from_stage`'s run, else
+  `init_dir/<name>` when `config.init_dir` is set, else its own
+  `init.path`."""
+  if sub.init.from_stage:
+    if sub.init.from_stage not in config.sequence[:config.sequence.index(
+        name)]:
+      raise ValueError(f'config.stages.{name}.init.from_stage = '
+                       f'{sub.init.from_stage!r} is not an earlier stage.')
+    return os.path.join(workdir, sub.init.from_stage)
+  if not config.init_dir:
+    return sub.init.path
+  path = os.path.join(config.init_dir, name)
+  if sub.init.path and sub.init.path != path:
+    raise ValueError(f'config.init_dir = {config.init_dir!r} gives stage '
+                     f'{name!r} the initial weights {path}, but '
+                     f'config.stages.{name}.init.path = {sub.init.path!r}; '
+                     'set one of the two.')
+  return path
+
+
 def stage_config(config, name: str, workdir: str):
   """The train config of stage `name` with the shared fields and init path."""
   if name not in config.stages:
@@ -48,12 +72,7 @@ def stage_config(config, name: str, workdir: str):
   with sub.unlocked():
     for key in SHARED:
       sub[key] = config[key]
-    if sub.init.from_stage:
-      if sub.init.from_stage not in config.sequence[:config.sequence.index(
-          name)]:
-        raise ValueError(f'config.stages.{name}.init.from_stage = '
-                         f'{sub.init.from_stage!r} is not an earlier stage.')
-      sub.init.path = os.path.join(workdir, sub.init.from_stage)
+    sub.init.path = _init_path(config, name, sub, workdir)
   return sub
 
 
@@ -92,5 +111,6 @@ def run_sequence(config, workdir: str) -> dict:
     ckpt.write_json(done, summary)
     summaries[name] = summary
   if config.report:
-    REPORTS.get(config.report, key='report')(config, workdir)
+    stages = {n: stage_config(config, n, workdir) for n in config.sequence}
+    REPORTS.get(config.report, key='report')(config, workdir, stages)
   return summaries

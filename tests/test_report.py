@@ -1,6 +1,7 @@
 """cxr_jax.report: CSV + Markdown tables and PNG figures."""
 from __future__ import annotations
 
+import json
 import math
 import os
 
@@ -9,6 +10,7 @@ import pytest
 from PIL import Image
 
 from cxr_jax.report import figures
+from cxr_jax.report import machine
 from cxr_jax.report import tables
 
 
@@ -109,3 +111,19 @@ def test_image_grid_errors(tmp_path):
   with pytest.raises(ValueError, match='column 0'):
     figures.image_grid([[img, img]], path=str(tmp_path / 'x.png'),
                        overlays=[True, True])
+
+
+def test_machine_reads_cpu_model_and_flags(tmp_path):
+  x86 = ('processor\t: 0\nmodel name\t: Some CPU @ 2GHz\nflags\t\t: fpu '
+         'sse4_2 avx2 avx512f fma\n\nprocessor\t: 1\nmodel name\t: other\n')
+  assert machine._cpuinfo(x86) == ('Some CPU @ 2GHz',
+                                   ['fpu', 'sse4_2', 'avx2', 'avx512f', 'fma'])
+  arm = 'processor\t: 0\nFeatures\t: fp asimd sve\nCPU part\t: 0xd0c\n'
+  assert machine._cpuinfo(arm) == ('', ['fp', 'asimd', 'sve'])
+  info = machine.write(str(tmp_path / 'r'))
+  assert json.load(open(tmp_path / 'r' / 'machine.json')) == info
+  assert info['device_count'] >= 1 and info['devices']
+  assert set(machine.isa_flags(info)) <= set(info['cpu']['flags'])
+  line = machine.markdown(info)
+  assert line.startswith('- Machine: ') and info['jaxlib'] in line
+  assert 'machine.json' in line

@@ -9,14 +9,16 @@ import pytest
 from scipy import stats as sp_stats
 
 from configs import gradcam_benchmark
-from cxr_jax import weights
 from cxr_jax import evaluators
 from cxr_jax import jobs
-from cxr_jax import train
+from cxr_jax import runs
 from cxr_jax.data import build_dataset
 from cxr_jax.evaluators import cam_localization
+from cxr_jax.report import gradcam as writer
 from cxr_jax.report import tables
+from cxr_jax.runtime import sharding
 from cxr_jax.studies import gradcam_benchmark as study_a
+from cxr_jax.studies import gradcam_statistics
 
 OUTPUTS = ['table_3_1.csv', 'table_3_1.md', 'table_3_2.csv', 'table_3_2.md',
            'localisation.csv', 'localisation.md', 'anova_diff.csv',
@@ -25,7 +27,7 @@ OUTPUTS = ['table_3_1.csv', 'table_3_1.md', 'table_3_2.csv', 'table_3_2.md',
            'friedman_diff.md', 'wilcoxon_diff.csv', 'wilcoxon_diff.md',
            'friedman_ehr.md', 'wilcoxon_ehr.csv', 'wilcoxon_ehr.md',
            'per_image.csv', 'fig_3_1_heatmaps.png', 'fig_3_2_ehr_auc.png',
-           'fig_cam_methods.png', 'report.md']
+           'fig_cam_methods.png', 'report.md', 'machine.json']
 
 
 def test_config_stages_follow_the_thesis():
@@ -47,8 +49,8 @@ def test_config_stages_follow_the_thesis():
     assert s.early_stopping_patience == 0 and s.plateau_patience == 0
   c.lock()
   c.init_dir = '/weights'  # what --config.init_dir=/weights does
-  assert jobs.stage_config(c, 'vit_l16', '/w').init.path == '/weights/vit_l16'
-  assert c.to_dict()['stages']['vgg16']['init']['path'] == '/weights/vgg16'
+  for name in c.sequence:
+    assert jobs.stage_config(c, name, '/w').init.path == f'/weights/{name}'
   d = gradcam_benchmark.get_config('demo')
   # One stage per family (three distinct networks); all nine stay defined.
   assert tuple(d.sequence) == ('vgg16', 'resnet50', 'vit_b16')
@@ -59,6 +61,43 @@ def test_config_stages_follow_the_thesis():
   assert d.stages.vit_b16.model.img_size == 128
   assert d.cam.compare_model in d.sequence
   assert d.cam.targets == 'label' and d.cam.ehr_variant == 'thesis'
+
+
+def test_init_dir_reaches_every_stage_without_from_stage():
+  c = gradcam_benchmark.get_config()
+  c.sequence = ('vgg16', 'resnet18')
+  with c.unlocked():
+    c.stages.resnet18.init.from_stage = 'vgg16'
+  c.init_dir = '/weights'
+  assert jobs.stage_config(c, 'vgg16', '/w').init.path == '/weights/vgg16'
+  # An earlier stage's run wins over init_dir.
+  assert jobs.stage_config(c, 'resnet18', '/w').init.path == '/w/vgg16'
+  c.init_dir = ''
+  assert jobs.stage_config(c, 'vgg16', '/w').init.path == ''
+  # A stage's own path and init_dir disagreeing is an error naming both.
+  c.init_dir = '/weights'
+  c.stages.vgg16.init.path = '/elsewhere/vgg'
+  with pytest.raises(ValueError, match=r"init_dir = '/weights' gives stage "
+                     r"'vgg16'.*/weights/vgg16.*init.path = '/elsewhere/vgg'"):
+    jobs.stage_config(c, 'vgg16', '/w')
+
+
+def test_settings_name_the_vgg_cam_layer_and_the_network():
+  c = gradcam_benchmark.get_config('demo')
+  stages = {n: jobs.stage_config(c, n, '/w') for n in c.sequence}
+  assert writer.network_label('vgg16', 'vgg_tiny') == 'vgg16 (vgg_tiny)'
+  assert writer.network_label('vgg16', 'vgg16') == 'vgg16'
+  test = dict(label=np.array([0, 1, 1, 1]))
+  masked = dict(label=np.array([1, 1]))
+  lines = writer.settings(c, stages, test, masked, '- Machine: m')
+  vgg = [line for line in lines if 'Grad-CAM layer of VGG' in line]
+  assert len(vgg) == 1 and 'relu5_3' in vgg[0] and '(vgg16)' in vgg[0]
+  assert 'last convolution layer' in vgg[0]
+  assert lines[-1] == '- Machine: m'
+  assert '1 pneumothorax images whose mask has no pixel' in lines[0]
+  del stages['vgg16']
+  assert not any('VGG' in line for line in writer.settings(
+      c, stages, test, masked, ''))
 
 
 def test_sweep_one_point_per_model_and_per_seed():
@@ -108,6 +147,36 @@ def test_report_writes_every_output(demo):
   assert 'resnet18' in md  # compare_model resnet50 absent: first CNN used
 
 
+def test_composed_report_is_stable(demo, tmp_path):
+  """The report of the same trained runs, composed again, writes the same
+  bytes in every table (report.md differs only in its wall times)."""
+  c, wd = demo
+  again = tmp_path / 'again'
+  again.mkdir()
+  for name in c.sequence:
+    os.symlink(os.path.join(wd, name), again / name)
+  stages = {n: jobs.stage_config(c, n, wd) for n in c.sequence}
+  rows = study_a.report(c, str(again), stages)
+  assert set(rows) == {
+      'table_3_1', 'table_3_2', 'localisation', 'anova_diff', 'tukey_diff',
+      'anova_ehr', 'tukey_ehr', 'friedman_diff', 'wilcoxon_diff',
+      'friedman_ehr', 'wilcoxon_ehr', 'per_image'}
+  first, second = os.path.join(wd, 'report'), str(again / 'report')
+  names = sorted(f for f in os.listdir(first) if f.endswith(('.csv', '.md')))
+  assert names == sorted(f for f in os.listdir(second)
+                         if f.endswith(('.csv', '.md')))
+  for name in names:
+    a = open(os.path.join(first, name)).read().splitlines()
+    b = open(os.path.join(second, name)).read().splitlines()
+    if name == 'report.md':  # the wall-time table and line differ
+      cut = a.index('## Wall times')
+      assert b.index('## Wall times') == cut
+      a, b = a[:cut], b[:cut]
+    assert a == b, name
+  assert len(rows['per_image']) == 2 * len(cam_localization.with_masks(
+      build_dataset(c.data)['test'])['label'])
+
+
 def test_anova_matches_scipy_on_per_image_values(demo):
   _, wd = demo
   out = os.path.join(wd, 'report')
@@ -155,9 +224,10 @@ def test_supplementary_repeated_measures_in_report(demo):
 def test_paired_statistics_keys_and_notes():
   rng = np.random.default_rng(0)
   base = rng.normal(size=12)
-  res = {n: {'loc': {'diff_gradcam': base + s + rng.normal(0, .1, 12)}}
+  res = {n: base + s + rng.normal(0, .1, 12)
          for n, s in (('vgg16', .3), ('resnet50', .1), ('vit_b16', 0.))}
-  fr, wx, note_fr, note_wx = study_a._paired_statistics(res, 'diff_gradcam')
+  fr, wx, note_fr, note_wx = gradcam_statistics.paired_tests(
+      res, 'diff_gradcam')
   assert (note_fr, note_wx) == ('', '')
   assert set(fr[0]) == {'metric', 'statistic', 'p', 'n', 'k', 'significant'}
   assert (fr[0]['n'], fr[0]['k']) == (12, 3)
@@ -165,8 +235,9 @@ def test_paired_statistics_keys_and_notes():
       'metric', 'a', 'b', 'n', 'median_diff', 'statistic', 'p', 'p_holm',
       'reject'}
   # Not paired (unequal lengths): both skipped with a note naming lengths.
-  res['vit_b16']['loc']['diff_gradcam'] = base[:-1]
-  fr, wx, note_fr, note_wx = study_a._paired_statistics(res, 'diff_gradcam')
+  res['vit_b16'] = base[:-1]
+  fr, wx, note_fr, note_wx = gradcam_statistics.paired_tests(
+      res, 'diff_gradcam')
   assert fr == [] and wx == []
   assert 'same length' in note_fr and "'vit_b16': 11" in note_wx
 
@@ -174,11 +245,12 @@ def test_paired_statistics_keys_and_notes():
 def test_cam_evaluator_on_trained_cnn_gives_finite_diff(demo):
   c, wd = demo
   splits = build_dataset(c.data)
-  stage = jobs.stage_config(c, 'resnet18', wd)
-  model = train.build_model(stage.model)
-  variables = weights.restore(os.path.join(wd, 'resnet18'))
-  ctx = evaluators.EvalContext(model=model, splits=splits, batch_size=8,
-                               mesh=train.make_mesh())
+  run = runs.load(os.path.join(wd, 'resnet18'))  # config from config.json
+  assert run.network == 'resnet_tiny'
+  assert run.config.model.to_dict() == jobs.stage_config(
+      c, 'resnet18', wd).model.to_dict()
+  variables = run.variables
+  ctx = run.eval_context(splits, batch_size=8, mesh=sharding.make_mesh())
   ev = evaluators.build('cam', dict(type='cam_localization', split='test'),
                         ctx)
   per = ev.per_image(variables)

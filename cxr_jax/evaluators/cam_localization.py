@@ -77,6 +77,26 @@ def _gather(x: Any) -> np.ndarray:
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
+def _score_batch(model, variables, g: Mapping[str, Any], *, method: str,
+                 targets: str, model_inputs: Sequence[str], metric_kw
+                 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+  """One global batch: per-image values of its valid rows and their CAMs."""
+  res = compute_cams(model, variables, g['image'], method=method,
+                     targets=targets, labels=g['label'],
+                     model_kwargs={k: g[k] for k in model_inputs})
+  valid = _gather(g['valid'])
+  cam = _gather(res['cam'])[valid]
+  mask = _gather(g['mask'])[valid]
+  logits = _gather(res['logits'])[valid].astype(np.float64)
+  prob = np.exp(logits - logits.max(-1, keepdims=True))
+  got = dict(index=_gather(g['index'])[valid],
+             label=_gather(g['label'])[valid],
+             target=_gather(res['targets'])[valid],
+             prob=prob / prob.sum(-1, keepdims=True))
+  got.update(heatmap_metrics(cam, mask, **metric_kw))
+  return got, cam
+
+
 def cam_metrics(model, variables, arrays: Mapping[str, np.ndarray], *, mesh,
                 batch_size: int, method: str = 'gradcam',
                 targets: str = 'label', ehr_variant: str = 'thesis',
@@ -105,34 +125,23 @@ def cam_metrics(model, variables, arrays: Mapping[str, np.ndarray], *, mesh,
   check_choice(targets, ('label', 'pred'), 'cam.targets')
   check_choice(ehr_variant, heatmap.EHR_VARIANTS, 'cam.ehr_variant')
   sharding = NamedSharding(mesh, P('data'))
-  put = lambda v: jax.make_array_from_process_local_data(sharding, v)
+  metric_kw = dict(ehr_variant=ehr_variant, ehr_thresholds=ehr_thresholds,
+                   top_k_fraction=top_k_fraction)
   keep = set(int(i) for i in keep_cams)
   parts: dict[str, list[np.ndarray]] = {}
   cams: dict[int, np.ndarray] = {}
-  offset = 0
   for batch in _local_batches(arrays, batch_size, mesh):
-    g = {k: put(v) for k, v in batch.items()}
-    res = compute_cams(model, variables, g['image'], method=method,
-                       targets=targets, labels=g['label'],
-                       model_kwargs={k: g[k] for k in model_inputs})
-    valid = _gather(g['valid'])
-    cam = _gather(res['cam'])[valid]
-    mask = _gather(g['mask'])[valid]
-    logits = _gather(res['logits'])[valid].astype(np.float64)
-    prob = np.exp(logits - logits.max(-1, keepdims=True))
-    got = dict(index=_gather(g['index'])[valid],
-               label=_gather(g['label'])[valid],
-               target=_gather(res['targets'])[valid],
-               prob=prob / prob.sum(-1, keepdims=True))
-    got.update(heatmap_metrics(cam, mask, ehr_variant=ehr_variant,
-                               ehr_thresholds=ehr_thresholds,
-                               top_k_fraction=top_k_fraction))
+    got, cam = _score_batch(
+        model, variables,
+        {k: jax.make_array_from_process_local_data(sharding, v)
+         for k, v in batch.items()},
+        method=method, targets=targets, model_inputs=model_inputs,
+        metric_kw=metric_kw)
+    offset = sum(len(v) for v in parts.get('index', ()))
+    cams.update({offset + j: cam[j].astype(np.float32)
+                 for j in range(len(cam)) if offset + j in keep})
     for k, v in got.items():
       parts.setdefault(k, []).append(v)
-    for j in range(len(cam)):
-      if offset + j in keep:
-        cams[offset + j] = cam[j].astype(np.float32)
-    offset += len(cam)
   if not parts:
     out = {k: np.zeros((0,)) for k in ('index', 'label', 'target') + METRICS}
     out['prob'] = np.zeros((0, 2))

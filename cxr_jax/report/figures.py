@@ -122,6 +122,44 @@ def _layout(rows: list[list], overlays: Any, contours: Any
   return base, over, cont
 
 
+def _grid_axes(n_rows: int, n_cols: int, *, cell_inches: float, dpi: int,
+               title: str):
+  """A figure of `grid_size_px` pixels: header strip (and title), then
+  n_rows x n_cols axes edge to edge."""
+  w_px, h_px = grid_size_px(n_rows, n_cols, cell_inches=cell_inches, dpi=dpi,
+                            title=title)
+  fig = plt.figure(figsize=(w_px / dpi, h_px / dpi))
+  top_in = LABEL_INCHES + (TITLE_INCHES if title else 0.0)
+  fig.subplots_adjust(left=0.0, right=1.0, bottom=0.0,
+                      top=1.0 - top_in * dpi / h_px, wspace=0.04, hspace=0.04)
+  if title:
+    fig.suptitle(title, fontsize=10, y=1.0 - 0.5 * TITLE_INCHES * dpi / h_px,
+                 va='center')
+  return fig, fig.subplots(n_rows, n_cols, squeeze=False)
+
+
+def _draw_cell(ax, img, heat, mask, *, cmap: str, overlay: dict,
+               contour_color: str) -> None:
+  """One grid cell: the image, the heatmap over it, the mask's outline."""
+  ax.set_xticks([])
+  ax.set_yticks([])
+  for s in ax.spines.values():
+    s.set_visible(False)
+  if img is None:
+    return
+  img = np.asarray(img, np.float32)
+  img = img[..., 0] if img.ndim == 3 and img.shape[-1] == 1 else img
+  ax.imshow(img, cmap=cmap, interpolation='nearest')
+  if heat is not None:
+    ax.imshow(np.asarray(heat, np.float32), interpolation='bilinear',
+              extent=(-0.5, img.shape[1] - 0.5, img.shape[0] - 0.5, -0.5),
+              **overlay)
+  if mask is not None:
+    m = np.asarray(mask, np.float32)
+    if m.max() > 0.5 > m.min():
+      ax.contour(m, levels=[0.5], colors=contour_color, linewidths=1.0)
+
+
 def image_grid(rows: Sequence[Sequence[np.ndarray | None]], *, path: str,
                row_labels: Sequence[str] = (), col_labels: Sequence[str] = (),
                overlays: Any = None, contours: Any = None,
@@ -161,42 +199,20 @@ def image_grid(rows: Sequence[Sequence[np.ndarray | None]], *, path: str,
   n_rows, n_cols = len(rows), len(rows[0])
   base, over, cont = _layout(rows, overlays, contours)
   cmaps = _per_col(cmap, n_cols)
-  w_px, h_px = grid_size_px(n_rows, n_cols, cell_inches=cell_inches, dpi=dpi,
-                            title=title)
-  fig = plt.figure(figsize=(w_px / dpi, h_px / dpi))
-  top_in = LABEL_INCHES + (TITLE_INCHES if title else 0.0)
-  fig.subplots_adjust(left=0.0, right=1.0, bottom=0.0,
-                      top=1.0 - top_in * dpi / h_px, wspace=0.04, hspace=0.04)
-  axes = fig.subplots(n_rows, n_cols, squeeze=False)
+  fig, axes = _grid_axes(n_rows, n_cols, cell_inches=cell_inches, dpi=dpi,
+                         title=title)
+  overlay = dict(cmap=overlay_cmap, alpha=overlay_alpha,
+                 vmin=overlay_range[0] if overlay_range else None,
+                 vmax=overlay_range[1] if overlay_range else None)
   for i in range(n_rows):
     for j in range(n_cols):
       ax = axes[i][j]
-      ax.set_xticks([])
-      ax.set_yticks([])
-      for s in ax.spines.values():
-        s.set_visible(False)
-      img = base[i][j]
-      if img is not None:
-        img = np.asarray(img, np.float32)
-        img = img[..., 0] if img.ndim == 3 and img.shape[-1] == 1 else img
-        ax.imshow(img, cmap=cmaps[j], interpolation='nearest')
-        extent = (-0.5, img.shape[1] - 0.5, img.shape[0] - 0.5, -0.5)
-        if over[i][j] is not None:
-          vmin, vmax = overlay_range if overlay_range else (None, None)
-          ax.imshow(np.asarray(over[i][j], np.float32), cmap=overlay_cmap,
-                    alpha=overlay_alpha, vmin=vmin, vmax=vmax,
-                    interpolation='bilinear', extent=extent)
-        if cont[i][j] is not None:
-          m = np.asarray(cont[i][j], np.float32)
-          if m.max() > 0.5 > m.min():
-            ax.contour(m, levels=[0.5], colors=contour_color, linewidths=1.0)
+      _draw_cell(ax, base[i][j], over[i][j], cont[i][j], cmap=cmaps[j],
+                 overlay=overlay, contour_color=contour_color)
       if i == 0 and j < len(col_labels):
         ax.set_title(col_labels[j], fontsize=9)
       if j == 0 and i < len(row_labels):
         ax.text(0.02, 0.98, row_labels[i], transform=ax.transAxes,
                 fontsize=7, color='white', va='top', ha='left',
                 bbox=dict(facecolor='black', alpha=0.5, pad=1, lw=0))
-  if title:
-    fig.suptitle(title, fontsize=10, y=1.0 - 0.5 * TITLE_INCHES * dpi / h_px,
-                 va='center')
   return _save(fig, path, dpi)

@@ -4,15 +4,34 @@
 at full precision, so the CSV is the machine-readable record) and
 `out/table_3_1.md` (floats formatted with `floatfmt`, an optional title),
 and returns the Markdown string so that reports can log it and embed it.
+A `Table` carries one table's rows between a study's statistics (which
+compute it) and its report writer (which titles and writes it: `write`).
 """
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 import os
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+
+
+@dataclasses.dataclass
+class Table:
+  """One table of a report.
+
+  Attributes:
+    rows: one dict per row, the CSV record (numbers at full precision).
+    display_rows: rows for the Markdown instead of `rows` (e.g. 'mean ±
+      std' strings), or None.
+    note: '' or why the table could not be computed (the report shows the
+      note in its place; the files are still written, without rows).
+  """
+  rows: list[dict[str, Any]]
+  display_rows: list[dict[str, Any]] | None = None
+  note: str = ''
 
 
 def _is_float(v: Any) -> bool:
@@ -116,6 +135,13 @@ def write_table(rows: Sequence[Mapping[str, Any]], path_stem: str,
   with open(path_stem + '.md', 'w') as f:
     f.write(md)
   return md
+
+
+def write(table: Table, path_stem: str, title: str | None = None,
+          floatfmt: str = '.4g') -> str:
+  """`write_table` of a `Table`; returns its Markdown."""
+  return write_table(table.rows, path_stem, title=title, floatfmt=floatfmt,
+                     display_rows=table.display_rows)
 
 
 def read_csv(path: str) -> list[dict[str, str]]:
