@@ -70,9 +70,7 @@ def kl_pred_gt(gaze: Any, pred: Any) -> np.ndarray:
   """KL(pred || gt) per image, the MIT way: sum P log(eps + P / (G + eps))
   of the sum-normalised maps, so a pixel without gaze (G = 0) under
   predicted mass stays finite; NaN for a study without gaze."""
-  gaze = np.asarray(gaze, np.float64)
-  v = sal_metrics.kl(pred, gaze, variant='mit')  # gt := pred, pred := gaze
-  return np.where(np.sum(gaze, axis=(1, 2)) > 0, v, np.nan)
+  return sal_metrics.kl(gaze, pred, variant='mit', direction='pred||gt')
 
 
 def saliency(run: Run, splits: Splits, mesh) -> dict[str, np.ndarray]:
