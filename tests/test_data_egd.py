@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import re
 import shutil
 
 import numpy as np
@@ -14,6 +15,7 @@ import scipy.ndimage
 from cxr_jax.data import dicom
 from cxr_jax.data import egd
 from cxr_jax.data import egd_csv
+from cxr_jax.data import egd_example
 from cxr_jax.data import egd_splits
 from cxr_jax.data import gaze
 from cxr_jax.data import preprocess
@@ -370,7 +372,8 @@ def test_build_shapes_and_alignment(phantom_root, tmp_path):
       assert pads[2] > 0  # the padding path is exercised
       rows = [f for f in fix if f['DICOM_ID'] == master['dicom_id'][i]]
       key = _key_dwell_xy(rows, phantom_reading.KEY_RADIUS * 64)
-      kx, ky = egd.map_points(key[None], native.shape, pads, (32, 32))[0]
+      kx, ky = egd_example.map_points(key[None], native.shape, pads,
+                                      (32, 32))[0]
       py, px = _argmax_yx(d['gaze'][j])
       assert np.hypot(px - kx, py - ky) <= 3.0, (s, j)
       # Padding columns hold no image and no gaze.
@@ -490,14 +493,15 @@ def test_default_sigma_is_the_recipes_own(phantom_root, tmp_path, caplog):
   cfg.gaze_reference_px = 0.0  # real data: sigmas in native px as given
   for name, recipe in gaze.RECIPES.items():
     cfg.gaze_recipe = name
-    assert egd._sigma(cfg, (3000, 2500), phantom=False) == recipe.sigma
+    assert egd_example.native_sigma(cfg, (3000, 2500),
+                                    phantom=False) == recipe.sigma
   cfg.gaze_recipe = 'fixations'
-  assert egd._sigma(cfg, (3000, 2500), phantom=False) == 150.0
+  assert egd_example.native_sigma(cfg, (3000, 2500), phantom=False) == 150.0
   with caplog.at_level(logging.INFO):
     egd._check_config(cfg)
   assert "'fixations', sigma 150.0 px" in caplog.text
   cfg.gaze_sigma = 100.0
-  assert egd._sigma(cfg, (3000, 2500), phantom=False) == 100.0
+  assert egd_example.native_sigma(cfg, (3000, 2500), phantom=False) == 100.0
   # End to end: the default blurs the fixations recipe with 150 (scaled for
   # the phantom's 64-px images), not the authors' 75.5.
   master = egd_csv.read_master(os.path.join(phantom_root, 'master_sheet.csv'))
@@ -508,7 +512,7 @@ def test_default_sigma_is_the_recipes_own(phantom_root, tmp_path, caplog):
   for sigma in (0.0, 150.0, 75.5):
     c = _cfg(phantom_root, str(tmp_path), gaze_recipe='fixations',
              gaze_sigma=sigma)
-    maps[sigma] = egd.load_example(path, d, None, fix[d], c)['gaze']
+    maps[sigma] = egd_example.load_example(path, d, None, fix[d], c)['gaze']
   np.testing.assert_array_equal(maps[0.0], maps[150.0])
   assert np.abs(maps[0.0] - maps[75.5]).max() > 0.05
 
@@ -535,10 +539,66 @@ def test_duration_recipe_weights_by_fpogd(phantom_root, tmp_path):
   cfg = _cfg(phantom_root, str(tmp_path), gaze_recipe='duration',
              gaze_sigma=2.0, gaze_reference_px=0.0, image_size=(64, 64))
   _, pads = preprocess.pad_to_aspect(np.zeros(native), 1.0)
-  where = egd.map_points(np.array([a, b]), native, pads, (64, 64))
+  where = egd_example.map_points(np.array([a, b]), native, pads, (64, 64))
   for durations, peak in ((fix['duration'], 1), (None, 0)):
     f = dict(fix) if durations is not None else {
         k: v for k, v in fix.items() if k != 'duration'}  # fallback: gaps
-    m = egd.load_example(image, d, None, f, cfg)['gaze']
+    m = egd_example.load_example(image, d, None, f, cfg)['gaze']
     py, px = _argmax_yx(m)
     assert np.hypot(px - where[peak, 0], py - where[peak, 1]) <= 1.5
+
+
+def test_restored_image_rebuilds_the_cache(phantom_root, tmp_path):
+  """The cache key fingerprints the images: an image missing at the first
+  build (skipped) and restored later is in the second build's arrays."""
+  root = _copy(phantom_root, tmp_path)
+  cache_dir = str(tmp_path / 'cache')
+  gone = _rows(os.path.join(root, 'master_sheet.csv'))[4]['path']
+  kept = str(tmp_path / 'kept.dcm')
+  shutil.move(os.path.join(root, gone), kept)
+  out = egd.build(_cfg(root, cache_dir, on_error='skip'))
+  assert sum(out[s]['index'].size for s in out) == 11
+  shutil.move(kept, os.path.join(root, gone))
+  out = egd.build(_cfg(root, cache_dir, on_error='skip'))
+  idx = np.concatenate([out[s]['index'] for s in out])
+  assert idx.size == 12 and 4 in idx
+
+
+def test_lost_fixations_are_named_and_counted(phantom_root, tmp_path, caplog):
+  """Rows of DICOM_IDs the master sheet does not list, and a study without
+  fixations, are named in the build log; the saliency evaluator's summary
+  counts each metric's own n (the study drops out of NSS and AUC-Judd only)."""
+  from cxr_jax.evaluators import saliency as sal_eval  # pylint: disable=g-import-not-at-top
+  root = _copy(phantom_root, tmp_path)
+  master = _rows(os.path.join(root, 'master_sheet.csv'))
+  for name in ('eye_gaze.csv', 'fixations.csv'):
+    rows = _rows(os.path.join(root, name))
+    extra = [dict(r, DICOM_ID='not-in-the-sheet') for r in rows[:3]]
+    if name == 'fixations.csv':
+      rows = [r for r in rows if r['DICOM_ID'] != master[5]['dicom_id']]
+    _write_rows(os.path.join(root, name), rows + extra)
+  with caplog.at_level(logging.WARNING):
+    out = egd.build(_cfg(root, str(tmp_path / 'cache')))
+  text = caplog.text
+  for name in ('eye_gaze.csv', 'fixations.csv'):
+    assert re.search(rf"{name}: 3 row\(s\) of 1 DICOM_ID\(s\) that "
+                     r"master_sheet\.csv does not list are ignored.*"
+                     "'not-in-the-sheet'", text), name
+  assert re.search(r"1 of 12 studies have no fixation .*\(1 of them no row "
+                   rf"at all\).*'{master[5]['dicom_id']}'", text)
+  test = {k: np.concatenate([out[s][k] for s in egd.SPLITS])
+          for k in ('gaze', 'fixmap', 'index')}
+  pred = np.full(test['gaze'].shape, 1.0 / test['gaze'][0].size, np.float32)
+  pred[:, 0, 0] *= 2  # not constant: CC and AUC-Judd are defined
+  pred /= pred.sum((1, 2), keepdims=True)
+  m = sal_eval.per_image_metrics(test['gaze'], pred, test['fixmap'])
+  got = sal_eval.summarise(m)
+  n = test['index'].size
+  for k in ('kl', 'cc', 'hs'):
+    assert (got[f'n_{k}'], got[f'n_undefined_{k}']) == (n, 0)
+  for k in ('nss', 'auc_judd'):
+    assert (got[f'n_{k}'], got[f'n_undefined_{k}']) == (n - 1, 1)
+    assert got[k] == pytest.approx(np.mean(m[k][test['index'] != 5]))
+  assert got['n_undefined'] == 1 and got['n_images'] == n
+  message = sal_eval.undefined_message(m, test['index'])
+  assert 'nss/auc_judd' in message and '[5]' in message

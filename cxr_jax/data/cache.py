@@ -14,7 +14,7 @@ import json
 import os
 import shutil
 import tempfile
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -92,6 +92,21 @@ def _save(folder: str, arrays: Arrays, name: str, key: Mapping[str, Any]
               sort_keys=True)
   with open(os.path.join(folder, 'layout.json'), 'w') as f:
     json.dump(layout, f, indent=2)
+
+
+def file_fingerprint(root: str, paths: Sequence[str]) -> str:
+  """Hash of files' paths (relative to `root`), sizes and modification times.
+
+  Part of a dataset's cache key, so files added, restored or replaced after
+  a build (e.g. a partial copy built with `on_error='skip'`) rebuild the
+  arrays instead of loading the stale ones.
+  """
+  h = hashlib.sha256()
+  for path in sorted(paths):
+    st = os.stat(path)
+    h.update(f'{os.path.relpath(path, root)}\0{st.st_size}\0'
+             f'{st.st_mtime_ns}\n'.encode())
+  return h.hexdigest()[:16]
 
 
 def cache_path(name: str, key: Mapping[str, Any], cache_dir: str) -> str:

@@ -16,6 +16,7 @@ synthetic studies.
 from __future__ import annotations
 
 import datetime
+import math
 import os
 from typing import Any, Mapping
 
@@ -49,9 +50,19 @@ def _modality_lut(arr: np.ndarray, ds: Dataset) -> np.ndarray:
   """Applies the Modality LUT sequence or RescaleSlope/RescaleIntercept."""
   if 'ModalityLUTSequence' in ds:
     return np.asarray(pixels.apply_modality_lut(arr, ds), np.float64)
-  slope = float(ds.get('RescaleSlope', 1.0) or 1.0)
-  intercept = float(ds.get('RescaleIntercept', 0.0) or 0.0)
+  slope = _finite(ds.get('RescaleSlope', 1.0) or 1.0, 'RescaleSlope')
+  intercept = _finite(ds.get('RescaleIntercept', 0.0) or 0.0,
+                      'RescaleIntercept')
   return arr.astype(np.float64) * slope + intercept
+
+
+def _finite(value: Any, keyword: str) -> float:
+  """`value` as a float; a NaN or infinite tag is an error naming it (it
+  would turn every pixel into NaN)."""
+  x = float(value)
+  if not math.isfinite(x):
+    raise ValueError(f'{keyword} is {value!r}, not a finite number')
+  return x
 
 
 def _first(value: Any) -> float:
@@ -69,7 +80,8 @@ def _window(x: np.ndarray, ds: Dataset) -> np.ndarray:
     y = np.asarray(pixels.apply_voi_lut(x, ds, prefer_lut=True), np.float64)
     return np.clip(y / float((1 << out_bits) - 1), 0.0, 1.0)
   if 'WindowCenter' in ds and 'WindowWidth' in ds:
-    c, w = _first(ds.WindowCenter), _first(ds.WindowWidth)
+    c = _finite(_first(ds.WindowCenter), 'WindowCenter')
+    w = _finite(_first(ds.WindowWidth), 'WindowWidth')
     func = str(ds.get('VOILUTFunction', 'LINEAR')).upper()
     if func == 'SIGMOID':
       return 1.0 / (1.0 + np.exp(-4.0 * (x - c) / max(w, 1e-6)))
@@ -85,7 +97,9 @@ def read_dicom(path: str | os.PathLike) -> np.ndarray:
   """Reads a single-frame grayscale DICOM as float32 (H, W) in [0, 1].
 
   Brighter = denser (MONOCHROME1 is inverted). Raises ValueError naming the
-  file for unreadable, truncated, multi-frame/colour or non-image files.
+  file for unreadable, truncated, multi-frame/colour or non-image files, for
+  non-finite rescale or window tags, and for a blank image (one value
+  everywhere), which would otherwise pass as an all-black radiograph.
   """
   try:
     ds = pydicom.dcmread(os.fspath(path))
@@ -106,6 +120,8 @@ def read_dicom(path: str | os.PathLike) -> np.ndarray:
                      f'array of shape {arr.shape}')
   try:
     x = _modality_lut(_mask_bits(arr, ds), ds)
+    if not np.all(np.isfinite(x)):
+      raise ValueError('non-finite values after the Modality LUT')
     y = _window(x, ds)
   except (ValueError, TypeError, AttributeError, KeyError) as e:
     raise ValueError(f'{path}: invalid grayscale tags ({e})') from e
@@ -113,7 +129,18 @@ def read_dicom(path: str | os.PathLike) -> np.ndarray:
     y = 1.0 - y
   if not np.all(np.isfinite(y)):
     raise ValueError(f'{path}: non-finite values after rescale/window')
+  _check_not_blank(path, y, f'after rescale/window; stored values '
+                   f'{arr.min()}..{arr.max()}')
   return np.clip(y, 0.0, 1.0).astype(np.float32)
+
+
+def _check_not_blank(path: str | os.PathLike, img: np.ndarray,
+                     detail: str) -> None:
+  """Raises a ValueError naming the file when every pixel has one value."""
+  lo, hi = float(np.min(img)), float(np.max(img))
+  if lo == hi:
+    raise ValueError(f'{path}: blank image: every pixel is {lo:.4g} '
+                     f'({detail}); not a radiograph')
 
 
 def stable_uid(key: str) -> str:
@@ -253,4 +280,5 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         scale = 255.0
   except Exception as e:
     raise ValueError(f'{path}: cannot read image ({e})') from e
+  _check_not_blank(path, arr, f'{im.mode} pixels')
   return np.clip(arr / scale, 0.0, 1.0).astype(np.float32)

@@ -20,9 +20,10 @@ resizes and min-max scales it per image; the gaze map is computed at native
 resolution by a recipe of `cxr_jax.data.gaze` and goes through the same
 pad/resize; fixations are mapped through the same geometry into a binary
 `fixmap`. `root == ''` generates the phantom once (real on-disk formats,
-`cxr_jax.data.phantom.gaze`) and reads it with the same code. The CSV
-readers are in `cxr_jax.data.egd_csv`, the split rules (`data.split`) in
-`cxr_jax.data.egd_splits`.
+`cxr_jax.data.phantom.gaze`) and reads it with the same code. The parts:
+`egd_csv` (the CSV readers), `egd_example` (one study), `egd_splits` (the
+split rules, `data.split`) and `egd_report` (what the build leaves out,
+logged with counts and example ids).
 """
 
 from __future__ import annotations
@@ -30,17 +31,19 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import os
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import ml_collections
 import numpy as np
 
 from cxr_jax.data import cache
-from cxr_jax.data import dicom
 from cxr_jax.data import egd_csv
+from cxr_jax.data import egd_example
+from cxr_jax.data import egd_report
 from cxr_jax.data import egd_splits
 from cxr_jax.data import gaze
 from cxr_jax.data import preprocess
+from cxr_jax.registry import check_choice
 
 CLASS_NAMES = egd_csv.CLASS_NAMES
 SPLITS = egd_splits.SPLITS
@@ -75,8 +78,8 @@ def default_config() -> ml_collections.ConfigDict:
   # best checkpoints are picked on validation, never on test.
   c.num_val = 0.1
   c.split_seed = 0
-  # Listed images that are missing: 'raise' or 'skip' (drop and log).
-  # Malformed CSV rows always raise.
+  # Listed images that are missing or cannot be used (unreadable, blank):
+  # 'raise' or 'skip' (drop and log). Malformed CSV rows always raise.
   c.on_error = 'raise'
   # Gaze samples / fixations outside the image (gaze that left it: the real
   # CSVs have them): 'skip' (drop; the count is logged per study, as MT-UNet
@@ -89,107 +92,33 @@ def default_config() -> ml_collections.ConfigDict:
   return c
 
 
-# ------------------------------------------------------------ one image
-
-
-def map_points(points_xy: np.ndarray, native_hw: Sequence[int],
-               pads: Sequence[int], size_hw: Sequence[int]) -> np.ndarray:
-  """Maps native pixel coordinates through pad_to_aspect + resize.
-
-  Uses skimage's resize convention (pixel centres): x' = (x + 0.5) * s - 0.5.
-  """
-  top, bottom, left, right = pads
-  ph, pw = native_hw[0] + top + bottom, native_hw[1] + left + right
-  sx, sy = size_hw[1] / pw, size_hw[0] / ph
-  p = np.asarray(points_xy, np.float64).reshape(-1, 2)
-  return np.stack([(p[:, 0] + left + 0.5) * sx - 0.5,
-                   (p[:, 1] + top + 0.5) * sy - 0.5], axis=1)
-
-
-def recipe_sigma(cfg: ml_collections.ConfigDict) -> float:
-  """The blur sigma at the reference resolution: `gaze_sigma`, or the
-  recipe's own sigma when `gaze_sigma` is 0."""
-  return float(cfg.gaze_sigma or gaze.get_recipe(cfg.gaze_recipe).sigma)
-
-
-def _sigma(cfg: ml_collections.ConfigDict, native_hw: Sequence[int],
-           phantom: bool) -> float:
-  """The blur sigma in native pixels for one image (see default_config)."""
-  sigma = recipe_sigma(cfg)
-  ref = cfg.gaze_reference_px
-  if ref < 0:
-    ref = gaze.REFERENCE_PX if phantom else 0
-  return gaze.scaled_sigma(sigma, native_hw, ref) if ref > 0 else float(sigma)
-
-
-def load_example(image_path: str, dicom_id: str, samples: Mapping | None,
-                 fixations: Mapping | None, cfg: ml_collections.ConfigDict,
-                 phantom: bool = False) -> dict[str, np.ndarray]:
-  """Reads and preprocesses one study: image, gaze map and fixation map.
-
-  Args:
-    image_path: the image file.
-    dicom_id: for messages.
-    samples: this image's raw gaze ({'xy', 'time', 'line'}) or None.
-    fixations: this image's fixations, or None.
-    cfg: the data config.
-    phantom: whether the sigma auto-scaling of the phantom applies.
-  Returns:
-    {'image': (H, W, 1), 'gaze': (H, W) float32, 'fixmap': (H, W) uint8,
-    'dropped': int, the gaze samples and fixations that fell outside the
-    image and were dropped (`cfg.gaze_off_image='skip'`)}.
-  """
-  size = tuple(int(s) for s in cfg.image_size)
-  img = dicom.read_image(image_path)
-  native = img.shape[:2]
-  img, pads = preprocess.pad_to_aspect(img, size[0] / size[1])
-  img = preprocess.minmax01(preprocess.resize(img, size, order=1))
-
-  recipe = gaze.get_recipe(cfg.gaze_recipe)
-  empty = dict(xy=np.zeros((0, 2)), time=np.zeros(0), line=np.zeros(0, int))
-  dropped = [0]
-
-  def on_image(points: Mapping | None, what: str) -> dict[str, np.ndarray]:
-    """The points inside the image; off-image ones raise, or are dropped
-    (`gaze.inside` logs their number with the DICOM_ID)."""
-    points = points if points is not None else empty
-    ok = gaze.inside(points['xy'], native, dicom_id=dicom_id,
-                     rows=points['line'], on_error=cfg.gaze_off_image,
-                     what=what)
-    dropped[0] += int((~ok).sum())
-    return {k: v[ok] for k, v in points.items()}
-
-  fix = on_image(fixations, 'fixation')
-  src = (on_image(samples, 'gaze sample') if recipe.source == 'eye_gaze'
-         else fix)
-  weights = None
-  if recipe.weighting == 'duration':
-    weights = gaze.fixation_durations(src['time'], src.get('duration'))
-  gmap = gaze.gaze_map(cfg.gaze_recipe, src['xy'], weights, native,
-                       sigma_px=_sigma(cfg, native, phantom),
-                       on_error='raise', dicom_id=dicom_id,
-                       rows=src['line'])
-  gmap, _ = preprocess.pad_to_aspect(gmap, size[0] / size[1])
-  gmap = np.clip(preprocess.resize(gmap, size, order=1), 0, None)
-  peak = float(gmap.max())
-  gmap = (gmap / peak if peak > 0 else gmap).astype(np.float32)
-
-  fixmap = gaze.fixation_map(map_points(fix['xy'], native, pads, size), size)
-  return dict(image=img[..., None].astype(np.float32), gaze=gmap,
-              fixmap=fixmap, dropped=dropped[0])
-
-
 # ------------------------------------------------------------------- build
 
 
+def _any_case(path: str) -> str | None:
+  """The file in `path`'s folder whose name equals its name up to letter
+  case (e.g. `X.DCM` for `x.dcm`), if exactly one does."""
+  folder, name = os.path.split(path)
+  if not os.path.isdir(folder):
+    return None
+  found = [n for n in os.listdir(folder) if n.lower() == name.lower()
+           and os.path.isfile(os.path.join(folder, n))]
+  return os.path.join(folder, found[0]) if len(found) == 1 else None
+
+
 def _resolve_image(root: str, rel: str) -> str | None:
-  """The image file for `rel`; a `.dcm` may also be found as MIMIC-CXR-JPG."""
+  """The image file for `rel`; a `.dcm` may also be found as MIMIC-CXR-JPG,
+  and either in another letter case (`.DCM`)."""
   path = os.path.join(root, rel)
-  if os.path.isfile(path):
-    return path
   stem, ext = os.path.splitext(path)
-  if ext.lower() == '.dcm' and os.path.isfile(stem + '.jpg'):
-    return stem + '.jpg'
+  candidates = [path] + ([stem + '.jpg'] if ext.lower() == '.dcm' else [])
+  for c in candidates:
+    if os.path.isfile(c):
+      return c
+  for c in candidates:
+    found = _any_case(c)
+    if found:
+      return found
   return None
 
 
@@ -219,31 +148,31 @@ def _file_stamp(path: str) -> list[Any]:
 
 def _check_config(cfg: ml_collections.ConfigDict) -> None:
   """Fails early, naming the config key, on values build cannot use."""
-  gaze.get_recipe(cfg.gaze_recipe)
-  if cfg.split not in ('thesis', 'mtunet', 'patient'):
-    raise ValueError(f"split must be 'thesis', 'mtunet' or 'patient', got "
-                     f'{cfg.split!r}')
-  if cfg.gaze_sigma < 0:
-    raise ValueError(f'gaze_sigma must be >= 0, got {cfg.gaze_sigma}')
   recipe = gaze.get_recipe(cfg.gaze_recipe)
+  check_choice(cfg.split, ('thesis', 'mtunet', 'patient'), 'data.split')
+  if cfg.gaze_sigma < 0:
+    raise ValueError(f'data.gaze_sigma must be >= 0, got {cfg.gaze_sigma}')
+  for key in ('on_error', 'gaze_off_image'):
+    check_choice(cfg[key], ('raise', 'skip'), f'data.{key}')
+  preprocess.check_size(cfg.image_size, 'data.image_size')
   logging.info(
       'Gaze maps: recipe %r, sigma %s px at the reference resolution (%s), '
-      'border %r.', cfg.gaze_recipe, recipe_sigma(cfg),
+      'border %r.', cfg.gaze_recipe, egd_example.recipe_sigma(cfg),
       'the recipe default' if not cfg.gaze_sigma else
       f'data.gaze_sigma; the recipe default is {recipe.sigma}', recipe.mode)
-  for key in ('on_error', 'gaze_off_image'):
-    if cfg[key] not in ('raise', 'skip'):
-      raise ValueError(f"data.{key} must be 'raise' or 'skip', got "
-                       f'{cfg[key]!r}')
-  if len(cfg.image_size) != 2 or min(cfg.image_size) < 1:
-    raise ValueError(f'image_size must be (H, W), got {cfg.image_size}')
 
 
-def _find_images(master: Mapping[str, Any], root: str,
-                 cfg: ml_collections.ConfigDict
-                 ) -> tuple[np.ndarray, list[str]]:
-  """(positions in the master sheet, image files) of the studies whose image
-  exists; a missing one raises or, with `on_error='skip'`, is logged."""
+class _Study(NamedTuple):
+  """The master sheet and the studies whose image was found."""
+  master: dict[str, Any]
+  keep: np.ndarray  # (N,) int64 positions in the master sheet
+  paths: list[str]  # (N,) image files
+
+
+def _find_images(root: str, cfg: ml_collections.ConfigDict) -> _Study:
+  """Reads the master sheet and finds each study's image; a missing one
+  raises or, with `on_error='skip'`, is logged."""
+  master = egd_csv.read_master(os.path.join(root, 'master_sheet.csv'))
   image_root = cfg.image_root or root
   keep, paths = [], []
   for i, (d, rel) in enumerate(zip(master['dicom_id'], master['path'])):
@@ -252,7 +181,7 @@ def _find_images(master: Mapping[str, Any], root: str,
       msg = (f'image {os.path.join(image_root, rel)} of dicom_id {d!r} '
              f'(master_sheet.csv line {master["line"][i]}) not found')
       if cfg.on_error == 'raise':
-        raise FileNotFoundError(msg + " (on_error='skip' drops it)")
+        raise FileNotFoundError(msg + " (data.on_error='skip' drops it)")
       logging.warning('%s; skipped.', msg)
       continue
     keep.append(i)
@@ -260,7 +189,7 @@ def _find_images(master: Mapping[str, Any], root: str,
   if not keep:
     raise FileNotFoundError(f'no image of {root}/master_sheet.csv was found '
                             f'under {image_root}')
-  return np.asarray(keep, np.int64), paths
+  return _Study(master, np.asarray(keep, np.int64), paths)
 
 
 def _allocate(parts: Mapping[str, np.ndarray], labels: np.ndarray,
@@ -282,66 +211,89 @@ def _allocate(parts: Mapping[str, np.ndarray], labels: np.ndarray,
   return out, where
 
 
-def _log_gaze_summary(done: Sequence[tuple[str, int, bool]],
-                      source: str) -> None:
-  """Warns about dropped off-image points and studies without gaze."""
-  n_dropped = [n for _, n, _ in done if n]
-  if n_dropped:
-    logging.warning('Dropped %d gaze points off the image in %d of %d '
-                    'studies (per-study counts logged above).',
-                    sum(n_dropped), len(n_dropped), len(done))
-  no_gaze = [d for d, _, has in done if not has]
-  if no_gaze:
-    logging.warning(
-        '%d studies have no gaze in %s inside the image, so an all-zero gaze '
-        'map (saliency metrics are NaN for them): dicom_id %s', len(no_gaze),
-        source, no_gaze)
+def _drop_failed(out: dict[str, dict[str, np.ndarray]],
+                 where: Mapping[int, tuple[str, int]],
+                 failed: Mapping[int, str]) -> None:
+  """Removes the rows of studies whose image could not be used
+  (`on_error='skip'`) from the split arrays, and logs them."""
+  if not failed:
+    return
+  for s in SPLITS:
+    rows = [where[j][1] for j in failed if where[j][0] == s]
+    if rows:
+      out[s] = {k: np.delete(v, rows, axis=0) for k, v in out[s].items()}
+  msgs = list(failed.values())
+  logging.warning("Skipped %d image(s) that could not be used "
+                  "(data.on_error='skip'); first %d: %s", len(msgs),
+                  min(5, len(msgs)), ' | '.join(msgs[:5]))
 
 
 def build_arrays(root: str, cfg: ml_collections.ConfigDict,
-                 phantom: bool = False) -> dict[str, dict[str, np.ndarray]]:
-  """Reads the study at `root` into split arrays (no caching)."""
-  master = egd_csv.read_master(os.path.join(root, 'master_sheet.csv'))
+                 phantom: bool = False, study: _Study | None = None
+                 ) -> dict[str, dict[str, np.ndarray]]:
+  """Reads the study at `root` into split arrays (no caching); `study` is
+  `_find_images(root, cfg)` when the caller has it already."""
+  master, keep, paths = study or _find_images(root, cfg)
   recipe = gaze.get_recipe(cfg.gaze_recipe)
   samples = (egd_csv.read_gaze_csv(os.path.join(root, 'eye_gaze.csv'))
              if recipe.source == 'eye_gaze' else {})
   fixations = egd_csv.read_gaze_csv(os.path.join(root, 'fixations.csv'),
                                     durations=recipe.weighting == 'duration')
-  keep, paths = _find_images(master, root, cfg)
+  egd_report.log_unknown_ids({'eye_gaze.csv': samples,
+                              'fixations.csv': fixations}, master['dicom_id'])
   labels = master['label'][keep]
   pids = [master['patient_id'][i] for i in keep]
   parts = egd_splits.split_indices(labels, pids, cfg)
   out, where = _allocate(parts, labels, keep, cfg.image_size)
 
-  def one(j: int) -> tuple[str, int, bool]:
-    d = master['dicom_id'][keep[j]]
-    ex = load_example(paths[j], d, samples.get(d), fixations.get(d), cfg,
-                      phantom)
+  def one(j: int) -> egd_report.Read | str:
+    i = keep[j]
+    d = master['dicom_id'][i]
+    try:
+      ex = egd_example.load_example(paths[j], d, samples.get(d),
+                                    fixations.get(d), cfg, phantom)
+    except ValueError as e:
+      msg = f'{e} (dicom_id {d!r}, master_sheet.csv line {master["line"][i]})'
+      if cfg.on_error == 'raise':
+        raise ValueError(msg + " (data.on_error='skip' skips it)") from e
+      return msg
     s, r = where[j]
     for k in ('image', 'gaze', 'fixmap'):
       out[s][k][r] = ex[k]
-    return d, ex['dropped'], bool(ex['gaze'].any())
+    return egd_report.Read(d, ex['dropped'], bool(ex['gaze'].any()),
+                           bool(ex['fixmap'].any()), d in fixations)
 
   workers = cfg.num_workers or os.cpu_count() or 1
   with concurrent.futures.ThreadPoolExecutor(workers) as pool:
     done = list(pool.map(one, range(len(keep))))
-  _log_gaze_summary(done, f'{recipe.source}.csv')
+  _drop_failed(out, where, {j: r for j, r in enumerate(done)
+                            if isinstance(r, str)})
+  egd_report.log_reads([r for r in done if not isinstance(r, str)],
+                       f'{recipe.source}.csv')
   return out
 
 
 def build(cfg: ml_collections.ConfigDict) -> dict[str, dict[str, np.ndarray]]:
   """{'train', 'val', 'test'} -> {'image' (N,H,W,1) float32 [0,1], 'gaze'
   (N,H,W) float32 max 1, 'fixmap' (N,H,W) uint8, 'label' (N,) int32,
-  'index' (N,) int32 = row of master_sheet.csv}, cached."""
+  'index' (N,) int32 = row of master_sheet.csv}, cached.
+
+  The cache key holds the config, the CSVs' sizes and times, and a
+  fingerprint of the images found (path, size, time), so an image restored,
+  added or replaced after a build with `on_error='skip'` rebuilds the arrays.
+  """
   _check_config(cfg)
   cache_dir = cfg.cache_dir or cache.default_cache_dir()
   phantom = not cfg.root
   root = _phantom_root(cfg, cache_dir) if phantom else cfg.root
+  study = _find_images(root, cfg)
   key = dict(version=_CACHE_VERSION, config=cfg.to_dict(),
              root=os.path.abspath(root),
              stamps=[_file_stamp(os.path.join(root, f)) for f in
-                     ('master_sheet.csv', 'eye_gaze.csv', 'fixations.csv')])
+                     ('master_sheet.csv', 'eye_gaze.csv', 'fixations.csv')],
+             images=cache.file_fingerprint(cfg.image_root or root,
+                                           study.paths))
   key['config'].pop('cache_dir', None)
   key['config'].pop('num_workers', None)
-  return cache.cached('egd', key, lambda: build_arrays(root, cfg, phantom),
-                      cache_dir)
+  return cache.cached(
+      'egd', key, lambda: build_arrays(root, cfg, phantom, study), cache_dir)

@@ -7,11 +7,12 @@ file at the reported line.
 """
 from __future__ import annotations
 
-import csv
 import os
 from typing import Any, Sequence
 
 import numpy as np
+
+from cxr_jax.data import textfile
 
 CLASS_NAMES = ('Normal', 'CHF', 'pneumonia')
 MASTER_COLUMNS = ('dicom_id', 'path', 'patient_id') + CLASS_NAMES
@@ -31,29 +32,37 @@ def read_csv_columns(path: str, required: Sequence[str],
   """
   if not os.path.isfile(path):
     raise FileNotFoundError(f'{path}: file not found')
-  with open(path, newline='', encoding='utf-8-sig') as f:
-    reader = csv.reader(f)
-    try:
-      header = [h.strip() for h in next(reader)]
-    except StopIteration:
-      raise ValueError(f'{path}: empty file (no header)') from None
-    missing = [c for c in required if c not in header]
-    if missing:
-      raise ValueError(f'{path}: missing column(s) {missing}; found {header}')
-    wanted = list(required) + [c for c in optional if c in header]
-    idx = [header.index(c) for c in wanted]
-    cols: dict[str, list[str]] = {c: [] for c in wanted}
-    lines = []
-    for row in reader:
-      if not row:
-        continue
-      if len(row) <= max(idx):
-        raise ValueError(f'{path}: line {reader.line_num} has {len(row)} '
-                         f'fields, expected {len(header)}')
-      for c, i in zip(wanted, idx):
-        cols[c].append(row[i].strip())
-      lines.append(reader.line_num)
+  records = textfile.csv_rows(path)
+  _, header = next(records, (1, None))
+  if header is None:
+    raise ValueError(f'{path}: empty file (no header)')
+  header = [h.strip() for h in header]
+  idx, wanted = _column_indices(path, header, required, optional)
+  cols: dict[str, list[str]] = {c: [] for c in wanted}
+  lines = []
+  for line_no, row in records:
+    if not row:
+      continue
+    if len(row) <= max(idx):
+      raise ValueError(f'{path}: line {line_no} has {len(row)} fields, '
+                       f'expected {len(header)}')
+    for c, i in zip(wanted, idx):
+      cols[c].append(row[i].strip())
+    lines.append(line_no)
   return cols, np.asarray(lines, np.int64)
+
+
+def _column_indices(path: str, header: Sequence[str],
+                    required: Sequence[str], optional: Sequence[str]
+                    ) -> tuple[list[int], list[str]]:
+  """(positions, names) of the required columns and of the optional ones
+  that the header has; raises naming the file and every missing column."""
+  missing = [c for c in required if c not in header]
+  if missing:
+    raise ValueError(f'{path}: missing column(s) {missing}; found '
+                     f'{list(header)}')
+  wanted = list(required) + [c for c in optional if c in header]
+  return [list(header).index(c) for c in wanted], wanted
 
 
 def _floats(values: Sequence[str], path: str, column: str,
@@ -74,10 +83,13 @@ def read_master(path: str) -> dict[str, Any]:
 
   Returns dict with `dicom_id`, `path`, `patient_id` (lists of str), `label`
   (N,) int32 (0 Normal, 1 CHF, 2 pneumonia) and `line` (N,) line numbers.
-  Raises `ValueError` naming the dicom_id and line when the one-hot label
-  columns do not hold exactly one 1.
+  Raises `ValueError` naming the file when it has no rows, and the dicom_id
+  and line when the one-hot label columns do not hold exactly one 1.
   """
   cols, lines = read_csv_columns(path, MASTER_COLUMNS)
+  if not lines.size:
+    raise ValueError(f'{path}: the sheet has no rows (only a header), so '
+                     'there is no study to read')
   onehot = np.stack([_floats(cols[c], path, c, lines) for c in CLASS_NAMES],
                     axis=1)
   for i, row in enumerate(onehot):
@@ -101,7 +113,8 @@ def read_gaze_csv(path: str, durations: bool = False
   Returns DICOM_ID -> {'xy': (N, 2) X_ORIGINAL/Y_ORIGINAL, 'time': (N,),
   'line': (N,) line numbers}, rows in file order. With `durations` (for
   fixations.csv), also 'duration': (N,) the `FPOGD` column when the file has
-  it (fixation durations in seconds); absent otherwise.
+  it (fixation durations in seconds, each checked to be finite and >= 0);
+  absent otherwise.
   """
   cols, lines = read_csv_columns(
       path, GAZE_COLUMNS, (DURATION_COLUMN,) if durations else ())
@@ -111,6 +124,8 @@ def read_gaze_csv(path: str, durations: bool = False
   dur = (_floats(cols[DURATION_COLUMN], path, DURATION_COLUMN, lines)
          if DURATION_COLUMN in cols else None)
   ids = np.asarray(cols['DICOM_ID'])
+  if dur is not None:
+    _check_durations(path, dur, ids, lines)
   out = {}
   if ids.size == 0:
     return out
@@ -123,6 +138,20 @@ def read_gaze_csv(path: str, durations: bool = False
     if dur is not None:
       out[str(d)]['duration'] = dur[sel]
   return out
+
+
+def _check_durations(path: str, dur: np.ndarray, ids: np.ndarray,
+                     lines: np.ndarray) -> None:
+  """Raises naming the file, line and DICOM_ID of the first FPOGD value that
+  is not a duration (NaN, infinite or negative)."""
+  bad = np.flatnonzero(~(np.isfinite(dur) & (dur >= 0)))
+  if bad.size:
+    i = bad[0]
+    more = f' ({bad.size} such rows in the file)' if bad.size > 1 else ''
+    raise ValueError(
+        f'{path}: line {lines[i]} (DICOM_ID {str(ids[i])!r}), column '
+        f'{DURATION_COLUMN!r}: a fixation duration must be finite and >= 0, '
+        f'got {dur[i]}{more}')
 
 
 def read_boxes(path: str) -> dict[str, list[tuple[str, float, float, float,

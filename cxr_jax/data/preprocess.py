@@ -5,8 +5,26 @@ carried along where noted) and return new arrays.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from skimage import exposure, transform
+
+
+def check_size(size_hw: Any, key: str) -> tuple[int, int]:
+  """`size_hw` as (H, W); anything but two integers >= 1 is a ValueError
+  naming the config `key` (e.g. 'data.image_size')."""
+  try:
+    values = tuple(size_hw)
+  except TypeError:
+    values = ()
+  ok = len(values) == 2 and all(
+      isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1
+      for v in values)
+  if not ok:
+    raise ValueError(f'{key} must be (H, W), two integers >= 1, got '
+                     f'{size_hw!r}')
+  return int(values[0]), int(values[1])
 
 
 def pad_to_aspect(img_HW: np.ndarray, aspect_hw: float

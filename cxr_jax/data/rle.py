@@ -16,10 +16,11 @@ rejected with an error naming the file and the columns, never guessed.
 from __future__ import annotations
 
 import collections
-import csv
 import os
 
 import numpy as np
+
+from cxr_jax.data import textfile
 
 EXPECTED_HEADER = ('ImageId', ' EncodedPixels')
 
@@ -85,33 +86,37 @@ def rle_encode(mask: np.ndarray) -> str:
 
 
 def read_rle_rows(path: str | os.PathLike) -> list[tuple[int, str, str]]:
-  """(row number, ImageId, RLE string) for each data row; row 1 = header."""
-  with open(path, newline='', encoding='utf-8-sig') as f:
-    reader = csv.reader(f)
-    header = next(reader, None)
-    if header is None:
-      raise ValueError(f'{path}: empty CSV file (expected header '
-                       f'{",".join(EXPECTED_HEADER)!r})')
-    if tuple(header) != EXPECTED_HEADER:
-      hint = ''
-      if [h.strip() for h in header] == ['ImageId', 'EncodedPixels']:
-        hint = (' This looks like a stage-2 style file, whose RLE convention '
-                'differs from train-rle.csv; convert it explicitly.')
-      raise ValueError(
-          f'{path}: unsupported RLE CSV layout; columns found {header!r}, '
-          f'expected exactly {list(EXPECTED_HEADER)!r} (the SIIM-ACR '
-          f'train-rle.csv header).{hint}')
-    rows = []
-    for line_no, row in enumerate(reader, start=2):
-      if not row:
-        continue
-      if len(row) != 2:
-        raise ValueError(f'{path}: row {line_no} has {len(row)} fields '
-                         f'{row!r}; expected ImageId and EncodedPixels')
-      image_id, rle = row[0].strip(), row[1].strip()
-      if not image_id:
-        raise ValueError(f'{path}: row {line_no} has an empty ImageId')
-      rows.append((line_no, image_id, rle))
+  """(row number, ImageId, RLE string) for each data row; row 1 = header.
+
+  Raises `ValueError` naming the file and row for a layout other than
+  train-rle.csv's, a row without two fields, an empty ImageId, or bytes that
+  are not UTF-8 (with their line and byte offset).
+  """
+  records = textfile.csv_rows(path)
+  _, header = next(records, (1, None))
+  if header is None:
+    raise ValueError(f'{path}: empty CSV file (expected header '
+                     f'{",".join(EXPECTED_HEADER)!r})')
+  if tuple(header) != EXPECTED_HEADER:
+    hint = ''
+    if [h.strip() for h in header] == ['ImageId', 'EncodedPixels']:
+      hint = (' This looks like a stage-2 style file, whose RLE convention '
+              'differs from train-rle.csv; convert it explicitly.')
+    raise ValueError(
+        f'{path}: unsupported RLE CSV layout; columns found {header!r}, '
+        f'expected exactly {list(EXPECTED_HEADER)!r} (the SIIM-ACR '
+        f'train-rle.csv header).{hint}')
+  rows = []
+  for line_no, row in records:
+    if not row:
+      continue
+    if len(row) != 2:
+      raise ValueError(f'{path}: row {line_no} has {len(row)} fields '
+                       f'{row!r}; expected ImageId and EncodedPixels')
+    image_id, rle = row[0].strip(), row[1].strip()
+    if not image_id:
+      raise ValueError(f'{path}: row {line_no} has an empty ImageId')
+    rows.append((line_no, image_id, rle))
   return rows
 
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import collections
 import glob
-import hashlib
 import os
 
 from absl import logging
@@ -95,24 +94,15 @@ def _paths(cfg: ml_collections.ConfigDict) -> tuple[str, str]:
   return os.path.abspath(root), os.path.abspath(csv)
 
 
-def _dicom_fingerprint(root: str, dicoms: dict[str, str]) -> str:
-  """Hash of the DICOMs `_find_dicoms` found: relative path, size, mtime.
-  Part of the cache key, so DICOMs added or replaced later (after a partial
-  copy built with `on_error='skip'`) rebuild the arrays."""
-  h = hashlib.sha256()
-  for path in sorted(dicoms.values()):
-    st = os.stat(path)
-    h.update(f'{os.path.relpath(path, root)}\0{st.st_size}\0'
-             f'{st.st_mtime_ns}\n'.encode())
-  return h.hexdigest()[:16]
-
-
 def _find_dicoms(root: str) -> dict[str, str]:
-  """ImageId (file stem) -> path for every `**/*.dcm` under root."""
+  """ImageId (file stem) -> path for every `**/*.dcm` under root, the
+  extension in any letter case (`.DCM` too)."""
   out: dict[str, str] = {}
-  pattern = os.path.join(root, '**', '*.dcm')
+  pattern = os.path.join(root, '**', '*')
   for path in sorted(glob.glob(pattern, recursive=True)):
-    stem = os.path.splitext(os.path.basename(path))[0]
+    stem, ext = os.path.splitext(os.path.basename(path))
+    if ext.lower() != '.dcm' or not os.path.isfile(path):
+      continue
     if stem in out:
       raise ValueError(f'ImageId {stem} has two DICOMs: {out[stem]} and {path}')
     out[stem] = path
@@ -152,7 +142,7 @@ def _catalogue(csv: str, dicoms: dict[str, str], problems: _Problems
     entries = rows[image_id]
     if image_id not in dicoms:
       problems(f'{csv}: ImageId {image_id} (row {entries[0][0]}) has no DICOM '
-               'file under the data root')
+               f'file {image_id}.dcm (any letter case) under data.root')
       continue
     empty = [r for r, e in entries if e == '-1']
     if empty and len(empty) != len(entries):
@@ -303,12 +293,19 @@ def build(cfg: ml_collections.ConfigDict) -> dict[str, dict[str, np.ndarray]]:
   """Cached, preprocessed SIIM-ACR splits (see the module docstring)."""
   check_choice(cfg.on_error, ('raise', 'skip'), 'data.on_error')
   _check_mask_rule(cfg.mask_rule, cfg.mask_threshold)
+  preprocess.check_size(cfg.image_size, 'data.image_size')
+  if int(cfg.num_per_class) < 1:
+    raise ValueError(f'data.num_per_class must be >= 1 (the images of each '
+                     f'class to use at most), got {cfg.num_per_class}')
   root, csv = _paths(cfg)
   dicoms = _find_dicoms(root)
+  if not dicoms:
+    raise FileNotFoundError(f'data.root {root!r}: no DICOM file (*.dcm, any '
+                            'letter case) in it or its subfolders')
   st = os.stat(csv)
   key = dict(version=_VERSION, root=root, csv=csv, csv_size=st.st_size,
              csv_mtime_ns=st.st_mtime_ns,
-             dicoms=_dicom_fingerprint(root, dicoms),
+             dicoms=cache.file_fingerprint(root, list(dicoms.values())),
              image_size=tuple(cfg.image_size), clahe_clip=cfg.clahe_clip,
              mask_rule=cfg.mask_rule, mask_threshold=float(cfg.mask_threshold),
              num_per_class=cfg.num_per_class,

@@ -1,11 +1,17 @@
 """Saliency metrics of predicted gaze maps against the radiologists' maps."""
 from __future__ import annotations
 
+from absl import logging
 import jax.numpy as jnp
 import numpy as np
 
 from cxr_jax.metrics import saliency as sal
 from cxr_jax.registry import check_choice
+
+
+METRICS = ('kl', 'cc', 'hs', 'nss', 'auc_judd')
+_FROM_GAZE = ('kl', 'cc', 'hs')  # NaN for a study without gaze
+_FROM_FIXATIONS = ('nss', 'auc_judd')  # NaN for a study without fixations
 
 
 class Evaluator:
@@ -17,6 +23,7 @@ class Evaluator:
     self.ctx, self.split = ctx, split
     self.variant = check_choice(variant, ('authors', 'mit'),
                                 'evals.*.variant')
+    self._warned = ''
 
   def predict(self, variables) -> dict[str, np.ndarray]:
     """Per-image predicted distributions (and their logs), targets and
@@ -34,13 +41,61 @@ class Evaluator:
                              pred_logp=p.get('logp'))
 
   def run(self, variables) -> dict[str, float]:
-    """Means over the split's images; images whose metric is undefined (a
-    study without gaze: NaN) are left out and counted in `n_undefined`."""
-    m = self.per_image(self.predict(variables))
-    out = {k: float(np.nanmean(v)) if np.isfinite(v).any() else float('nan')
-           for k, v in m.items()}
-    out['n_undefined'] = int(np.sum(~np.isfinite(m['kl'])))
+    """Means over the split's images (see `summarise`); the images left out
+    of a mean are logged by their `index` (master-sheet row) once."""
+    p = self.predict(variables)
+    m = self.per_image(p)
+    out = summarise(m)
+    message = undefined_message(m, p['index'])
+    if message and message != self._warned:
+      logging.warning('saliency evaluator (split %r): %s', self.split,
+                      message)
+      self._warned = message
     return out
+
+
+def summarise(m: dict[str, np.ndarray]) -> dict[str, float]:
+  """Each metric's mean over the images where it is defined, with counts.
+
+  A metric is undefined (NaN) for a study without gaze (KL, CC, HS) or
+  without fixations (NSS, AUC-Judd); such images are left out of that mean
+  only. Returns, per metric `<m>`: `<m>` (the mean, `np.nanmean`; NaN when
+  no image has a finite value), `n_<m>` (the images the mean is over) and
+  `n_undefined_<m>` (those left out); `n_images`; and `n_undefined`, the
+  images with any metric undefined. A report's n column for metric `<m>` is
+  `n_<m>`.
+  """
+  out: dict[str, float] = {}
+  any_undefined = np.zeros(len(next(iter(m.values()))), bool)
+  for k, v in m.items():
+    v = np.asarray(v)
+    nan = np.isnan(v)
+    out[k] = (float(np.nanmean(v)) if np.isfinite(v).any()
+              else float('nan'))
+    out[f'n_{k}'] = int((~nan).sum())
+    out[f'n_undefined_{k}'] = int(nan.sum())
+    any_undefined |= nan
+  out['n_images'] = int(any_undefined.size)
+  out['n_undefined'] = int(any_undefined.sum())
+  return out
+
+
+def undefined_message(m: dict[str, np.ndarray], index: np.ndarray) -> str:
+  """Names the images (by `index`, the master-sheet row) left out of the
+  gaze metrics or of the fixation metrics, or ''."""
+  index = np.asarray(index).reshape(-1)
+  parts = []
+  for names, why in ((_FROM_GAZE, 'no gaze'),
+                     (_FROM_FIXATIONS, 'no fixations')):
+    bad = np.any([np.isnan(np.asarray(m[k])) for k in names if k in m],
+                 axis=0)
+    if np.any(bad):
+      rows = index[bad].tolist()
+      more = ' ...' if len(rows) > 10 else ''
+      parts.append(f'{len(rows)} of {bad.size} images left out of '
+                   f'{"/".join(names)} (NaN: {why}, or a NaN prediction); '
+                   f'master-sheet rows {rows[:10]}{more}')
+  return '; '.join(parts)
 
 
 def per_image_metrics(gaze, pred, fixmap, variant='authors', pred_logp=None):
