@@ -19,7 +19,7 @@ further XLA options (e.g. xla_gpu_enable_triton_gemm=false for cuBLAS
 GEMMs).
 No timing: autotuning is off (level 0), the kernels are not run. This is
 how the ViT's batch-minor residual stream was found and removed
-(`cxr_jax.models.ops.add_over_batch`; `benchmarks/README.md`, session 7).
+(`cxr_jax.models.ops.add_over_batch`; `benchmarks/README.md`, lever G-5).
 
 Needs jaxlib's CUDA plugin (`pip install "jax[cuda12]==<jax version>"`,
 best in a separate venv: with it installed, JAX looks for a GPU at start) and

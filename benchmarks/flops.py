@@ -15,7 +15,8 @@ per cent of a CNN's or ViT's step, is left out, as MFU usually does).
 
 Utilisation is reported against two references:
 * `matmul_peak`: a large square jnp matmul on the same device, same dtype,
-  timed in the same run (what the machine delivers now, load included);
+  timed in the same run (what the machine delivers during it, load
+  included);
 * `published_peak`: the vendor's dense peak for the detected accelerator
   (None on CPU), i.e. MFU in the usual sense.
 """

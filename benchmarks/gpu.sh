@@ -10,12 +10,13 @@
 #   vit    ViT-B/16 bf16 step variants side by side (benchmarks.xla_ab):
 #          the default (cuDNN fused attention, class-token last block) at
 #          batch 128; tanh GELU at batch 256, also without the memory-lean
-#          forms (model.memory_lean=false, session 8), with cuBLAS GEMMs
-#          instead of Triton's (their epilogues take the bias and GELU),
-#          and without the lean forms and with autodiff's position-
-#          embedding gradient (session 7's program, whose layouts were
-#          batch-minor); torch (timm) in the same process; then where the
-#          batch-256 step's device time goes (trace_summary)   (< 4 min)
+#          forms (model.memory_lean=false; README lever G-6), with cuBLAS
+#          GEMMs instead of Triton's (their epilogues take the bias and
+#          GELU), and without the lean forms and with autodiff's position-
+#          embedding gradient (model.pos_embed_grad=sum, whose residual
+#          stream is batch-minor; lever G-5); torch (timm) in the same
+#          process; then where the batch-256 step's device time goes
+#          (trace_summary)                                      (< 4 min)
 #   full   = densenet,stage2                                   (< 7 min)
 #   densenet  DenseNet-201 train step vs torch
 #   stage2    the stage-2 step of the cooperative model (no torch reference)
@@ -70,7 +71,7 @@ if part vit; then
     --variant=tanh_b256:model.gelu_approximate=true,batch=256 \
     --variant=plain_b256:model.gelu_approximate=true,batch=256,model.memory_lean=false \
     --variant=cublas_b256:model.gelu_approximate=true,batch=256,xla_gpu_enable_triton_gemm=false \
-    --variant=s7_b256:model.gelu_approximate=true,batch=256,model.memory_lean=false,model.pos_embed_grad=sum \
+    --variant=batchminor_b256:model.gelu_approximate=true,batch=256,model.memory_lean=false,model.pos_embed_grad=sum \
     --profile=tanh_b256 --out="$OUT_DIR/vit_ab.json" 2>&1 | tee "$OUT_DIR/vit_ab.log"
 fi
 
