@@ -146,8 +146,8 @@ def compile_for_target(config, batch_np, target_config: str,
   from jax._src.cudnn import fused_attention_stablehlo as fa  # pylint: disable=g-import-not-at-top
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
   from benchmarks import train_step  # pylint: disable=g-import-not-at-top
-  from cxr_jax import train  # pylint: disable=g-import-not-at-top
   from cxr_jax.models import ops  # pylint: disable=g-import-not-at-top
+  from cxr_jax.training import step as step_lib  # pylint: disable=g-import-not-at-top
   fa.check_compute_capability = lambda *a, **k: True  # no device to ask
   ops.on_cpu = lambda: False
   topo = topologies.get_topology_desc('target', 'cuda',
@@ -157,7 +157,7 @@ def compile_for_target(config, batch_np, target_config: str,
   rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   model, state, batch, tx, labels, _ = train_step.build_state(config,
                                                                batch_np)
-  step = train.make_train_step(config, model, tx, labels)
+  step = step_lib.make_train_step(config, model, tx, labels)
   abstract = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep),
       (state, batch))

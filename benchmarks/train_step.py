@@ -1,9 +1,9 @@
 """Train-step throughput: the project's JAX step against torch references.
 
-JAX: `cxr_jax.train.make_train_step` (forward, backward, Adam, BatchNorm in
-train mode), built exactly as `cxr_jax.train.run` builds it (`build_model`,
-`init_state`, frozen submodules from the schedule) and compiled once with the
-state donated. Torch: torchvision/timm, `model.train()`, `torch.optim.Adam`,
+JAX: `cxr_jax.training.step.make_train_step` (forward, backward, Adam,
+BatchNorm in train mode), built exactly as `cxr_jax.train.run` builds it (the
+model once from `config.model`, `init_state`, the freezing schedule's labels)
+and compiled once with the state donated. Torch: torchvision/timm, `model.train()`, `torch.optim.Adam`,
 cross-entropy, the same batch (NCHW, the default memory format).
 
 Timing: both steps warm up, then run alternately in ABBA order
@@ -28,8 +28,8 @@ import numpy as np
 from benchmarks import alternating
 from benchmarks import flops as flops_lib
 from cxr_jax import config_base
-from cxr_jax import optim
-from cxr_jax import train
+from cxr_jax import models
+from cxr_jax.training import step as step_lib
 
 CLASSIFIERS = ('resnet50', 'densenet201', 'vgg16', 'vit_b16')
 _TIMM = {'vit_s16': 'vit_small_patch16_224', 'vit_b16': 'vit_base_patch16_224',
@@ -162,19 +162,16 @@ class JaxTrainStep:
 def build_state(config: ml_collections.ConfigDict,
                 batch_np: dict[str, np.ndarray]):
   """(model, state, batch, tx, labels, seconds) as `cxr_jax.train.run`
-  builds them: the state initialised, the model rebuilt with the schedule's
-  frozen submodules, and the schedule's labels, which the step needs to
-  skip the frozen parameters' backward pass."""
-  model = train.build_model(config.model)
+  builds them: the model built once, the state initialised, and the
+  schedule's labels, with which the step skips the frozen parameters'
+  backward pass and runs frozen modules in inference mode."""
+  model = models.build(config.model)
   batch = {k: jnp.asarray(v) for k, v in batch_np.items()}
   t = time.perf_counter()
-  state, (tx, labels) = train.init_state(config, model, batch,
-                                         jax.random.key(config.seed))
+  state, (tx, labels) = step_lib.init_state(config, model, batch,
+                                            jax.random.key(config.seed))
   jax.block_until_ready(state)
   init_s = time.perf_counter() - t
-  frozen = optim.frozen_top_level(labels)
-  if frozen:
-    model = train.build_model(config.model, frozen)
   return model, state, batch, tx, labels, init_s
 
 
@@ -185,7 +182,7 @@ def build_jax_step(config: ml_collections.ConfigDict,
                    ) -> JaxTrainStep:
   """Builds the trainer's step for `config` as `cxr_jax.train.run` does.
 
-  `make_step(config, model, tx, labels)` replaces `train.make_train_step`
+  `make_step(config, model, tx, labels)` replaces `make_train_step`
   (used only to time variants of the step); `compiler_options` are XLA debug
   options for the step's compile (`benchmarks.xla_ab`). `init_s` is the time
   to build the state (the init program's compile and run), `compile_s` the
@@ -194,7 +191,7 @@ def build_jax_step(config: ml_collections.ConfigDict,
   model, state, batch, tx, labels, init_s = build_state(config, batch_np)
   print(f'  [{config.model.name}] state built in {init_s:.1f} s; compiling '
         'the step', flush=True)
-  step = (make_step or train.make_train_step)(config, model, tx, labels)
+  step = (make_step or step_lib.make_train_step)(config, model, tx, labels)
   t = time.perf_counter()
   lowered = jax.jit(step, donate_argnums=(0,)).lower(state, batch)
   compiled = lowered.compile(compiler_options=compiler_options or None)

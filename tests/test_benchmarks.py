@@ -36,20 +36,21 @@ def test_stage2_step_is_the_trainers_with_frozen_backward_skipped():
   with the schedule's labels, so the frozen DenseNet's backward pass is
   skipped (fewer convolutions than in a step built without them)."""
   from cxr_jax import optim  # pylint: disable=g-import-not-at-top
-  from cxr_jax import train  # pylint: disable=g-import-not-at-top
+  from cxr_jax.training import step as step_lib  # pylint: disable=g-import-not-at-top
   config = train_step.stage2_config(demo=True, batch=2)
   seen = {}
 
   def spy(config, model, tx, labels):
     seen.update(model=model, tx=tx, labels=labels)
-    return train.make_train_step(config, model, tx, labels)
+    return step_lib.make_train_step(config, model, tx, labels)
 
   js = train_step.build_jax_step(config, train_step.stage2_batch(config, 2),
                                  make_step=spy)
   assert optim.FROZEN in jax.tree.leaves(seen['labels'])
 
   def convolutions(labels):
-    step = train.make_train_step(config, seen['model'], seen['tx'], labels)
+    step = step_lib.make_train_step(config, seen['model'], seen['tx'],
+                                    labels)
     return str(jax.make_jaxpr(step)(js.state, js.batch)).count(
         'conv_general_dilated')
   assert convolutions(seen['labels']) < convolutions(None)
