@@ -27,6 +27,7 @@ import safetensors.numpy
 
 from cxr_jax import models
 from cxr_jax import weights
+from cxr_jax.models import layers
 
 _TORCH_EXTS = ('.pth', '.pt', '.bin')
 _WRAPPERS = ('state_dict', 'model', 'model_state_dict', 'module')
@@ -114,15 +115,9 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   fl = flags.FLAGS
   variables = convert_to_dir(fl.model, fl.src, fl.out)
-  n = sum(np.size(v) for v in _flat_leaves(variables))
+  n = sum(np.size(v) for v in layers.flatten(variables).values())
   print(f'{fl.model}: {n:,} values from {fl.src} -> '
         f'{os.path.abspath(fl.out)}')
-
-
-def _flat_leaves(tree: Any) -> list[np.ndarray]:
-  if isinstance(tree, Mapping):
-    return [x for v in tree.values() for x in _flat_leaves(v)]
-  return [tree]
 
 
 if __name__ == '__main__':

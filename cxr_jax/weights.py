@@ -26,12 +26,12 @@ import os
 import re
 from typing import Any, Sequence
 
-import flax
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
 from cxr_jax import ckpt
+from cxr_jax.models import layers
 
 META = 'meta.json'
 
@@ -98,11 +98,6 @@ def restore(path: str) -> dict:
   return _to_numpy(r['variables'])
 
 
-def _flat(tree) -> dict[str, Any]:
-  return {'/'.join(k): v for k, v in flax.traverse_util.flatten_dict(
-      flax.core.unfreeze(tree)).items()}
-
-
 def _adapt(name: str, src: np.ndarray, shape: tuple[int, ...]):
   """Returns src reshaped for `shape`, or None if it cannot be adapted."""
   if src.shape == tuple(shape):
@@ -118,8 +113,8 @@ def _adapt(name: str, src: np.ndarray, shape: tuple[int, ...]):
 def merge(init_vars, loaded, *, rules: Sequence = (),
           dont_load: Sequence[str] = ()) -> dict:
   """Returns `init_vars` with every leaf replaced by its loaded counterpart."""
-  target = _flat(init_vars)
-  source = _flat(loaded)
+  target = layers.flatten(init_vars)
+  source = layers.flatten(loaded)
   rules = [(re.compile(t), s) for t, s in rules]
   skip = [re.compile(p) for p in dont_load]
   out, missing, misshaped, used = {}, [], [], set()
@@ -156,8 +151,7 @@ def merge(init_vars, loaded, *, rules: Sequence = (),
   if unused:
     logging.info('weights: %d loaded variables not used (e.g. %s).',
                  len(unused), ', '.join(unused[:5]))
-  return flax.traverse_util.unflatten_dict(
-      {tuple(k.split('/')): v for k, v in out.items()})
+  return layers.unflatten(out)
 
 
 def init_from(init_cfg, init_vars) -> dict:

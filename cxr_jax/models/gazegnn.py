@@ -47,16 +47,15 @@ module names mirror those keys), e.g. to start from ImageNet ViG weights.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cxr_jax.models import layers
 from cxr_jax.models import ops
-from cxr_jax.models.densenet import expected_variables, torch_to_flax
-from cxr_jax.models.layers import BatchNorm
 
 # variant -> (depth, width, k, patch, head hidden width)
 VARIANTS = {
@@ -66,7 +65,7 @@ VARIANTS = {
 
 
 def _bn(train: bool, dtype: Any, name: str) -> nn.Module:
-  return BatchNorm(use_running_average=not train, momentum=0.9,
+  return layers.BatchNorm(use_running_average=not train, momentum=0.9,
                    epsilon=1e-5, dtype=dtype, name=name)
 
 
@@ -123,6 +122,22 @@ class MRConv(nn.Module):
     return ops.gelu(y)
 
 
+class GraphConv(nn.Module):
+  """ViG's `DyGraphConv2d`: the dynamic k-NN graph of its input, then
+  MRConv (held under torch's name `gconv`)."""
+  features: int
+  k: int
+  dilation: int = 1
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_BHWC: jax.Array, train: bool) -> jax.Array:
+    b, h, w, c = x_BHWC.shape
+    idx_BNK = knn_graph(x_BHWC.reshape(b, h * w, c), self.k, self.dilation)
+    return MRConv(self.features, dtype=self.dtype, name='gconv')(
+        x_BHWC, idx_BNK, train)
+
+
 class Grapher(nn.Module):
   """ViG Grapher: fc1 -> dynamic k-NN graph conv (C -> 2C) -> fc2 + input."""
   k: int
@@ -131,25 +146,12 @@ class Grapher(nn.Module):
 
   @nn.compact
   def __call__(self, x_BHWC: jax.Array, train: bool = False) -> jax.Array:
-    b, h, w, c = x_BHWC.shape
+    c = x_BHWC.shape[-1]
     y = Conv1x1BN(c, dtype=self.dtype, name='fc1')(x_BHWC, train)
-    idx_BNK = knn_graph(y.reshape(b, h * w, c), self.k, self.dilation)
-    y = _GraphConv(2 * c, dtype=self.dtype, name='graph_conv')(
-        y, idx_BNK, train)
+    y = GraphConv(2 * c, self.k, self.dilation, dtype=self.dtype,
+                  name='graph_conv')(y, train)
     y = Conv1x1BN(c, dtype=self.dtype, name='fc2')(y, train)
     return y + x_BHWC
-
-
-class _GraphConv(nn.Module):
-  """Holds MRConv under torch's name `gconv` (DyGraphConv2d -> MRConv2d)."""
-  features: int
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x_BHWC: jax.Array, idx_BNK: jax.Array,
-               train: bool) -> jax.Array:
-    return MRConv(self.features, dtype=self.dtype, name='gconv')(
-        x_BHWC, idx_BNK, train)
 
 
 class FFN(nn.Module):
@@ -178,14 +180,11 @@ class Block(nn.Module):
     return FFN(4 * x.shape[-1], dtype=self.dtype, name='1')(x, train)
 
 
-class Model(nn.Module):
-  """GazeGNN on isotropic ViG. `variant` in {'full', 'tiny'}.
+class Model(layers.Classifier):
+  """GazeGNN on isotropic ViG.
 
-  Attributes:
-    num_classes: head width (3 in Study B, as in GazeGNN); None = no head.
-    variant: key of `VARIANTS`.
-    in_chans: expected input channels (checked at call time).
-    dtype: compute dtype (parameters stay float32).
+  Attributes (beyond `layers.Classifier`'s):
+    variant: key of `VARIANTS` ('full' or 'tiny').
     gaze_minmax: min-max normalise the patch-aggregated gaze per image (the
       authors' loader does; off = use the map's own scale).
     drop_rate: dropout in the head in training (the authors use 0).
@@ -195,10 +194,9 @@ class Model(nn.Module):
   patch grid (perturbed; the Grad-CAM target), out['pre_logits'] (B, C) and
   out['gaze_embed'] (B, H/p, W/p, 1) = the gaze term added to every node.
   """
-  num_classes: int | None = 1000
+  family: ClassVar[str] = 'GazeGNN'
+  variants: ClassVar[Mapping[str, Any]] = VARIANTS
   variant: str = 'full'
-  in_chans: int = 3
-  dtype: Any = jnp.float32
   gaze_minmax: bool = True
   drop_rate: float = 0.0
 
@@ -206,16 +204,10 @@ class Model(nn.Module):
   def __call__(self, x_BHWC: jax.Array, *, train: bool = False,
                gaze: jax.Array | None = None
                ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    if self.variant not in VARIANTS:
-      raise ValueError(f'Unknown GazeGNN variant {self.variant!r}; valid: '
-                       f'{sorted(VARIANTS)}.')
+    depth, dim, k, patch, hidden = self.spec(x_BHWC)
     if gaze is None:
       raise ValueError('GazeGNN needs the gaze map: call model.apply(variables,'
                        ' x_BHWC, gaze=gaze_BHW) with gaze of shape (B, H, W).')
-    if x_BHWC.shape[-1] != self.in_chans:
-      raise ValueError(f'GazeGNN expects {self.in_chans} input channels, got '
-                       f'input of shape {x_BHWC.shape}.')
-    depth, dim, k, patch, hidden = VARIANTS[self.variant]
     b, hh, ww, _ = x_BHWC.shape
     gaze_BHW1 = gaze.reshape(gaze.shape[:3] + (1,)) if gaze.ndim == 4 else (
         gaze[..., None])
@@ -304,25 +296,23 @@ def convert_torch(state_dict: Mapping[str, Any], *, variant: str = 'full'
   The `pos_embed` (1, C, h, w) sets the grid: the returned tree fits a model
   initialised on (h * patch, w * patch) inputs. Without `b1.*` keys the gaze
   BatchNorm keeps its initial values (scale 1, bias 0, mean 0, var 1); without
-  `prediction.4.*` the tree is headless. Raises naming any unmatched or
-  mis-shaped tensor.
+  `prediction.4.*` the tree is headless. Mismatches raise as
+  `layers.torch_to_flax` says.
   """
-  sd = {k: np.asarray(v.detach().cpu().numpy() if hasattr(v, 'detach') else v,
-                      np.float32) for k, v in state_dict.items()}
-  if 'pos_embed' not in sd or 'stem.convs.0.weight' not in sd:
-    raise KeyError("state dict needs 'pos_embed' and 'stem.convs.0.weight'.")
-  sd['pos_embed'] = sd['pos_embed'].transpose(0, 2, 3, 1)
+  if 'pos_embed' not in state_dict:
+    raise KeyError("torch state dict has no 'pos_embed': not a ViG "
+                   'checkpoint?')
+  num_classes, in_chans = layers.head_and_channels(
+      state_dict, 'prediction.4.weight', 'stem.convs.0.weight')
+  sd = dict(state_dict)
+  sd['pos_embed'] = layers.to_numpy(sd['pos_embed']).transpose(0, 2, 3, 1)
   if 'b1.weight' not in sd:
     sd.update({'b1.weight': np.ones(1, np.float32),
                'b1.bias': np.zeros(1, np.float32),
                'b1.running_mean': np.zeros(1, np.float32),
                'b1.running_var': np.ones(1, np.float32)})
   _, gh, gw, _ = sd['pos_embed'].shape
-  patch = VARIANTS[variant][3]
-  in_chans = int(sd['stem.convs.0.weight'].shape[1])
-  head = sd.get('prediction.4.weight')
-  model = Model(num_classes=None if head is None else int(head.shape[0]),
-                variant=variant, in_chans=in_chans)
+  patch = layers.variant_spec('GazeGNN', VARIANTS, variant)[3]
+  model = Model(num_classes, variant=variant, in_chans=in_chans)
   x = jnp.zeros((1, gh * patch, gw * patch, in_chans), jnp.float32)
-  expected = expected_variables(model, x, gaze=x[..., 0])
-  return torch_to_flax(sd, _rename, expected)
+  return layers.torch_to_flax(sd, _rename, model, x, gaze=x[..., 0])

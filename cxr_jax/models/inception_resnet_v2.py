@@ -20,15 +20,14 @@ conv activation before global pooling (what pytorch-grad-cam users target).
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, ClassVar, Mapping, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from cxr_jax.models import layers
 from cxr_jax.models import ops
-from cxr_jax.models.densenet import expected_variables, torch_to_flax
-from cxr_jax.models.layers import BatchNorm
 
 # variant -> (width multiplier, (repeats of Block35, Block17, Block8), same pad)
 VARIANTS = {
@@ -53,8 +52,8 @@ class BasicConv2d(nn.Module):
     x = ops.Conv(self.features, self.kernel, strides=self.strides,
                  padding=self.padding, use_bias=False, dtype=self.dtype,
                  name='conv')(x_BHWC)
-    x = BatchNorm(use_running_average=not train, momentum=0.9,
-                  epsilon=BN_EPS, dtype=self.dtype, name='bn')(x)
+    x = layers.BatchNorm(use_running_average=not train, momentum=0.9,
+                         epsilon=BN_EPS, dtype=self.dtype, name='bn')(x)
     return nn.relu(x)
 
 
@@ -128,33 +127,30 @@ class Mixed5b(_Block):
     ], axis=-1)
 
 
-class Mixed6a(_Block):
+class Reduction(_Block):
+  """Mixed_6a / Mixed_7a: strided conv branches next to a 3x3/2 max-pool."""
+  kind: str = '6a'
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     v = self.vpad()
-    return jnp.concatenate([
-        self.conv(384, (3, 3), 2, v, 'branch0')(x, train),
-        self.seq([(256, (1, 1), 1, None), (256, (3, 3), 1, None),
-                  (384, (3, 3), 2, v)], 'branch1')(x, train),
-        ops.max_pool(x, (3, 3), strides=(2, 2), padding=v),
-    ], axis=-1)
-
-
-class Mixed7a(_Block):
-
-  @nn.compact
-  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    v = self.vpad()
-    return jnp.concatenate([
-        self.seq([(256, (1, 1), 1, None), (384, (3, 3), 2, v)],
-                 'branch0')(x, train),
-        self.seq([(256, (1, 1), 1, None), (288, (3, 3), 2, v)],
-                 'branch1')(x, train),
-        self.seq([(256, (1, 1), 1, None), (288, (3, 3), 1, None),
-                  (320, (3, 3), 2, v)], 'branch2')(x, train),
-        ops.max_pool(x, (3, 3), strides=(2, 2), padding=v),
-    ], axis=-1)
+    if self.kind == '6a':
+      branches = [
+          self.conv(384, (3, 3), 2, v, 'branch0')(x, train),
+          self.seq([(256, (1, 1), 1, None), (256, (3, 3), 1, None),
+                    (384, (3, 3), 2, v)], 'branch1')(x, train)]
+    elif self.kind == '7a':
+      branches = [
+          self.seq([(256, (1, 1), 1, None), (384, (3, 3), 2, v)],
+                   'branch0')(x, train),
+          self.seq([(256, (1, 1), 1, None), (288, (3, 3), 2, v)],
+                   'branch1')(x, train),
+          self.seq([(256, (1, 1), 1, None), (288, (3, 3), 1, None),
+                    (320, (3, 3), 2, v)], 'branch2')(x, train)]
+    else:
+      raise ValueError(f'Unknown reduction block kind {self.kind!r}.')
+    pool = ops.max_pool(x, (3, 3), strides=(2, 2), padding=v)
+    return jnp.concatenate(branches + [pool], axis=-1)
 
 
 class ResidualBlock(_Block):
@@ -207,36 +203,26 @@ class Repeat(nn.Module):
     return x
 
 
-class Model(nn.Module):
-  """Inception-ResNet-v2. `variant` in {'full', 'tiny'}.
+class Model(layers.Classifier):
+  """Inception-ResNet-v2.
 
-  Attributes:
-    num_classes: head width; None = no head (logits are the pooled vector).
-    variant: key of `VARIANTS`.
-    in_chans: expected input channels (checked at call time).
-    dtype: compute dtype (parameters stay float32).
+  Attributes (beyond `layers.Classifier`'s):
+    variant: key of `VARIANTS` ('full' or 'tiny').
     drop_rate: dropout before the head in training (timm default 0).
 
   `out`: 'mixed_5b', 'repeat', 'mixed_6a', 'repeat_1', 'mixed_7a',
   'repeat_2', 'block8', 'features' = conv2d_7b output (perturbed; the
   Grad-CAM target), 'pre_logits' (B, 1536) = its global average.
   """
-  num_classes: int | None = 1000
+  family: ClassVar[str] = 'Inception-ResNet-v2'
+  variants: ClassVar[Mapping[str, Any]] = VARIANTS
   variant: str = 'full'
-  in_chans: int = 3
-  dtype: Any = jnp.float32
   drop_rate: float = 0.0
 
   @nn.compact
   def __call__(self, x_BHWC: jax.Array, *, train: bool = False
                ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    if self.variant not in VARIANTS:
-      raise ValueError(f'Unknown Inception-ResNet-v2 variant {self.variant!r};'
-                       f' valid: {sorted(VARIANTS)}.')
-    if x_BHWC.shape[-1] != self.in_chans:
-      raise ValueError(f'Inception-ResNet-v2 expects {self.in_chans} input '
-                       f'channels, got input of shape {x_BHWC.shape}.')
-    width, (n35, n17, n8), same = VARIANTS[self.variant]
+    width, (n35, n17, n8), same = self.spec(x_BHWC)
     if not same and min(x_BHWC.shape[1:3]) < 75:
       raise ValueError('Inception-ResNet-v2 (VALID padding) needs inputs of '
                        f'at least 75x75 px, got {x_BHWC.shape[1:3]}.')
@@ -259,10 +245,12 @@ class Model(nn.Module):
     x = ops.max_pool(x, (3, 3), strides=(2, 2), padding=v)
     x = out['mixed_5b'] = Mixed5b(**kw, name='mixed_5b')(x, train)
     x = out['repeat'] = Repeat(n35, '35', 0.17, **kw, name='repeat')(x, train)
-    x = out['mixed_6a'] = Mixed6a(**kw, name='mixed_6a')(x, train)
+    x = out['mixed_6a'] = Reduction(**kw, kind='6a', name='mixed_6a')(
+        x, train)
     x = out['repeat_1'] = Repeat(n17, '17', 0.10, **kw, name='repeat_1')(
         x, train)
-    x = out['mixed_7a'] = Mixed7a(**kw, name='mixed_7a')(x, train)
+    x = out['mixed_7a'] = Reduction(**kw, kind='7a', name='mixed_7a')(
+        x, train)
     x = out['repeat_2'] = Repeat(n8, '8', 0.20, **kw, name='repeat_2')(x, train)
     x = out['block8'] = ResidualBlock(**kw, kind='8', relu=False,
                                       name='block8')(x, train)
@@ -281,16 +269,12 @@ def convert_torch(state_dict: Mapping[str, Any], *, variant: str = 'full'
                   ) -> dict[str, dict[str, Any]]:
   """timm `inception_resnet_v2` state dict -> {'params', 'batch_stats'}.
 
-  Every torch key is consumed (`num_batches_tracked` ignored); a missing,
-  extra or mis-shaped tensor raises `KeyError`/`ValueError` naming it. The
-  head (`classif.*`) is converted when present, else the tree is headless.
+  The Flax names are timm's with '.' -> '/'. The head (`classif.*`) is
+  converted when present, else the tree is headless. Mismatches raise as
+  `layers.torch_to_flax` says.
   """
-  if 'conv2d_1a.conv.weight' not in state_dict:
-    raise KeyError("state dict has no 'conv2d_1a.conv.weight'.")
-  in_chans = int(state_dict['conv2d_1a.conv.weight'].shape[1])
-  head = state_dict.get('classif.weight')
-  model = Model(num_classes=None if head is None else int(head.shape[0]),
-                variant=variant, in_chans=in_chans)
-  expected = expected_variables(
-      model, jnp.zeros((1, 75, 75, in_chans), jnp.float32))
-  return torch_to_flax(state_dict, lambda m: m.replace('.', '/'), expected)
+  num_classes, in_chans = layers.head_and_channels(
+      state_dict, 'classif.weight', 'conv2d_1a.conv.weight')
+  model = Model(num_classes, variant=variant, in_chans=in_chans)
+  return layers.torch_to_flax(state_dict, lambda m: m.replace('.', '/'), model,
+                              jnp.zeros((1, 75, 75, in_chans), jnp.float32))

@@ -1,24 +1,27 @@
-"""Small building blocks shared by the model families.
-
-Kept deliberately small and stable (other families import it):
+"""Building blocks shared by the model families.
 
 * `BatchNorm`: a drop-in for `nn.BatchNorm` (same `scale`/`bias` params and
-  `mean`/`var` batch stats, same defaults as DESIGN.md) whose training-mode
-  running-variance update matches PyTorch exactly. `flax.linen.BatchNorm`
-  stores the *biased* batch variance in its running average; torch stores the
-  *unbiased* one (x n/(n-1)) while normalising with the biased one. With
+  `mean`/`var` batch stats) whose training-mode running-variance update
+  matches PyTorch exactly. `flax.linen.BatchNorm` stores the *biased* batch
+  variance in its running average; torch stores the *unbiased* one
+  (x n/(n-1)) while normalising with the biased one. With
   `unbiased_running_var=True` (default) converted models keep evolving their
   statistics exactly as they would in torch.
 * Initialisers that reproduce torchvision's (kaiming-normal fan-out convs,
   torch's default `nn.Linear`).
-* `torch_conv` / `torch_dense` / `check_tree`: helpers for the per-family
-  `convert_torch` functions (SPEC.md "Weight conversion conventions").
+* `Classifier`: the fields and input checks every image classifier shares.
+* torch -> Flax conversion: each family's `convert_torch` names the Flax
+  module of every torch module (`rename`) and `torch_to_flax` transposes,
+  places and checks the tensors (conv OIHW -> HWIO, linear weights
+  transposed, norm weight/bias -> scale/bias, running_mean/var -> batch_stats
+  mean/var), naming every tensor that does not fit.
+* `flatten` / `unflatten`: nested dicts <-> {'a/b/c': leaf}.
 * `rows`: (B, N, D) tokens as the (B*N, D) rows a dense layer takes.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -132,7 +135,54 @@ class BatchNorm(nn.Module):
 
 
 # ----------------------------------------------------------------------------
-# torch -> Flax conversion helpers.
+# The fields and input checks every image classifier shares.
+
+
+def variant_spec(family: str, variants: Mapping[str, Any], variant: str):
+  """`variants[variant]`, or a ValueError naming the family and the choices."""
+  if variant not in variants:
+    raise ValueError(f'Unknown {family} variant {variant!r}; valid: '
+                     f'{sorted(variants)}.')
+  return variants[variant]
+
+
+class Classifier(nn.Module):
+  """Base of the image classifiers: the registry's `Model` fields.
+
+  Subclasses set the class attributes `family` (a name for messages) and
+  `variants` (variant -> spec), override `variant`'s default and add their
+  own fields; `spec(x_BHWC)` checks the variant and the input channels.
+
+  Attributes:
+    num_classes: head size; None = no head (logits are the pooled vector).
+    variant: key of the family's `variants`.
+    in_chans: input channels (1 for grey CXRs), checked at call time.
+    dtype: compute dtype (parameters stay float32).
+  """
+  num_classes: int | None = 1000
+  variant: str = ''
+  in_chans: int = 3
+  dtype: Dtype = jnp.float32
+
+  family: ClassVar[str] = 'model'
+  variants: ClassVar[Mapping[str, Any]] = {}
+
+  def spec(self, x_BHWC: jax.Array) -> Any:
+    """The variant's spec; raises on an unknown variant or channel count."""
+    spec = variant_spec(self.family, self.variants, self.variant)
+    if x_BHWC.shape[-1] != self.in_chans:
+      raise ValueError(f'{self.family} expects {self.in_chans} input channels '
+                       f'(field in_chans), got input of shape {x_BHWC.shape}.')
+    return spec
+
+
+# ----------------------------------------------------------------------------
+# torch -> Flax conversion: every family's `convert_torch` renames torch
+# modules to Flax paths and lets `torch_to_flax` do the rest.
+
+# Flax leaf -> the torch parameter or buffer it comes from.
+_TORCH_LEAF = {'kernel': 'weight', 'scale': 'weight', 'bias': 'bias',
+               'mean': 'running_mean', 'var': 'running_var'}
 
 
 def torch_conv(w_OIHW: np.ndarray) -> np.ndarray:
@@ -145,8 +195,16 @@ def torch_dense(w_OI: np.ndarray) -> np.ndarray:
   return np.ascontiguousarray(np.asarray(w_OI).T)
 
 
+def to_numpy(value: Any) -> np.ndarray:
+  """A torch tensor or array as a float32 numpy copy (never a view: a later
+  torch forward in train mode updates its buffers in place)."""
+  if hasattr(value, 'detach'):  # torch.Tensor, without importing torch
+    value = value.detach().cpu().float().numpy()
+  return np.array(value, dtype=np.float32, copy=True)
+
+
 def flatten(tree: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
-  """Nested dict -> {'a/b/c': leaf}."""
+  """Nested dict -> {'a/b/c': leaf} (empty dicts vanish)."""
   flat = {}
   for k, v in tree.items():
     if isinstance(v, Mapping):
@@ -156,65 +214,143 @@ def flatten(tree: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
   return flat
 
 
-def check_tree(converted: Mapping[str, Any], expected: Mapping[str, Any],
-               sources: Mapping[str, str] | None = None) -> None:
-  """Raises unless `converted` has exactly the leaves and shapes of `expected`.
+def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
+  """{'a/b/c': leaf} -> nested dict; the inverse of `flatten`."""
+  tree: dict[str, Any] = {}
+  for path, leaf in flat.items():
+    node = tree
+    *parents, name = path.split('/')
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[name] = leaf
+  return tree
+
+
+def variable_shapes(model: nn.Module, *args: jax.Array, **kwargs: jax.Array
+                    ) -> dict[str, tuple[int, ...]]:
+  """{'params/a/b': shape} of every parameter and batch statistic that
+  `model.init(key, *args, **kwargs)` creates (traced abstractly: no compute).
+  """
+  tree = jax.eval_shape(
+      lambda a, kw: model.init(jax.random.key(0), *a, **kw), args, kwargs)
+  return {f'{col}/{path}': tuple(leaf.shape)
+          for col in ('params', 'batch_stats') if col in tree
+          for path, leaf in flatten(tree[col]).items()}
+
+
+def head_and_channels(state_dict: Mapping[str, Any], head: str, stem: str
+                      ) -> tuple[int | None, int]:
+  """(num_classes, in_chans) read from the head's and the first conv's
+  weights in a torch state dict; no head weight: num_classes None."""
+  if stem not in state_dict:
+    raise KeyError(f'torch state dict has no {stem!r} (the first '
+                   'convolution of this model family); is it for another '
+                   'model?')
+  num_classes = (int(state_dict[head].shape[0]) if head in state_dict
+                 else None)
+  return num_classes, int(state_dict[stem].shape[1])
+
+
+def _torch_leaf(leaf: str, arr: np.ndarray) -> tuple[str, str, np.ndarray]:
+  """torch parameter name and value -> (collection, Flax name, Flax value).
+
+  Conv weights OIHW -> HWIO, linear weights transposed, norm weights ->
+  `scale`, running statistics -> `batch_stats`; a bias or any other bare
+  parameter (`pos_embed`, or a `kernel` a family split out itself) keeps its
+  name and layout.
+  """
+  if leaf == 'weight' and arr.ndim == 4:
+    return 'params', 'kernel', torch_conv(arr)
+  if leaf == 'weight' and arr.ndim == 2:
+    return 'params', 'kernel', torch_dense(arr)
+  if leaf == 'weight' and arr.ndim == 1:
+    return 'params', 'scale', arr
+  if leaf in ('running_mean', 'running_var'):
+    return 'batch_stats', leaf.removeprefix('running_'), arr
+  return 'params', leaf, arr
+
+
+def torch_to_flax(state_dict: Mapping[str, Any],
+                  rename: Callable[[str], str], model: nn.Module,
+                  *args: jax.Array, **kwargs: jax.Array
+                  ) -> dict[str, dict[str, Any]]:
+  """Maps a torch state dict onto `model`'s variables.
 
   Args:
-    converted: nested dict of numpy arrays from a `convert_torch`.
-    expected: nested dict of anything with `.shape` (e.g. `jax.eval_shape` of
-      the model's `init`), same collections.
-    sources: optional map '/'-joined Flax path -> torch key, to name the torch
-      tensor in the error.
+    state_dict: torch names -> arrays (numpy or torch tensors).
+    rename: torch module path (a key without its last component) -> the
+      '/'-joined Flax module path.
+    model: the Flax model the tensors are for; `model.init(key, *args,
+      **kwargs)` gives the slots and shapes to fill.
+
+  Returns:
+    {'params': ..., 'batch_stats': ...} (collections the model has): nested
+    dicts of float32 numpy arrays, every slot filled.
+
+  Raises:
+    ValueError: a tensor whose converted shape differs from its slot.
+    KeyError: otherwise, a torch tensor with no slot (or one already filled)
+      or a slot no tensor filled. The message lists every such tensor and
+      slot, a missing slot with the torch key it expects where known.
   """
-  got, want = flatten(converted), flatten(expected)
-  sources = sources or {}
-  missing = sorted(set(want) - set(got))
-  extra = sorted(set(got) - set(want))
-  if missing or extra:
-    raise KeyError(f'converted tree does not match the model: missing Flax '
-                   f'leaves {missing}, unexpected {extra}')
-  bad = [f'{sources.get(k, k)} -> {k}: {tuple(np.shape(got[k]))} != '
-         f'{tuple(want[k].shape)}'
-         for k in sorted(want)
-         if tuple(np.shape(got[k])) != tuple(want[k].shape)]
-  if bad:
-    raise ValueError('mis-shaped tensors: ' + '; '.join(bad))
+  want = variable_shapes(model, *args, **kwargs)
+  got, source, modules = {}, {}, {}
+  unknown, misshaped = [], []
+  for key, value in state_dict.items():
+    if key.endswith('num_batches_tracked'):
+      continue
+    module, _, leaf = key.rpartition('.')
+    col, name, arr = _torch_leaf(leaf, to_numpy(value))
+    flax_module = rename(module) if module else ''
+    path = '/'.join(p for p in (col, flax_module, name) if p)
+    modules[flax_module] = module
+    if path not in want or path in source:
+      unknown.append(f'{key} (-> {path}' + (
+          f', already filled from {source[path]})' if path in source else ')'))
+    elif arr.shape != want[path]:
+      misshaped.append(f'{key}: {arr.shape} as {path}, the model has '
+                       f'{want[path]}')
+    else:
+      got[path] = arr
+    source.setdefault(path, key)
+  missing = [_expected_key(p, modules) for p in want if p not in source]
+  _raise_mismatch(model, unknown, misshaped, missing)
+  return unflatten(got)
 
 
-class StateDict:
-  """Reads a torch state dict once per key and reports what was left over."""
+def _expected_key(path: str, modules: Mapping[str, str]) -> str:
+  """A missing Flax slot, with the torch key that would fill it if known."""
+  _, _, rest = path.partition('/')
+  flax_module, _, name = rest.rpartition('/')
+  if flax_module in modules and name in _TORCH_LEAF:
+    module = modules[flax_module]
+    return f"{path} (torch '{module}.{_TORCH_LEAF[name]}')"
+  return path
 
-  def __init__(self, state_dict: Mapping[str, np.ndarray]):
-    self._sd = {k: v for k, v in state_dict.items()
-                if not k.endswith('num_batches_tracked')}
-    self._used: set[str] = set()
-    self.sources: dict[str, str] = {}  # Flax path -> torch key
 
-  def __call__(self, key: str, flax_path: str = '') -> np.ndarray:
-    if key not in self._sd:
-      raise KeyError(f'torch state dict has no key {key!r}')
-    self._used.add(key)
-    if flax_path:
-      self.sources[flax_path] = key
-    return np.asarray(self._sd[key])
-
-  def has(self, key: str) -> bool:
-    return key in self._sd
-
-  def finish(self) -> None:
-    """Raises a KeyError naming every torch key that was not consumed."""
-    left = sorted(set(self._sd) - self._used)
-    if left:
-      raise KeyError(f'unused torch keys: {left}')
+def _raise_mismatch(model: nn.Module, unknown: list[str],
+                    misshaped: list[str], missing: list[str]) -> None:
+  """One error listing every problem (ValueError if shapes differ)."""
+  if not (unknown or misshaped or missing):
+    return
+  parts = []
+  for what, items in (('mis-shaped', misshaped),
+                      ('torch tensors with no place in the model', unknown),
+                      ('model variables no tensor filled', missing)):
+    if items:
+      more = f', ... ({len(items) - 10} more)' if len(items) > 10 else ''
+      parts.append(f'{len(items)} {what}: {"; ".join(items[:10])}{more}')
+  family = getattr(model, 'family', type(model).__name__)
+  msg = (f'torch state dict does not fit {family} variant '
+         f'{getattr(model, "variant", "?")!r}: ' + '. '.join(parts))
+  raise (ValueError if misshaped else KeyError)(msg)
 
 
 def rows(x_BND: jax.Array) -> jax.Array:
   """(B, N, D) tokens -> (B*N, D) rows for a dense layer.
 
-  On the 2-D view, each weight gradient is one GEMM that contracts the rows
-  of two row-major buffers; on (B, N, D), XLA's CPU backend first copied the
-  output gradient into a feature-major layout (a ViT-B/16 block's forward +
-  backward, batch 16, 2 cores: 738 -> 700 ms without those copies).
+  On the 2-D view each weight gradient is one GEMM that contracts the rows of
+  two row-major buffers; on (B, N, D), XLA's CPU backend first copied the
+  output gradient into a feature-major layout.
   """
   return x_BND.reshape(-1, x_BND.shape[-1])

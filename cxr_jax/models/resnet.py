@@ -20,7 +20,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 import functools
-from typing import Any
+import re
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -42,10 +43,7 @@ _EXPANSION = {'basic': 1, 'bottleneck': 4}
 
 
 def _spec(variant: str):
-  if variant not in _VARIANTS:
-    raise ValueError(f'Unknown ResNet variant {variant!r}; valid: '
-                     f'{", ".join(_VARIANTS)}.')
-  return _VARIANTS[variant]
+  return layers.variant_spec('ResNet', _VARIANTS, variant)
 
 
 class Block(nn.Module):
@@ -84,27 +82,20 @@ class Block(nn.Module):
     return nn.relu(y + x)
 
 
-class Model(nn.Module):
+class Model(layers.Classifier):
   """torchvision ResNet; see the module docstring.
 
-  Attributes:
-    num_classes: head size; None = no head (logits = pre_logits).
+  Attributes (beyond `layers.Classifier`'s):
     variant: '18', '34', '50', '101' or 'tiny'.
-    in_chans: input channels of the stem conv (1 for grey CXRs).
-    dtype: compute dtype (parameters stay float32).
   """
-  num_classes: int | None = 1000
+  family: ClassVar[str] = 'ResNet'
+  variants: ClassVar[Mapping[str, Any]] = _VARIANTS
   variant: str = '50'
-  in_chans: int = 3
-  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x_BHWC: jax.Array, *, train: bool = False
                ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    kind, depths, widths = _spec(self.variant)
-    if x_BHWC.shape[-1] != self.in_chans:
-      raise ValueError(f'expected {self.in_chans} input channels, got shape '
-                       f'{x_BHWC.shape}')
+    kind, depths, widths = self.spec(x_BHWC)
     out = {}
     x = x_BHWC.astype(self.dtype)
     x = ops.Conv(widths[0], (7, 7), (2, 2), padding=((3, 3), (3, 3)),
@@ -137,14 +128,13 @@ class Model(nn.Module):
     return logits, out
 
 
-def _bn(sd: layers.StateDict, t: str, f: str, params: dict, stats: dict,
-        prefix: str = ''):
-  """torch BN `t` -> params[f] (scale, bias), stats[f] (mean, var)."""
-  path = f'{prefix}{f}'
-  params[f] = {'scale': sd(f'{t}.weight', f'params/{path}/scale'),
-               'bias': sd(f'{t}.bias', f'params/{path}/bias')}
-  stats[f] = {'mean': sd(f'{t}.running_mean', f'batch_stats/{path}/mean'),
-              'var': sd(f'{t}.running_var', f'batch_stats/{path}/var')}
+def _rename(module: str) -> str:
+  """torch module path -> Flax path (`layer1.0.downsample.0` ->
+  `layer1_0/downsample_conv`, `fc` -> `head`)."""
+  module = re.sub(r'^layer(\d+)\.(\d+)', r'layer\1_\2', module)
+  module = module.replace('downsample.0', 'downsample_conv').replace(
+      'downsample.1', 'downsample_bn')
+  return 'head' if module == 'fc' else module.replace('.', '/')
 
 
 def convert_torch(state_dict: Mapping[str, np.ndarray], *, variant: str
@@ -153,42 +143,11 @@ def convert_torch(state_dict: Mapping[str, np.ndarray], *, variant: str
 
   Head size and input channels are read from the tensors (`fc.weight`,
   `conv1.weight`); a state dict without `fc.*` converts to a headless tree
-  (`num_classes=None`). Raises KeyError naming unused torch keys or missing
-  Flax leaves, ValueError naming mis-shaped tensors.
+  (`num_classes=None`). Mismatches raise as `layers.torch_to_flax` says.
   """
-  kind, depths, _ = _spec(variant)
-  sd = layers.StateDict(state_dict)
-  params, stats = {}, {}
-  params['conv1'] = {'kernel': layers.torch_conv(
-      sd('conv1.weight', 'params/conv1/kernel'))}
-  _bn(sd, 'bn1', 'bn1', params, stats)
-  n_conv = 2 if kind == 'basic' else 3
-  for i, depth in enumerate(depths):
-    for j in range(depth):
-      t, f = f'layer{i + 1}.{j}', f'layer{i + 1}_{j}'
-      p, s = {}, {}
-      for c in range(1, n_conv + 1):
-        p[f'conv{c}'] = {'kernel': layers.torch_conv(
-            sd(f'{t}.conv{c}.weight', f'params/{f}/conv{c}/kernel'))}
-        _bn(sd, f'{t}.bn{c}', f'bn{c}', p, s, f'{f}/')
-      if sd.has(f'{t}.downsample.0.weight'):
-        p['downsample_conv'] = {'kernel': layers.torch_conv(sd(
-            f'{t}.downsample.0.weight', f'params/{f}/downsample_conv/kernel'))}
-        _bn(sd, f'{t}.downsample.1', 'downsample_bn', p, s, f'{f}/')
-      params[f], stats[f] = p, s
-  num_classes = None
-  if sd.has('fc.weight'):
-    params['head'] = {'kernel': layers.torch_dense(
-        sd('fc.weight', 'params/head/kernel')),
-                      'bias': sd('fc.bias', 'params/head/bias')}
-    num_classes = params['head']['kernel'].shape[1]
-  sd.finish()
-  variables = {'params': params, 'batch_stats': stats}
-  in_chans = params['conv1']['kernel'].shape[2]
+  _spec(variant)
+  num_classes, in_chans = layers.head_and_channels(state_dict, 'fc.weight',
+                                                   'conv1.weight')
   model = Model(num_classes, variant=variant, in_chans=in_chans)
-  expected = jax.eval_shape(
-      lambda: model.init(jax.random.key(0),
-                         jnp.zeros((1, 64, 64, in_chans), jnp.float32)))
-  layers.check_tree(variables, {k: expected[k] for k in variables},
-                    sd.sources)
-  return variables
+  return layers.torch_to_flax(state_dict, _rename, model,
+                              jnp.zeros((1, 64, 64, in_chans)))

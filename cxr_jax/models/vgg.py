@@ -22,7 +22,7 @@ the adaptive pool, BHWC), 'pre_logits' (input of the head, 4096-d).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -42,10 +42,7 @@ _POOL = 7  # torchvision's AdaptiveAvgPool2d((7, 7))
 
 
 def _spec(variant: str):
-  if variant not in _VARIANTS:
-    raise ValueError(f'Unknown VGG variant {variant!r}; valid: '
-                     f'{", ".join(_VARIANTS)}.')
-  return _VARIANTS[variant]
+  return layers.variant_spec('VGG', _VARIANTS, variant)
 
 
 def _adaptive_matrix(n_in: int, n_out: int) -> np.ndarray:
@@ -71,29 +68,22 @@ def adaptive_avg_pool(x_BHWC: jax.Array, size: int) -> jax.Array:
                     precision=jax.lax.Precision.HIGHEST)
 
 
-class Model(nn.Module):
+class Model(layers.Classifier):
   """torchvision VGG; see the module docstring.
 
-  Attributes:
-    num_classes: head size; None = no head (logits = pre_logits).
+  Attributes (beyond `layers.Classifier`'s):
     variant: '16', '19' or 'tiny'.
-    in_chans: input channels of the first conv (1 for grey CXRs).
-    dtype: compute dtype (parameters stay float32).
     dropout: dropout rate of the classifier (torchvision: 0.5), train only.
   """
-  num_classes: int | None = 1000
+  family: ClassVar[str] = 'VGG'
+  variants: ClassVar[Mapping[str, Any]] = _VARIANTS
   variant: str = '16'
-  in_chans: int = 3
-  dtype: Any = jnp.float32
   dropout: float = 0.5
 
   @nn.compact
   def __call__(self, x_BHWC: jax.Array, *, train: bool = False
                ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    depths, widths, hidden = _spec(self.variant)
-    if x_BHWC.shape[-1] != self.in_chans:
-      raise ValueError(f'expected {self.in_chans} input channels, got shape '
-                       f'{x_BHWC.shape}')
+    depths, widths, hidden = self.spec(x_BHWC)
     out = {}
     x = x_BHWC.astype(self.dtype)
     for i, (depth, width) in enumerate(zip(depths, widths)):
@@ -130,37 +120,19 @@ def convert_torch(state_dict: Mapping[str, np.ndarray], *, variant: str
 
   torch indices: `features.{n}` counts conv, ReLU and max-pool modules;
   `classifier.{0,3,6}` are the Linear layers. A state dict without
-  `classifier.6.*` converts to a headless tree. Raises KeyError naming unused
-  torch keys or missing Flax leaves, ValueError naming mis-shaped tensors.
+  `classifier.6.*` converts to a headless tree. Mismatches raise as
+  `layers.torch_to_flax` says.
   """
   depths, _, _ = _spec(variant)
-  sd = layers.StateDict(state_dict)
-  params = {}
+  names = {'classifier.0': 'fc1', 'classifier.3': 'fc2', 'classifier.6': 'head'}
   n = 0
   for i, depth in enumerate(depths):
     for k in range(depth):
-      f = f'conv{i + 1}_{k + 1}'
-      params[f] = {
-          'kernel': layers.torch_conv(
-              sd(f'features.{n}.weight', f'params/{f}/kernel')),
-          'bias': sd(f'features.{n}.bias', f'params/{f}/bias')}
+      names[f'features.{n}'] = f'conv{i + 1}_{k + 1}'
       n += 2  # conv, ReLU
     n += 1  # max-pool
-  heads = [('fc1', 0), ('fc2', 3)]
-  if sd.has('classifier.6.weight'):
-    heads.append(('head', 6))
-  for f, t in heads:
-    params[f] = {
-        'kernel': layers.torch_dense(
-            sd(f'classifier.{t}.weight', f'params/{f}/kernel')),
-        'bias': sd(f'classifier.{t}.bias', f'params/{f}/bias')}
-  sd.finish()
-  num_classes = params['head']['kernel'].shape[1] if 'head' in params else None
-  in_chans = params['conv1_1']['kernel'].shape[2]
+  num_classes, in_chans = layers.head_and_channels(
+      state_dict, 'classifier.6.weight', 'features.0.weight')
   model = Model(num_classes, variant=variant, in_chans=in_chans)
-  expected = jax.eval_shape(
-      lambda: model.init(jax.random.key(0),
-                         jnp.zeros((1, 32, 32, in_chans), jnp.float32)))
-  variables = {'params': params}
-  layers.check_tree(variables, {'params': expected['params']}, sd.sources)
-  return variables
+  return layers.torch_to_flax(state_dict, lambda m: names.get(m, m), model,
+                              jnp.zeros((1, 32, 32, in_chans)))

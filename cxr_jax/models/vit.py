@@ -1,9 +1,7 @@
 """Vision Transformer (timm `vit_{small,base,large}_patch16_224` layout).
 
-Variants: 's16' (dim 384, depth 12, 6 heads), 'b16' (768, 12, 12),
-'l16' (1024, 24, 16) and 'tiny' (dim 32, depth 2, 2 heads, a 4x4 patch grid:
-patch 8 at 32 px, patch 16 at 64 px; it adapts to its input unless `img_size`
-is set) for tests.
+Variants (`VARIANTS`): 's16', 'b16', 'l16' and, for tests, 'tiny' (a 4x4
+patch grid on any input size unless `img_size` is set).
 
 The layout mirrors timm exactly so that `convert_torch` is a renaming:
 patch-embedding conv -> prepend the class token -> add `pos_embed` (which has
@@ -31,7 +29,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 import dataclasses
-from typing import Any
+import math
+import re
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -64,10 +64,7 @@ LN_EPS = 1e-6
 
 
 def _cfg(variant: str) -> _Cfg:
-  if variant not in VARIANTS:
-    raise ValueError(f'Unknown ViT variant {variant!r}; valid: '
-                     f'{sorted(VARIANTS)}')
-  return VARIANTS[variant]
+  return layers.variant_spec('ViT', VARIANTS, variant)
 
 
 def grid_to_tokens(x_BHWD: jax.Array) -> jax.Array:
@@ -106,9 +103,8 @@ class PatchEmbed(nn.Module):
   non-overlapping patches flattened in (row, col, channel) order, which is
   what that conv computes. Forward and kernel gradient are then plain GEMMs
   on every backend, and the ViT has no convolution left for a backend's
-  convolution kernels to slow down (on CPU, `benchmarks/run.py` moves
-  convolutions off XLA's YNNPACK; see benchmarks/README.md). Returns
-  (B, gh*gw, dim) tokens, row-major over the patch grid.
+  convolution kernels to slow down. Returns (B, gh*gw, dim) tokens,
+  row-major over the patch grid.
   """
   dim: int
   patch: int
@@ -190,14 +186,11 @@ class Block(nn.Module):
     return x_BND, attn_BHNN
 
 
-class Model(nn.Module):
+class Model(layers.Classifier):
   """timm-compatible ViT classifier returning `(logits, out)`.
 
-  Attributes:
-    num_classes: head size; None (or 0) returns the pre-logits as `logits`.
+  Attributes (beyond `layers.Classifier`'s; `num_classes` 0 is no head too):
     variant: 's16', 'b16', 'l16' or 'tiny'.
-    in_chans: input channels.
-    dtype: compute dtype (parameters stay float32).
     img_size: square input size the position embedding is built for; None =
       the variant's 224 ('tiny': the input's own size). The patch grid is
       img_size // patch; converted 224 weights need 224 inputs.
@@ -209,8 +202,7 @@ class Model(nn.Module):
     attn_implementation: None = the attention written out in a heads-major
       layout (fastest on CPU); 'xla' or 'cudnn' = `jax.nn.dot_product_attention`
       with that implementation (cuDNN's fused attention on GPUs), used when
-      `return_attn` is off; 'auto' (default) = 'cudnn' on a GPU in bf16/fp16
-      (ViT-B/16 train step on an H200, bf16, batch 128: 2423 -> 2908 img/s),
+      `return_attn` is off; 'auto' (default) = 'cudnn' on a GPU in bf16/fp16,
       else None.
     full_last_block: run the last block's attention output, MLP and residual
       for every token and return them as `out['block_out']`. Off (default),
@@ -223,24 +215,22 @@ class Model(nn.Module):
     pos_embed_grad: how the position embedding's gradient is formed
       (`ops.add_over_batch`): 'auto' (default) = a (1, B) @ (B, N*D) product
       off the CPU, which keeps XLA's GPU layouts row-major; 'sum' =
-      autodiff's batch sum (for A/B timings), 'matmul' = the product always.
+      autodiff's batch sum, 'matmul' = the product always.
     memory_lean: forms that cut the memory traffic of the step off the CPU,
-      same math (default on; off = session 7's program, for A/B timings):
+      same math (default on; off = the plain forms, for comparisons):
       LayerNorm's backward pass reads stored statistics and GELU's
       recomputes its derivative (`ops.LayerNorm`, `ops.gelu`), and on the
       fused attention path the sequence is padded once, after the
       embedding, to a multiple of `seq_multiple` (padding masked as keys,
       dropped before the last block) instead of padded and sliced in every
-      block. Deviceless H100 compile of the ViT-B/16 step (batch 256, bf16):
-      `benchmarks/README.md`.
+      block.
     seq_multiple: the multiple `memory_lean` pads the sequence to on the
       fused path; None = 8 for cuDNN (its fused attention rejects odd
       lengths when training), else 1 (no padding).
   """
-  num_classes: int | None = 1000
+  family: ClassVar[str] = 'ViT'
+  variants: ClassVar[Mapping[str, Any]] = VARIANTS
   variant: str = 'b16'
-  in_chans: int = 3
-  dtype: Dtype = jnp.float32
   img_size: int | None = None
   patch_size: int | None = None
   dropout_rate: float = 0.
@@ -292,18 +282,15 @@ class Model(nn.Module):
       return 0
     return -n % multiple
 
-  @nn.compact
-  def __call__(self, x_BHWC: jax.Array, *, train: bool = False
-               ) -> tuple[jax.Array, dict[str, Any]]:
-    cfg = _cfg(self.variant)
+  def _embed(self, x_BHWC: jax.Array, train: bool
+             ) -> tuple[jax.Array, tuple[int, int]]:
+    """Patch tokens with the class token prepended and `pos_embed` added:
+    (B, 1 + gh*gw, D), and the patch grid (gh, gw)."""
+    cfg = self.spec(x_BHWC)
     img, patch, (gh, gw) = self.geometry(x_BHWC.shape[1:3])
     if tuple(x_BHWC.shape[1:3]) != img:
       raise ValueError(f'ViT built for {img} inputs (field img_size), '
                        f'got {x_BHWC.shape[1:3]}')
-    if x_BHWC.shape[-1] != self.in_chans:
-      raise ValueError(f'ViT expects {self.in_chans} input channels (field '
-                       f'in_chans), got input of shape {x_BHWC.shape}')
-    out: dict[str, Any] = {}
     b = x_BHWC.shape[0]
     x_BND = PatchEmbed(cfg.dim, patch, dtype=self.dtype, name='patch_embed')(
         x_BHWC.astype(self.dtype))
@@ -315,6 +302,14 @@ class Model(nn.Module):
         [jnp.broadcast_to(cls.astype(self.dtype), (b, 1, cfg.dim)), x_BND], 1)
     x_BND = ops.add_over_batch(x_BND, pos, grad=self.pos_embed_grad)
     x_BND = nn.Dropout(self.dropout_rate)(x_BND, deterministic=not train)
+    return x_BND, (gh, gw)
+
+  @nn.compact
+  def __call__(self, x_BHWC: jax.Array, *, train: bool = False
+               ) -> tuple[jax.Array, dict[str, Any]]:
+    cfg = _cfg(self.variant)
+    out: dict[str, Any] = {}
+    x_BND, (gh, gw) = self._embed(x_BHWC, train)
 
     def features_hook(y_BND: jax.Array) -> jax.Array:
       grid = tokens_to_grid(y_BND[:, 1:], (gh, gw))
@@ -343,72 +338,62 @@ class Model(nn.Module):
               norm1_hook=features_hook if last else None,
               queries=1 if last and not full else None,
               length=n if pad and not last else None)
-      if self.return_attn:
-        attns.append(attn)
+      attns.append(attn)
     if full:
       out['block_out'] = tokens_to_grid(x_BND[:, 1:], (gh, gw))
     if self.return_attn:
       out['attn'] = attns
     x_BND = ops.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name='norm')(x_BND)
     out['pre_logits'] = pre = x_BND[:, 0]
-    if self.num_classes:
-      logits = nn.Dense(self.num_classes, dtype=self.dtype, name='head')(pre)
-    else:
-      logits = pre
-    return logits, out
+    if not self.num_classes:
+      return pre, out
+    return nn.Dense(self.num_classes, dtype=self.dtype, name='head')(pre), out
+
+
+def _split_qkv(state_dict: Mapping[str, Any], heads: int) -> dict[str, Any]:
+  """timm's fused `attn.qkv` weight (3D, D) and bias (3D,) -> separate
+  `attn.{query,key,value}.{kernel,bias}` in Flax's (D, heads, head_dim) and
+  (heads, head_dim) layout; other keys pass through."""
+  sd = dict(state_dict)
+  for key in [k for k in sd if re.search(r'attn\.qkv\.(weight|bias)$', k)]:
+    arr = layers.to_numpy(sd.pop(key))
+    if arr.shape[0] % (3 * heads):
+      raise ValueError(f'{key}: shape {arr.shape} does not split into '
+                       f'query, key and value of {heads} heads')
+    arr = arr.reshape(3, heads, -1, *arr.shape[1:])
+    leaf = 'kernel' if key.endswith('weight') else 'bias'
+    if leaf == 'kernel':  # (3, heads, hd, D) -> (3, D, heads, hd)
+      arr = arr.transpose(0, 3, 1, 2)
+    base = key.rsplit('qkv.', 1)[0]
+    for part, a in zip(('query', 'key', 'value'), arr):
+      sd[f'{base}{part}.{leaf}'] = np.ascontiguousarray(a)
+  return sd
+
+
+def _rename(module: str) -> str:
+  """timm module path -> Flax path (`blocks.3.attn` -> `blocks_3/attn`)."""
+  if module == 'patch_embed.proj':
+    return 'patch_embed'
+  return re.sub(r'^blocks\.(\d+)', r'blocks_\1', module).replace('.', '/')
 
 
 def convert_torch(state_dict: Mapping[str, np.ndarray], *,
                   variant: str) -> dict[str, Any]:
   """timm ViT state dict -> {'params': ...} for `Model(variant=variant)`.
 
-  The head is converted when present (any size). Every torch key must be
-  consumed; a missing or extra key raises `KeyError` naming it, a tensor of
-  the wrong size for the variant raises `ValueError`.
+  The head is converted when present (any size); the patch size and grid
+  come from `patch_embed.proj.weight` and `pos_embed`. Mismatches raise as
+  `layers.torch_to_flax` says.
   """
   cfg = _cfg(variant)
-  sd = layers.StateDict(state_dict)
-  d, h = cfg.dim, cfg.heads
-  hd = d // h
-
-  def get(key: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
-    v = sd(key)
-    if shape is not None and v.shape != shape:
-      raise ValueError(f'{key}: shape {v.shape}, expected {shape} for ViT '
-                       f'variant {variant!r}')
-    return v
-
-  def ln(prefix: str) -> dict[str, np.ndarray]:
-    return {'scale': get(f'{prefix}.weight', (d,)),
-            'bias': get(f'{prefix}.bias', (d,))}
-
-  def dense(prefix: str) -> dict[str, np.ndarray]:
-    return {'kernel': layers.torch_dense(get(f'{prefix}.weight')),
-            'bias': get(f'{prefix}.bias')}
-
-  params: dict[str, Any] = {
-      'cls_token': get('cls_token', (1, 1, d)),
-      'pos_embed': get('pos_embed'),
-      'patch_embed': {
-          'kernel': layers.torch_conv(get('patch_embed.proj.weight')),
-          'bias': get('patch_embed.proj.bias', (d,))},
-      'norm': ln('norm'),
-  }
-  if params['pos_embed'].ndim != 3 or params['pos_embed'].shape[-1] != d:
-    raise ValueError(f'pos_embed: shape {params["pos_embed"].shape}')
-  for i in range(cfg.depth):
-    p = f'blocks.{i}'
-    qkv_w = get(f'{p}.attn.qkv.weight', (3 * d, d))  # rows: (3, heads, hd)
-    qkv_b = get(f'{p}.attn.qkv.bias', (3 * d,))
-    w = qkv_w.reshape(3, h, hd, d).transpose(0, 3, 1, 2)  # (3, D, heads, hd)
-    bias = qkv_b.reshape(3, h, hd)
-    attn = {n: {'kernel': np.ascontiguousarray(w[j]), 'bias': bias[j]}
-            for j, n in enumerate(('query', 'key', 'value'))}
-    attn['proj'] = dense(f'{p}.attn.proj')
-    params[f'blocks_{i}'] = {
-        'norm1': ln(f'{p}.norm1'), 'attn': attn, 'norm2': ln(f'{p}.norm2'),
-        'mlp': {'fc1': dense(f'{p}.mlp.fc1'), 'fc2': dense(f'{p}.mlp.fc2')}}
-  if sd.has('head.weight'):
-    params['head'] = dense('head')
-  sd.finish()
-  return {'params': params}
+  num_classes, in_chans = layers.head_and_channels(
+      state_dict, 'head.weight', 'patch_embed.proj.weight')
+  if 'pos_embed' not in state_dict:
+    raise KeyError("torch state dict has no 'pos_embed': not a timm ViT?")
+  patch = int(state_dict['patch_embed.proj.weight'].shape[-1])
+  grid = math.isqrt(int(state_dict['pos_embed'].shape[1]) - 1)
+  model = Model(num_classes, variant=variant, in_chans=in_chans,
+                img_size=grid * patch, patch_size=patch)
+  return layers.torch_to_flax(
+      _split_qkv(state_dict, cfg.heads), _rename, model,
+      jnp.zeros((1, grid * patch, grid * patch, in_chans), jnp.float32))
