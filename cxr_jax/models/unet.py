@@ -191,9 +191,9 @@ class SaliencyHead(nn.Module):
           x_BHWC, train=train)
     # PyTorch's default Conv2d init (U(+-1/sqrt(fan_in))), as in the
     # authors' and MT-UNet's code: logits start small, so the first
-    # prediction is close to uniform. (A fan-out Kaiming init on this
-    # 1-channel output gives logits with std ~3-5 and a near one-hot first
-    # prediction, whose KL of tens of nats stalled stage 2 on the phantom.)
+    # prediction is close to uniform. A fan-out Kaiming init on this
+    # 1-channel output gives logits with std ~3-5, a near one-hot first
+    # prediction and a first KL of tens of nats.
     s_BHW = ops.Conv(1, (1, 1), use_bias=True, dtype=self.dtype,
                      kernel_init=nn.initializers.variance_scaling(
                          1 / 3, 'fan_in', 'uniform'), name='out')(
@@ -274,11 +274,7 @@ class Model(nn.Module):
                        name='inject')(inj, train=train)
       if self.inject_gate:
         # An option of ours, not the authors': a learned scalar gate, zero at
-        # init, so the decoder starts as the plain Res_SE-UNet's. It was our
-        # default while stage 2 on the phantom learned slower with the plain
-        # concatenation; since the saliency output conv took PyTorch's init,
-        # neither wins on the demo (test KL with / without the gate: 0.855 /
-        # 0.784 on seed 0, 0.820 / 0.837 on seed 1).
+        # init, so the decoder starts as the plain Res_SE-UNet's.
         gate = self.param('inject_gate', nn.initializers.zeros, ())
         inj = inj * gate.astype(inj.dtype)
       out['inject'] = inj
