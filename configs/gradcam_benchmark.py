@@ -30,9 +30,9 @@ grids, the CAM batch size, bootstrap replicates of the 95% CIs and the
 Quantus top-k fraction (k = 1000 of 224x224 pixels ~ 0.02).
 
 Presets: `demo` (one stage per family: vgg16, resnet50, vit_b16, each mapped
-to its family's tiny network; a 128x128 phantom, see `_demo`; a few minutes on
-2 CPU cores; `--config.sequence=` with any of the nine names still works,
-but stages of one family then train the same network), `init_dir=PATH`.
+to its family's tiny network; a 128x128 phantom, see `_demo`; sized for a
+CPU; `--config.sequence=` with any of the nine names still works, but stages
+of one family then train the same network), `init_dir=PATH`.
 """
 from __future__ import annotations
 
@@ -86,7 +86,7 @@ def _demo_stage(s: ml_collections.ConfigDict, name: str) -> None:
   At 128 px the Grad-CAM grids are 8x8 for vgg_tiny (its last conv, before
   the 4th max-pool), 4x4 for resnet_tiny (stride 32) and 8x8 for vit_tiny
   (patch 16): fine enough for peripheral pneumothoraces, unlike 64 px (2x2
-  for resnet_tiny, where Diff_GradCAM was ~0).
+  for resnet_tiny, which leaves Diff_GradCAM ~0).
   """
   fam = siim_classifier.family(name)
   s.batch_size = 32
@@ -100,19 +100,19 @@ def _demo_stage(s: ml_collections.ConfigDict, name: str) -> None:
   if fam == 'vit':
     s.model.img_size = DEMO_SIZE  # = data.image_size; change both together
     s.model.patch_size = DEMO_SIZE // 8
-    # From scratch, SGD + momentum (the thesis's optimiser; lr 3e-2 and 0.1
-    # tried) left vit_tiny at chance on 400 images in 10-15 epochs; Adam 1e-3
-    # gets test AUC ~0.6-0.7 in 40-60 epochs (an epoch of vit_tiny costs a
-    # fraction of a CNN's).
+    # From scratch on 400 images, SGD + momentum (the thesis's optimiser, lr
+    # 3e-2 to 0.1) keeps vit_tiny at chance for 10-15 epochs; Adam 1e-3
+    # reaches test AUC ~0.6-0.7 in 40-60 epochs (an epoch of vit_tiny costs
+    # a fraction of a CNN's).
     s.optim.name = 'adam'
     s.optim.momentum = 0.0
     s.total_epochs = 40.0
   elif fam == 'vgg':
     # No BatchNorm and three N(0, 0.01) classifier layers: the logits start
     # ~1e-3 and training sits at a saddle whose length scales with 1 / lr.
-    # With dropout 0.5 on 64 hidden units Adam 1e-3 stayed at chance for 12
+    # With dropout 0.5 on 64 hidden units Adam 1e-3 stays at chance for 12
     # epochs (and 2e-3 without dropout for 11); 5e-3 without dropout takes
-    # off after ~5 epochs. At 15 epochs (test AUC 0.86) its Grad-CAM was not
+    # off after ~5 epochs. At 15 epochs (test AUC 0.86) its Grad-CAM is not
     # yet on the mask (Diff_GradCAM -0.01, HiResCAM +0.10); 25 epochs give
     # AUC 0.98 and Diff_GradCAM ~0.05 (HiResCAM ~0.2: the flatten-FC head's
     # position-specific gradients partly cancel in Grad-CAM's channel means).

@@ -12,7 +12,7 @@ early stopping and no reduce-on-plateau by default (`early_stopping_patience`
 val/loss is the one tested and explained. `init.path` = a folder written by
 `python -m cxr_jax.convert` (ImageNet weights); the head is re-initialised for
 2 classes and the first conv summed to 1 channel. Presets: `demo` (tiny model,
-small phantom, 64 px, a few epochs on 2 CPU cores), `model=NAME`,
+small phantom, 64 px, a few epochs; sized for a CPU), `model=NAME`,
 `model_parallel=N` (parameters sharded N ways, below).
 
 ViT-L with model parallelism: `model_parallel=N` makes the mesh

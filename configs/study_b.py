@@ -5,7 +5,7 @@ assembled from these functions, so that each setting lives in one place.
 Thesis settings (SPEC, Study B): 640x512 (HxW) images in [0, 1], Adam(0.9,
 0.999, 1e-8) lr 1e-4, 50 epochs, early stopping on validation, the best
 checkpoint (validation loss) feeds the next stage. `demo` shrinks everything
-for 2 CPU cores: 128x96 images, 300 phantom studies (216 train, 24 val, 60
+to CPU size: 128x96 images, 300 phantom studies (216 train, 24 val, 60
 test), a small DenseNet (`densenet_small`, the same in every stage and in the
 DenseNet baseline), tiny UNets, 6 epochs for runs with a saliency loss and 8
 for the others (equal within each comparison).

@@ -40,6 +40,7 @@ _MODELS = {
 
 
 def names() -> list[str]:
+  """Every registered model name, sorted."""
   return sorted(_MODELS)
 
 
@@ -88,9 +89,8 @@ def init_variables(model: nn.Module, rng: jax.Array, *args, **kwargs
 
   The init program (thousands of threefry draws) always runs on the host CPU,
   compiled with XLA's backend optimisations off: it runs once, so its speed
-  does not matter, and it compiles ~4x faster (40 s -> 10 s for the Study B
-  demo model on 2 cores). On a GPU this also skips the accelerator compile
-  (ViT-B/16's init took 40 s to compile on an H200) and makes the initial
+  does not matter, and it compiles several times faster. On a GPU this also
+  skips the accelerator compile of the init program and makes the initial
   parameters the same bits on every platform. Values are deterministic and
   differ from an optimised compile's by at most one float32 ulp (the
   initialisers' erf_inv). The result is put on the default device (the

@@ -24,7 +24,7 @@ from cxr_jax.training import selection
 _INTEGERS = {
     'batch_size': (1, 'the global training batch'),
     'eval_batch_size': (1, 'the global evaluation batch'),
-    'seed': (0, 'a non-negative integer below 2**32'),
+    'seed': (0, 'it seeds initialisation, data order and augmentation'),
     'total_steps': (0, '0 = use total_epochs'),
     'eval_every_steps': (0, '0 = once per epoch'),
     'checkpoint_every_steps': (0, '0 = at every evaluation'),
