@@ -6,7 +6,6 @@ A converted-weights folder (written by `python -m cxr_jax.convert`, or
 'batch_stats': ...}` as numpy) and `meta.json` (model name, source file, its
 sha256). `restore(path)` reads that, or a training workdir's best checkpoint.
 
-
 `config.init = dict(path=..., rules=((target_regex, source_template), ...),
 dont_load=(regex, ...))`. Every parameter and batch statistic of the new model
 is looked up in the loaded tree under its own name, or under the name the
@@ -64,6 +63,9 @@ def _numpy_restore_args(tree: Any) -> Any:
 def load(out_dir: str) -> dict[str, Any]:
   """Reads a converted-weights folder as nested dicts of numpy arrays."""
   path = os.path.join(os.path.abspath(out_dir), 'variables')
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f'{out_dir}: no variables/ folder; not a folder '
+                            'written by python -m cxr_jax.convert?')
   with ocp.PyTreeCheckpointer() as ckptr:
     meta = ckptr.metadata(path)
     tree = meta.item_metadata.tree if hasattr(meta, 'item_metadata') else meta
@@ -72,30 +74,56 @@ def load(out_dir: str) -> dict[str, Any]:
   return _to_numpy(restored)
 
 
-def restore(path: str) -> dict:
+def _load_best(path: str) -> tuple[dict[str, Any], str]:
+  """The variables of the best checkpoint under `path` (a workdir or its
+  `best/`), and that checkpoint's folder."""
+  best = os.path.join(path, 'best') if os.path.isdir(
+      os.path.join(path, 'best')) else path
+  mngr = ckpt.manager(best, 1, ('variables', 'meta'))
+  try:
+    step = mngr.latest_step()
+    if step is None:
+      raise FileNotFoundError(
+          f'{path}: no best checkpoint under {best} (expected a training '
+          'workdir with best/<step>/, or a folder written by python -m '
+          'cxr_jax.convert).')
+    r = mngr.restore(step, args=ocp.args.Composite(
+        variables=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+  finally:
+    mngr.close()
+  return _to_numpy(r['variables']), os.path.join(best, str(step))
+
+
+def restore(path: str, like: Any = None) -> dict:
   """Loads `{'params': ..., 'batch_stats': ...}` as numpy from `path`.
 
   `path` may be a training workdir (its best checkpoint is used: chosen on
   validation), a workdir's `best/` folder, or a converted-weights folder.
+  `like`: the variables (arrays or shape structs, same collections) the
+  caller will use; when given, weights of another tree (a run of another
+  model) are a ValueError naming the checkpoint and the differing variables.
   """
   path = os.path.abspath(path)
   if not os.path.exists(path):
-    raise FileNotFoundError(f'config.init.path: {path} does not exist.')
-  if os.path.exists(os.path.join(path, META)):
-    return load(path)
-  best = os.path.join(path, 'best') if os.path.isdir(
-      os.path.join(path, 'best')) else path
-  mngr = ckpt.manager(best, 1, ('variables', 'meta'))
-  step = mngr.latest_step()
-  if step is None:
-    raise FileNotFoundError(
-        f'config.init.path: no best checkpoint under {best} (expected a '
-        'training workdir with best/<step>/, or a folder written by '
-        'python -m cxr_jax.convert).')
-  r = mngr.restore(step, args=ocp.args.Composite(
-      variables=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
-  mngr.close()
-  return _to_numpy(r['variables'])
+    raise FileNotFoundError(f'{path} does not exist (expected a training '
+                            'workdir or a folder written by python -m '
+                            'cxr_jax.convert).')
+  try:
+    if os.path.exists(os.path.join(path, META)):
+      variables, where = load(path), path
+    else:
+      variables, where = _load_best(path)
+  except FileNotFoundError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    raise ValueError(f'{path}: could not read the weights '
+                     f'({ckpt.short_error(e)}).') from e
+  if like is not None:
+    diff = ckpt.describe_mismatch(ckpt.shapes(variables), ckpt.shapes(like))
+    if diff:
+      raise ValueError(f'{where}: the weights do not fit the model: {diff}. '
+                       'They were written for another model (config.model).')
+  return variables
 
 
 def _adapt(name: str, src: np.ndarray, shape: tuple[int, ...]):
@@ -158,5 +186,8 @@ def init_from(init_cfg, init_vars) -> dict:
   """Loads `init_cfg.path` into `init_vars` (see module docstring)."""
   loaded = restore(init_cfg.path)
   logging.info('Initialising from %s', init_cfg.path)
-  return merge(init_vars, loaded, rules=init_cfg.rules,
-               dont_load=init_cfg.dont_load)
+  try:
+    return merge(init_vars, loaded, rules=init_cfg.rules,
+                 dont_load=init_cfg.dont_load)
+  except ValueError as e:
+    raise ValueError(f'config.init.path = {init_cfg.path}: {e}') from None

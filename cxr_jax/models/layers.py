@@ -338,8 +338,8 @@ def _raise_mismatch(model: nn.Module, unknown: list[str],
                       ('torch tensors with no place in the model', unknown),
                       ('model variables no tensor filled', missing)):
     if items:
-      more = f', ... ({len(items) - 10} more)' if len(items) > 10 else ''
-      parts.append(f'{len(items)} {what}: {"; ".join(items[:10])}{more}')
+      more = f'; ... ({len(items) - 5} more)' if len(items) > 5 else ''
+      parts.append(f'{len(items)} {what}: {"; ".join(items[:5])}{more}')
   family = getattr(model, 'family', type(model).__name__)
   msg = (f'torch state dict does not fit {family} variant '
          f'{getattr(model, "variant", "?")!r}: ' + '. '.join(parts))
