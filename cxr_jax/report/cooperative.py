@@ -4,7 +4,10 @@
 computed and the predicted maps and Grad-CAMs of `studies.
 cooperative_evaluate` (for the figure), writes every table as CSV +
 Markdown, draws Fig 4.2 and composes `report.md` (settings, tables, tests,
-figure) and `machine.json`. The figure names the network each column ran.
+figure), `machine.json` and `report.html`: the same report as a page, with a
+browser of every test image (`cases`: its gaze map, each classifier's
+probabilities, Grad-CAM and its scores against gaze, each saliency model's
+predicted map and metrics). The figure names the network each column ran.
 """
 from __future__ import annotations
 
@@ -14,11 +17,20 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from cxr_jax.report import browser
 from cxr_jax.report import document
 from cxr_jax.report import figures
+from cxr_jax.report import images
 from cxr_jax.report import tables
+from cxr_jax.studies import cooperative_evaluate as evaluate
 
 CLASS_NAMES = ('Normal', 'CHF', 'pneumonia')
+CASE_SIDE = 320  # longest side in px of the case browser's images
+CASE_NOTE = (
+    'Grad-CAM: the true class. Predicted gaze: each saliency model\'s '
+    'distribution, scaled to its maximum. p_true: the probability of the '
+    'true class; sort by it (ascending) for the worst misclassifications, by '
+    'kl (descending) for the predicted maps furthest from the gaze.')
 INTRO = (
     'Every model is evaluated from its best checkpoint (validation loss). '
     "Saliency metrics: the authors' definitions (KL without epsilon, HS = "
@@ -123,14 +135,66 @@ def fig_4_2(path: str, test, columns: Sequence[tuple[str, np.ndarray]],
       overlays=[False] + [True] * (len(columns) + 1), path=path)
 
 
+def _stage_column(name: str, r: evaluate.StageResult) -> browser.Column:
+  imgs, vals = (), ()
+  if r.classified is not None:
+    imgs += ('Grad-CAM',)
+    vals += ('p_true', 'pred') + tuple(f'cam_{k}' for k in
+                                       evaluate.CAM_METRICS)
+  if r.saliency is not None:
+    imgs += ('predicted gaze',)
+    vals += evaluate.SALIENCY_METRICS
+  label = name if name == r.network else f'{name} ({r.network})'
+  return browser.Column(label, imgs, vals)
+
+
+def _stage_cell(files: images.CaseImages, name: str, r: evaluate.StageResult,
+                i: int, index: int, base: str) -> browser.Cell:
+  """One model's cell of test image i: maps over the CXR, values."""
+  imgs, vals = [], []
+  if r.classified is not None:
+    probs = np.asarray(r.classified['probs'][i])
+    imgs.append([base, files.layer(f'{index}_{name}_cam', r.cams[i])])
+    vals += [probs[int(r.classified['label'][i])],
+             CLASS_NAMES[int(np.argmax(probs))]]
+    vals += [r.cam_scores[k][i] for k in evaluate.CAM_METRICS]
+  if r.saliency is not None:
+    pred = images.peak_scaled(r.saliency['pred'][i])
+    imgs.append([base, files.layer(f'{index}_{name}_gaze', pred)])
+    vals += [r.saliency[k][i] for k in evaluate.SALIENCY_METRICS]
+  return browser.Cell(imgs, vals)
+
+
+def cases(out_dir: str, results: Mapping[str, evaluate.StageResult], test
+          ) -> browser.Browser:
+  """Every test image (split order) with its gaze map and each model's
+  maps and values; the images go to `out_dir/cases/`."""
+  files = images.CaseImages(out_dir, max_side=CASE_SIDE)
+  cols = [browser.Column('Case', ('CXR', 'gaze map'), ('index', 'label'))]
+  cols += [_stage_column(n, r) for n, r in results.items()]
+  out = browser.Browser(cols, note=CASE_NOTE)
+  for i, index in enumerate(np.asarray(test['index'])):
+    base = files.grey(str(index), np.asarray(test['image'][i])[..., 0])
+    gaze = np.asarray(test['gaze'][i])
+    gt = [base, files.layer(f'{index}_gaze', gaze)] if gaze.max() > 0 else None
+    cells = [browser.Cell([[base], gt], [
+        int(index), CLASS_NAMES[int(test['label'][i])]])]
+    cells += [_stage_cell(files, n, r, i, int(index), base)
+              for n, r in results.items()]
+    out.add(str(index), cells)
+  return out
+
+
 def _section(title: str, md: str, *text: str) -> list[str]:
   return [f'## {title}', '', *sum(([t, ''] for t in text), []), md, '']
 
 
 def write(out_dir: str, config, stages: Mapping[str, Any], *,
           tabs: Mapping[str, tables.Table], test,
-          fig_columns: Sequence[tuple[str, np.ndarray]], t0: float) -> str:
-  """Writes every table, Fig 4.2, `machine.json` and `report.md`."""
+          fig_columns: Sequence[tuple[str, np.ndarray]], t0: float,
+          results: Mapping[str, evaluate.StageResult] | None = None) -> str:
+  """Writes every table, Fig 4.2, `machine.json`, `report.md` and
+  `report.html`, whose case browser shows `results` (None: no browser)."""
   w = lambda stem: tables.write(tabs[stem], os.path.join(out_dir, stem))
   md = ['# Study B report: cooperative multi-task UNet', '',
         f'Test split: {len(test["label"])} images (classes Normal, CHF, pneumonia). '
@@ -157,4 +221,6 @@ def write(out_dir: str, config, stages: Mapping[str, Any], *,
     md += ['## Fig 4.2', '', f'![qualitative grid]({os.path.basename(grid)})',
            '']
   md += [f'Report written in {time.time() - t0:.1f} s.']
+  document.write_html(out_dir, md, None if results is None else
+                      cases(out_dir, results, test))
   return document.write_markdown(out_dir, md)

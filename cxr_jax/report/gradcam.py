@@ -5,7 +5,10 @@
 `studies.gradcam_evaluate` (for the figures' maps), titles and writes every
 table as CSV + Markdown, draws Fig 3.1, Fig 3.2 and the CAM-method grid, and
 composes `report.md` (summary, settings, tables, statistics, figures, wall
-times) and `machine.json`. Figures and tables name both the thesis model of
+times), `machine.json` and `report.html`: the same report as a page, with
+a browser of every test image (`cases`: its mask, each model's
+probabilities, and for the images the CAM metrics score, each model's map
+and per-image metrics). Figures and tables name both the thesis model of
 each stage and the network that was trained (`vgg16 (vgg_tiny)`).
 """
 from __future__ import annotations
@@ -16,8 +19,12 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from cxr_jax.data import siim
+from cxr_jax.evaluators import cam_localization as cam_loc
+from cxr_jax.report import browser
 from cxr_jax.report import document
 from cxr_jax.report import figures
+from cxr_jax.report import images
 from cxr_jax.report import tables
 
 FAMILY_COLORS = {'vgg': '#4C72B0', 'resnet': '#55A868', 'vit': '#C44E52'}
@@ -31,6 +38,8 @@ REPEATED_TEXT = (
     'all models (images finite under every model; needs 3 models) and a '
     'Wilcoxon signed-rank test per pair (images finite under both), p-values '
     "adjusted with Holm's step-down method.")
+CASE_SIDE = 256  # longest side in px of the case browser's images
+CASE_VALUES = ('p_pneumothorax', 'p_true', 'pred') + cam_loc.METRICS
 
 
 def network_label(stage: str, network: str) -> str:
@@ -135,6 +144,50 @@ def fig_methods(path: str, cams: Mapping[str, np.ndarray], masked,
           for i in range(len(grid))]
   return _grid(path, rows, masked, grid, list(cams),
                f'CAM methods on {label}, targets={cam.targets}')
+
+
+def _case_cell(files: images.CaseImages, name: str, r, i: int,
+               p: int | None, base: str, mask) -> browser.Cell:
+  """One model's cell of test image i (masked row p, None if not scored)."""
+  probs = np.asarray(r.pred['probs'][i])
+  values = [probs[1], probs[int(r.pred['label'][i])],
+            siim.CLASS_NAMES[int(np.argmax(probs))]]
+  if p is None:
+    return browser.Cell([None], values + [None] * len(cam_loc.METRICS))
+  index = int(r.pred['index'][i])
+  heat = files.layer(f'{index}_{name}', r.cams_u8[p] / 255.0, mask)
+  return browser.Cell([[base, heat]],
+                      values + [r.loc[m][p] for m in cam_loc.METRICS])
+
+
+def cases(out_dir: str, results, test, masked, cam) -> browser.Browser:
+  """Every test image (split order) with its mask outline and, per model,
+  its probabilities and, where scored, its map (`cams_u8`) and metrics; the
+  images go to `out_dir/cases/`."""
+  files = images.CaseImages(out_dir, max_side=CASE_SIDE)
+  where = {int(k): p for p, k in enumerate(masked['index'])}
+  cols = [browser.Column('Case', ('CXR + mask',), ('index', 'label'))]
+  cols += [browser.Column(network_label(n, r.network), (cam.method,),
+                          CASE_VALUES) for n, r in results.items()]
+  out = browser.Browser(cols, note=(
+      f'Maps: {cam.method}, targets={cam.targets}, for the test images with '
+      'a pneumothorax mask (the images the CAM metrics score; green: the '
+      'mask); the other test images show the probabilities only. p_true: '
+      'the probability of the true class; sort by it (ascending) for the '
+      'worst misclassifications, by diff_gradcam for the maps furthest off '
+      'the mask.'))
+  for i, index in enumerate(np.asarray(test['index'])):
+    p = where.get(int(index))
+    mask = None if p is None else masked['mask'][p]
+    base = files.grey(str(index), test['image'][i][..., 0])
+    gt = [base] + ([] if p is None else [files.layer(f'{index}_mask', None,
+                                                     mask)])
+    cells = [browser.Cell([gt], [int(index),
+                                 siim.CLASS_NAMES[int(test['label'][i])]])]
+    cells += [_case_cell(files, n, r, i, p, base, mask)
+              for n, r in results.items()]
+    out.add(str(index), cells)
+  return out
 
 
 def _test_sentences(tabs: Mapping[str, tables.Table]) -> list[str]:
@@ -295,4 +348,6 @@ def write(out_dir: str, config, stages: Mapping[str, Any], *, results,
   lines += ['## Figures', '', *document.figure_lines(figs),
             'Per-image values: [per_image.csv](per_image.csv).', '',
             *_wall_times(results, methods_s, t0)]
+  document.write_html(out_dir, lines,
+                      cases(out_dir, results, test, masked, cam))
   return document.write_markdown(out_dir, lines)

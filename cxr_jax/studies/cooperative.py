@@ -93,5 +93,6 @@ def report(config, workdir: str, stages: Mapping[str, Any]
     return {}
   writer.write(os.path.join(workdir, 'report'), config, stages, tabs=tabs,
                test=splits['test'],
-               fig_columns=figure_columns(results, config.sequence), t0=t0)
+               fig_columns=figure_columns(results, config.sequence), t0=t0,
+               results=results)
   return {k: tabs[k].rows for k in ('table_4_1', 'table_4_2', 'ttests')}

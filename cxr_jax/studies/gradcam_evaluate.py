@@ -4,8 +4,10 @@
 probabilities and log-odds of every image (the classification evaluator),
 and `cam.method` maps with their localisation metrics for every image with a
 pneumothorax mask (`evaluators.cam_localization.cam_metrics`). The maps of
-the figure's patients are kept. `compare_methods` computes several CAM
-methods of one model on those patients. Nothing here formats or writes.
+the figure's patients are kept at full precision, and every scored image's
+map as uint8 (the report's per-case browser: 1,000 images of 224 x 224 px
+take 50 MB per model). `compare_methods` computes several CAM methods of
+one model on those patients. Nothing here formats or writes.
 """
 from __future__ import annotations
 
@@ -35,6 +37,8 @@ class ModelResult:
     loc: `cam_metrics` of the masked test images: 'index', 'label',
       'target', 'prob' and one (M,) array per `cam_localization.METRICS`;
       'cams' maps a row position to its (H, W) map for the figure rows.
+    cams_u8: (M, H, W) uint8, round(255 * map) of every masked test image,
+      in `loc` order.
     train: the training summary (`done.json`; empty if absent).
     eval_s: wall time of this evaluation.
   """
@@ -43,6 +47,7 @@ class ModelResult:
   init: str
   pred: dict[str, np.ndarray]
   loc: dict[str, Any]
+  cams_u8: np.ndarray
   train: dict[str, Any]
   eval_s: float
 
@@ -60,7 +65,8 @@ def evaluate(stage: str, run: Run, test: Mapping[str, np.ndarray],
   """Probabilities on `test` and CAM metrics on `masked` (its masked rows).
 
   `cam` is the report's `config.cam` (method, targets, EHR variant and
-  thresholds, top-k fraction, batch size).
+  thresholds, top-k fraction, batch size); `keep_cams` the row positions in
+  `masked` whose float32 maps are kept (the figures').
   """
   t0 = time.time()
   ctx = run.eval_context({'test': test}, batch_size=cam.batch_size,
@@ -70,10 +76,18 @@ def evaluate(stage: str, run: Run, test: Mapping[str, np.ndarray],
       run.model, run.variables, masked, mesh=mesh, batch_size=cam.batch_size,
       method=cam.method, targets=cam.targets, ehr_variant=cam.ehr_variant,
       ehr_thresholds=cam.ehr_thresholds, top_k_fraction=cam.top_k_fraction,
-      model_inputs=tuple(run.config.model_inputs), keep_cams=keep_cams)
+      model_inputs=tuple(run.config.model_inputs),
+      keep_cams=range(len(masked['label'])))
+  cams = loc.pop('cams')
+  loc['cams'] = {p: cams[p] for p in keep_cams}
+  h, w = np.shape(masked['image'])[1:3]
+  cams_u8 = np.zeros((len(cams), h, w), np.uint8)
+  for p, m in cams.items():
+    cams_u8[p] = np.round(m * 255.0)
   return ModelResult(stage=stage, network=run.network,
                      init=run.config.init.path, pred=pred, loc=loc,
-                     train=run.summary, eval_s=time.time() - t0)
+                     cams_u8=cams_u8, train=run.summary,
+                     eval_s=time.time() - t0)
 
 
 def compare_stage(cam, sequence: Sequence[str]) -> str:
