@@ -178,3 +178,57 @@ def test_every_torch_family_has_convert_torch():
     sig = inspect.signature(module.convert_torch)
     assert list(sig.parameters)[0] == 'state_dict', name
     assert sig.parameters['variant'].kind == inspect.Parameter.KEYWORD_ONLY
+
+
+def test_study_models_cover_the_configs():
+  from configs import gradcam_benchmark  # pylint: disable=g-import-not-at-top
+  assert set(gradcam_benchmark.MODELS) <= set(convert.STUDY_MODELS)
+  assert {'densenet201', 'inception_resnet_v2'} <= set(convert.STUDY_MODELS)
+  for name in convert.STUDY_MODELS:
+    models.family(name)  # a registered model
+    assert convert.source_patterns(name)
+
+
+def test_cli_all_converts_what_it_finds(tmp_path, resnet18_sd):
+  """--all over two source folders: a torchvision file under its published
+  name and a timm file in the Hugging Face hub cache's layout; a missing
+  model is listed and makes the exit status 1, the others are converted."""
+  timm = pytest.importorskip('timm')
+  tv, hub, out = tmp_path / 'torch', tmp_path / 'hf', tmp_path / 'out'
+  tv.mkdir()
+  torch.save(resnet18_sd, str(tv / 'resnet18-f37072fd.pth'))
+  snap = hub / ('models--timm--vit_small_patch16_224.augreg_in21k_ft_in1k/'
+                'snapshots/0123abc')
+  snap.mkdir(parents=True)
+  torch.manual_seed(0)
+  vit_sd = timm.create_model('vit_small_patch16_224').state_dict()
+  safetensors_torch.save_file(dict(vit_sd), str(snap / 'model.safetensors'))
+
+  r = _cli('--all', f'--src_dir={tv},{hub}', f'--out_dir={out}',
+           '--models=resnet18,vit_s16,densenet201')
+  assert r.returncode == 1, r.stderr[-3000:]
+  lines = r.stdout.splitlines()
+  assert any(l.split()[:1] == ['densenet201'] and 'MISSING' in l and
+             'densenet201-*.pth' in l for l in lines), r.stdout
+  assert 'Missing 1 of 3: densenet201' in r.stdout
+  assert 'Converted 2 of 3' in r.stdout
+  assert sorted(os.listdir(out)) == ['resnet18', 'vit_s16']
+  _assert_trees_equal(weights.load(str(out / 'resnet18')),
+                      resnet.convert_torch(_np(resnet18_sd), variant='18'))
+  vit_params = weights.load(str(out / 'vit_s16'))['params']
+  np.testing.assert_array_equal(vit_params['pos_embed'],
+                                vit_sd['pos_embed'].numpy())
+  meta = json.load(open(out / 'vit_s16' / 'meta.json'))
+  assert meta['model'] == 'vit_s16' and meta['source'].endswith(
+      '0123abc/model.safetensors')
+
+
+def test_cli_all_lists_every_expected_file(tmp_path):
+  r = _cli('--all', f'--src_dir={tmp_path}', f'--out_dir={tmp_path / "o"}')
+  assert r.returncode == 1
+  for name in convert.STUDY_MODELS:
+    assert any(l.split()[:1] == [name] and 'MISSING' in l
+               for l in r.stdout.splitlines()), (name, r.stdout)
+  assert 'vgg16-*.pth' in r.stdout
+  assert 'inception_resnet_v2.*/model.safetensors' in r.stdout
+  assert f'Missing {len(convert.STUDY_MODELS)} of' in r.stdout
