@@ -214,3 +214,34 @@ def test_perturb_features_gradient(tiny):
   g = grads['features']
   assert g.shape == out['features'].shape
   assert np.abs(np.asarray(g)).max() > 0
+
+
+def test_vgg_cam_layer_conv_is_the_pre_relu_map():
+  """cam_layer='conv' targets the last conv before its ReLU: the map is the
+  default's up to the ReLU, and its Grad-CAM gradient is the default's times
+  the ReLU's mask; the logits do not change."""
+  x = jax.random.normal(jax.random.key(1), (2, 32, 32, 1))
+  relu = models.get_model('vgg_tiny', num_classes=2, in_chans=1, dropout=0.)
+  conv = models.get_model('vgg_tiny', num_classes=2, in_chans=1, dropout=0.,
+                          cam_layer='conv')
+  variables = jax.jit(relu.init)(jax.random.key(0), x)
+  params = {k: v for k, v in variables.items() if k != 'perturbations'}
+
+  def grad_and_out(model):
+    def score(p):
+      logits, out = model.apply({**params, 'perturbations': p}, x)
+      return logits[:, 1].sum(), (logits, out)
+    return jax.jit(jax.grad(score, has_aux=True))(variables['perturbations'])
+
+  g_relu, (logits_relu, out_relu) = grad_and_out(relu)
+  g_conv, (logits_conv, out_conv) = grad_and_out(conv)
+  pre, post = np.asarray(out_conv['features']), np.asarray(out_relu['features'])
+  assert (pre < 0).any()  # the two layers really differ
+  np.testing.assert_array_equal(np.maximum(pre, 0), post)
+  np.testing.assert_array_equal(logits_conv, logits_relu)
+  np.testing.assert_allclose(g_conv['features'],
+                             np.where(pre > 0, g_relu['features'], 0.),
+                             rtol=1e-6, atol=1e-7)
+  with pytest.raises(ValueError, match="cam_layer='pool'"):
+    models.get_model('vgg_tiny', num_classes=2, in_chans=1,
+                     cam_layer='pool').init(jax.random.key(0), x)

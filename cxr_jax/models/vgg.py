@@ -7,12 +7,15 @@ first classifier weights line up), then Linear-ReLU-Dropout(0.5)-Linear-ReLU-
 Dropout(0.5)-Linear. 'tiny' (widths 8/16/32/32/32, hidden 64, one conv per
 stage but two in the last) is for tests.
 
-Grad-CAM target (`out['features']`): the thesis says "last conv layer". We take
-the output of the last conv *after its ReLU and before the final max-pool*,
-i.e. torchvision's `model.features[-2]` (14x14 at 224 px). It is what
-`target_layers=[model.features[-1]]` users of pytorch-grad-cam get up to the
-max-pool, at twice the resolution, and the ReLU output (not the raw conv) is
-the activation Grad-CAM's ReLU(weighted sum) was defined on.
+Grad-CAM target (`out['features']`): the thesis says "last conv layer". By
+default (`cam_layer='relu'`) we take the output of the last conv *after its
+ReLU and before the final max-pool* (relu5_3 in VGG16), i.e. torchvision's
+`model.features[-2]` (14x14 at 224 px): the layer of the original Grad-CAM
+code, what `target_layers=[model.features[-1]]` users of pytorch-grad-cam
+get up to the max-pool, at twice the resolution, and the activation
+Grad-CAM's ReLU(weighted sum) was defined on. `cam_layer='conv'` takes the
+same conv's output before the ReLU (the literal "convolution layer"): the
+map differs by the ReLU, its gradient by the ReLU's mask.
 
 Flax tree: conv{stage}_{k} (stage 1..5, k 1..), fc1, fc2 (torch classifier.0
 and .3) and head (classifier.6; named 'head' as in every family here).
@@ -39,6 +42,7 @@ _VARIANTS = {
     'tiny': ((1, 1, 1, 1, 2), (8, 16, 32, 32, 32), 64),
 }
 _POOL = 7  # torchvision's AdaptiveAvgPool2d((7, 7))
+_CAM_LAYERS = ('relu', 'conv')  # Grad-CAM target: last conv after / before ReLU
 
 
 def _spec(variant: str):
@@ -74,27 +78,41 @@ class Model(layers.Classifier):
   Attributes (beyond `layers.Classifier`'s):
     variant: '16', '19' or 'tiny'.
     dropout: dropout rate of the classifier (torchvision: 0.5), train only.
+    cam_layer: the Grad-CAM target `out['features']`: 'relu' (default) =
+      the last conv's ReLU output, 'conv' = that conv's output before it.
   """
   family: ClassVar[str] = 'VGG'
   variants: ClassVar[Mapping[str, Any]] = _VARIANTS
   variant: str = '16'
   dropout: float = 0.5
+  cam_layer: str = 'relu'
 
   @nn.compact
   def __call__(self, x_BHWC: jax.Array, *, train: bool = False
                ) -> tuple[jax.Array, dict[str, jax.Array]]:
     depths, widths, hidden = self.spec(x_BHWC)
+    if self.cam_layer not in _CAM_LAYERS:
+      raise ValueError(f'VGG cam_layer={self.cam_layer!r}; valid: '
+                       f'{_CAM_LAYERS}.')
     out = {}
+
+    def target(y: jax.Array, layer: str) -> jax.Array:
+      """Registers `y` as the Grad-CAM target if it is the chosen layer."""
+      if layer != self.cam_layer:
+        return y
+      out['features'] = y = self.perturb('features', y)
+      return y
+
     x = x_BHWC.astype(self.dtype)
     for i, (depth, width) in enumerate(zip(depths, widths)):
       for k in range(depth):
         x = ops.Conv(width, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype,
                      kernel_init=layers.conv_kernel_init,
                      name=f'conv{i + 1}_{k + 1}')(x)
-        x = nn.relu(x)
+        last = (i, k) == (len(depths) - 1, depth - 1)
+        x = nn.relu(target(x, 'conv') if last else x)
       if i == len(depths) - 1:
-        x = self.perturb('features', x)
-        out['features'] = x
+        x = target(x, 'relu')
       x = ops.max_pool(x, (2, 2), (2, 2))
       out[f'block{i + 1}'] = x
     x = out['pooled'] = adaptive_avg_pool(x, _POOL)
