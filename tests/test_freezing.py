@@ -65,7 +65,7 @@ def test_frozen_backbone_is_bitwise_unchanged_and_the_head_trains(name):
   # model has BatchNorm or dropout: the frozen modules normalise with
   # their running statistics.
   if name != 'cooperative_tiny':  # (its UNet trains, in training mode)
-    logits, _ = model.apply(state0.variables(), batch['image'])
+    logits, _ = jax.jit(model.apply)(state0.variables(), batch['image'])
     ce = _ce(logits, batch['label'])
     np.testing.assert_allclose(metrics['loss'], ce, rtol=1e-5)
   for _ in range(2):

@@ -25,7 +25,9 @@ that field switched on the bound instance, which lives for one `apply`.
 
 Parameters frozen inside a module that also trains (e.g. a BatchNorm's scale
 alone) are frozen parameters of a training module: they get no update, and
-the module keeps its training mode.
+the module keeps its training mode. Likewise a parameter-free layer called
+by a training module (e.g. the dropout before a VGG's head, called by the
+model itself) follows that module's mode.
 
 A model that still updates a frozen module's batch statistics (a module
 that enters training mode some other way) cannot honour the contract:
