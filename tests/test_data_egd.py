@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import csv
 import logging
 import os
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 import scipy.ndimage
 
+from cxr_jax.data import csv_columns
 from cxr_jax.data import dicom
 from cxr_jax.data import egd
 from cxr_jax.data import egd_csv
@@ -602,3 +604,116 @@ def test_lost_fixations_are_named_and_counted(phantom_root, tmp_path, caplog):
   assert got['n_undefined'] == 1 and got['n_images'] == n
   message = sal_eval.undefined_message(m, test['index'])
   assert 'nss/auc_judd' in message and '[5]' in message
+
+
+# ------------------------------------------- numpy CSV reader vs csv module
+
+_HEADER = ('SESSION_ID', 'DICOM_ID', 'Time (in secs)', 'FPOGD', 'X_ORIGINAL',
+           'Y_ORIGINAL', 'EXTRA')
+_GOOD = ('1.5', '-2', '0', '-0', '+3.25', '12345678901234', '0.1', '.5', '5.',
+         '00012', '-.5')
+_ODD = ('1234567890123456', '1e3', 'nan', 'inf', ' 7 ', '1_0', '\u0661\u0662',
+        'abc', '', '-', '1.2.3', '0.33879000000000004', '9' * 30, '\t4\t',
+        '+', '1\x00', '"2.5"', '"1,5"')
+_IDS = ('a', 'b', 'c', ' a', 'a ', '\u00e9', 'x\x00', 'long' * 40, '',
+        '"q,""r""\nz"')
+
+
+def _random_gaze_csv(rng: np.random.Generator, bad: float) -> bytes:
+  """A small CSV with the gaze columns and the csv module's edge cases:
+  quoted fields (with commas, newlines, doubled quotes), blank and
+  whitespace lines, CRLF and lone CR, extra and missing fields, a BOM,
+  odd or bad numbers, non-ASCII text and bytes that are not UTF-8."""
+  pick = lambda xs: xs[int(rng.integers(len(xs)))]
+  lines = []
+  for _ in range(int(rng.integers(0, 25))):
+    row = [str(rng.integers(3)),
+           pick(_IDS[:3]) if rng.random() > 0.2 else pick(_IDS)]
+    row += [pick(_GOOD) if rng.random() > bad else pick(_ODD)
+            for _ in range(4)] + ['z'] * int(rng.integers(0, 3))
+    if rng.random() < bad / 2:
+      row = row[:int(rng.integers(0, 6))]
+    lines.append(','.join(row))
+    if rng.random() < 0.05:
+      lines.append(pick(('', '  ')))
+  nl = '\r\n' if rng.random() < 0.2 else '\n'
+  text = ','.join(_HEADER) + nl + nl.join(lines) + (
+      nl if rng.random() < 0.8 else '')
+  if rng.random() < 0.05:
+    text = text.replace('\n', '\r', 1)
+  if rng.random() < 0.05:
+    text = '\ufeff' + text
+  data = text.encode()
+  if rng.random() < 0.05:
+    i = int(rng.integers(len(data) + 1))
+    data = data[:i] + b'\xff' + data[i:]
+  return data
+
+
+def _read_both(path: str, durations: bool, monkeypatch, chunk: int):
+  """(csv module's, numpy's with `chunk`-byte chunks) result or error."""
+  out = []
+  for method in ('csv', 'numpy'):
+    monkeypatch.setattr(csv_columns, 'CHUNK_BYTES', chunk)
+    try:
+      out.append(egd_csv.read_gaze_csv(path, durations, method=method))
+    except ValueError as e:
+      out.append(f'ValueError: {e}')
+  return out
+
+
+def _assert_same_gaze(a, b) -> None:
+  if isinstance(a, str) or isinstance(b, str):
+    assert a == b
+    return
+  assert list(a) == list(b)
+  for d in a:
+    assert set(a[d]) == set(b[d])
+    for k in a[d]:
+      assert a[d][k].dtype == b[d][k].dtype, (d, k)
+      np.testing.assert_array_equal(a[d][k], b[d][k])
+
+
+@pytest.mark.parametrize('bad', [0.0, 0.01, 0.1])
+def test_numpy_gaze_reader_equals_csv_module(tmp_path, monkeypatch, bad):
+  """The numpy reader returns the csv-module reader's arrays (bitwise) or
+  its exact error, for every chunk size, on random files full of the csv
+  module's edge cases."""
+  rng = np.random.default_rng(int(bad * 1000))
+  path = str(tmp_path / 'g.csv')
+  kinds = collections.Counter()
+  for _ in range(40):
+    with open(path, 'wb') as f:
+      f.write(_random_gaze_csv(rng, bad))
+    for chunk in (8, 64, 1 << 20):
+      for durations in (False, True):
+        a, b = _read_both(path, durations, monkeypatch, chunk)
+        _assert_same_gaze(a, b)
+        kinds[isinstance(a, str)] += 1
+  assert kinds[False] > 10  # both outcomes are exercised
+  if bad:
+    assert kinds[True] > 10
+
+
+def test_numpy_gaze_reader_equals_csv_module_on_phantom(phantom_root,
+                                                        monkeypatch):
+  for name in ('eye_gaze.csv', 'fixations.csv'):
+    for chunk in (4096, 1 << 20):
+      a, b = _read_both(os.path.join(phantom_root, name), True, monkeypatch,
+                        chunk)
+      assert not isinstance(a, str) and len(a) == 12
+      _assert_same_gaze(a, b)
+
+
+@pytest.mark.parametrize('text', [
+    '0.1', '-0.0', '+7', '.25', '3.', '123456789012345', '0.00000000000001',
+    '999999999999999', '-12.5'])
+def test_decimal_fast_path_equals_float(text):
+  from cxr_jax.data import decimal_text  # pylint: disable=g-import-not-at-top
+  buf = bytearray(text.encode() + b',' + bytes(64))
+  g = decimal_text.windows(buf, np.array([0]), len(text))
+  value, simple = decimal_text.parse(g.view(np.uint8).reshape(1, -1),
+                                     np.array([len(text)]))
+  assert simple[0]
+  assert value[0] == float(text) and np.signbit(value[0]) == np.signbit(
+      float(text))

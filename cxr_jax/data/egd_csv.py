@@ -3,7 +3,9 @@ fixations and bounding boxes.
 
 Every reader names the file, line and column of a bad value. Line numbers
 are the file's physical lines (the header is line 1), so a user can open the
-file at the reported line.
+file at the reported line. The small files go through the csv module; the
+gaze files (the real eye_gaze.csv has about 4 million rows) through
+`csv_columns`, whose results and errors are the csv module's.
 """
 from __future__ import annotations
 
@@ -12,12 +14,15 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from cxr_jax.data import csv_columns
 from cxr_jax.data import textfile
+from cxr_jax.registry import check_choice
 
 CLASS_NAMES = ('Normal', 'CHF', 'pneumonia')
 MASTER_COLUMNS = ('dicom_id', 'path', 'patient_id') + CLASS_NAMES
 GAZE_COLUMNS = ('DICOM_ID', 'Time (in secs)', 'X_ORIGINAL', 'Y_ORIGINAL')
 DURATION_COLUMN = 'FPOGD'  # fixation duration (s), optional
+_GAZE_NUMBERS = ('X_ORIGINAL', 'Y_ORIGINAL', 'Time (in secs)')  # check order
 
 
 def read_csv_columns(path: str, required: Sequence[str],
@@ -106,42 +111,59 @@ def read_master(path: str) -> dict[str, Any]:
               label=onehot.argmax(1).astype(np.int32), line=lines)
 
 
-def read_gaze_csv(path: str, durations: bool = False
-                  ) -> dict[str, dict[str, np.ndarray]]:
+def read_gaze_csv(path: str, durations: bool = False, *,
+                  method: str = 'numpy') -> dict[str, dict[str, np.ndarray]]:
   """Reads eye_gaze.csv or fixations.csv grouped by DICOM_ID.
 
   Returns DICOM_ID -> {'xy': (N, 2) X_ORIGINAL/Y_ORIGINAL, 'time': (N,),
   'line': (N,) line numbers}, rows in file order. With `durations` (for
   fixations.csv), also 'duration': (N,) the `FPOGD` column when the file has
   it (fixation durations in seconds, each checked to be finite and >= 0);
-  absent otherwise.
+  absent otherwise. `method`: 'numpy' (`csv_columns`, for the real
+  ~4-million-row file) or 'csv' (the csv module and a float() per value,
+  the reference that 'numpy' matches in results and errors).
   """
-  cols, lines = read_csv_columns(
-      path, GAZE_COLUMNS, (DURATION_COLUMN,) if durations else ())
-  xy = np.stack([_floats(cols['X_ORIGINAL'], path, 'X_ORIGINAL', lines),
-                 _floats(cols['Y_ORIGINAL'], path, 'Y_ORIGINAL', lines)], 1)
-  t = _floats(cols['Time (in secs)'], path, 'Time (in secs)', lines)
-  dur = (_floats(cols[DURATION_COLUMN], path, DURATION_COLUMN, lines)
-         if DURATION_COLUMN in cols else None)
-  ids = np.asarray(cols['DICOM_ID'])
+  optional = (DURATION_COLUMN,) if durations else ()
+  check_choice(method, ('numpy', 'csv'), 'method')
+  if method == 'csv':
+    cols, lines = read_csv_columns(path, GAZE_COLUMNS, optional)
+    ids = np.asarray(cols['DICOM_ID'])
+    keys, code = np.unique(ids, return_inverse=True)
+    values = {c: _floats(cols[c], path, c, lines) for c in _GAZE_NUMBERS
+              + tuple(c for c in optional if c in cols)}
+  else:
+    got = csv_columns.read_columns(path, 'DICOM_ID', _GAZE_NUMBERS, optional,
+                                   required=GAZE_COLUMNS)
+    keys, code, values, lines = got.keys, got.code, got.values, got.line
+  dur = values.get(DURATION_COLUMN)
   if dur is not None:
-    _check_durations(path, dur, ids, lines)
+    _check_durations(path, dur, keys, code, lines)
+  return _group([str(k) for k in keys], code.reshape(-1), lines, dict(
+      xy=np.stack([values['X_ORIGINAL'], values['Y_ORIGINAL']], 1),
+      time=values['Time (in secs)'], duration=dur))
+
+
+def _group(keys: Sequence[str], code: np.ndarray, lines: np.ndarray,
+           fields: dict[str, np.ndarray | None]
+           ) -> dict[str, dict[str, np.ndarray]]:
+  """key -> {field: its rows (file order), 'line': their lines}."""
   out = {}
-  if ids.size == 0:
+  if not code.size:
     return out
-  order = np.argsort(ids, kind='stable')
-  uniq, starts = np.unique(ids[order], return_index=True)
-  ends = np.append(starts[1:], ids.size)
-  for d, s, e in zip(uniq, starts, ends):
+  order = np.argsort(code, kind='stable')
+  sorted_code = code[order]
+  starts = np.r_[0, np.flatnonzero(np.diff(sorted_code)) + 1]
+  ends = np.r_[starts[1:], code.size]
+  fields = dict(fields, line=lines)
+  for s, e in zip(starts, ends):
     sel = order[s:e]
-    out[str(d)] = dict(xy=xy[sel], time=t[sel], line=lines[sel])
-    if dur is not None:
-      out[str(d)]['duration'] = dur[sel]
+    out[keys[sorted_code[s]]] = {k: v[sel] for k, v in fields.items()
+                                 if v is not None}
   return out
 
 
-def _check_durations(path: str, dur: np.ndarray, ids: np.ndarray,
-                     lines: np.ndarray) -> None:
+def _check_durations(path: str, dur: np.ndarray, keys: Sequence[str],
+                     code: np.ndarray, lines: np.ndarray) -> None:
   """Raises naming the file, line and DICOM_ID of the first FPOGD value that
   is not a duration (NaN, infinite or negative)."""
   bad = np.flatnonzero(~(np.isfinite(dur) & (dur >= 0)))
@@ -149,7 +171,7 @@ def _check_durations(path: str, dur: np.ndarray, ids: np.ndarray,
     i = bad[0]
     more = f' ({bad.size} such rows in the file)' if bad.size > 1 else ''
     raise ValueError(
-        f'{path}: line {lines[i]} (DICOM_ID {str(ids[i])!r}), column '
+        f'{path}: line {lines[i]} (DICOM_ID {str(keys[code[i]])!r}), column '
         f'{DURATION_COLUMN!r}: a fixation duration must be finite and >= 0, '
         f'got {dur[i]}{more}')
 

@@ -47,19 +47,25 @@ def read_text(path: str | os.PathLike) -> str:
   return decode(path, data[skip:], offset=skip)
 
 
-def csv_rows(path: str | os.PathLike
-             ) -> Iterator[tuple[int, list[str]]]:
-  """(line number, fields) of each record of a CSV file (blank lines
-  included, as empty lists); the line number is that of the record's last
-  physical line, the first line being 1. A malformed record (e.g. a NUL
-  byte) is a `ValueError` naming the file and line."""
-  reader = csv.reader(io.StringIO(read_text(path), newline=''))
+def csv_records(path: str | os.PathLike, text: str, first_line: int = 1
+                ) -> Iterator[tuple[int, list[str]]]:
+  """(line number, fields) of each record of CSV `text`, which starts at
+  line `first_line` of file `path` (blank lines included, as empty lists).
+  The line number is that of the record's last physical line. A record the
+  csv module rejects (e.g. a field over its size limit) is a `ValueError`
+  naming the file and line."""
+  reader = csv.reader(io.StringIO(text, newline=''))
   while True:
     try:
       row = next(reader)
     except StopIteration:
       return
     except csv.Error as e:
-      raise ValueError(f'{path}: line {reader.line_num + 1}: malformed CSV '
-                       f'({e})') from None
-    yield reader.line_num, row
+      raise ValueError(f'{path}: line {first_line - 1 + reader.line_num}: '
+                       f'malformed CSV ({e})') from None
+    yield first_line - 1 + reader.line_num, row
+
+
+def csv_rows(path: str | os.PathLike) -> Iterator[tuple[int, list[str]]]:
+  """`csv_records` of the whole file (UTF-8, see `read_text`)."""
+  return csv_records(path, read_text(path))
