@@ -148,6 +148,7 @@ def _file_stamp(path: str) -> list[Any]:
 
 def _check_config(cfg: ml_collections.ConfigDict) -> None:
   """Fails early, naming the config key, on values build cannot use."""
+  check_choice(cfg.gaze_recipe, sorted(gaze.RECIPES), 'data.gaze_recipe')
   recipe = gaze.get_recipe(cfg.gaze_recipe)
   check_choice(cfg.split, ('thesis', 'mtunet', 'patient'), 'data.split')
   if cfg.gaze_sigma < 0:
