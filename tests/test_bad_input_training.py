@@ -231,3 +231,19 @@ def test_disk_full_is_the_error_that_surfaces(tmp_path, monkeypatch,
   assert e.value.errno == errno.ENOSPC
   assert closed == ['writer', 'checkpointer']
   assert os.listdir(os.path.join(wd, 'ckpt')) == ['2']  # intact
+
+
+def test_select_metric_of_an_undeclared_evaluator_fails_at_its_first_run():
+  """An evaluator type without `metric_names` is checked when it first
+  runs: a missing selection metric is an error, never a silent skip."""
+  c = _tiny(2, select_metric='test/auc_typo')
+  meta = selection.initial_meta()
+  with pytest.raises(ValueError, match=r"'test/auc_typo' is not a metric of "
+                     r"evaluator 'test'; it produces: test/accuracy, "
+                     'test/auc'):
+    selection.after_eval(c, None, meta, {'test/auc': 0.5,
+                                         'test/accuracy': 0.5}, 2,
+                         checkpointer=None, workdir='run')
+  assert selection.after_eval(c, None, meta, {'val/loss': 0.5}, 2,
+                              checkpointer=None, workdir='run') == (None,
+                                                                    meta)

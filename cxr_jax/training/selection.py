@@ -76,8 +76,16 @@ def after_eval(config, state, meta: Mapping[str, Any],
   after an evaluation; returns `(state, meta)` (`state.lr_scale` lowered on
   a plateau)."""
   name = config.select_metric
-  if not name or name not in results:  # its evaluator did not run now
+  if not name:
     return state, meta
+  if name not in results:
+    evaluator = name.partition('/')[0]
+    ran = sorted(k for k in results if k.startswith(evaluator + '/'))
+    if ran:  # (an evaluator type that does not declare its metrics)
+      raise ValueError(f'config.select_metric = {name!r} is not a metric of '
+                       f'evaluator {evaluator!r}; it produces: '
+                       f'{", ".join(ran)}.')
+    return state, meta  # its evaluator did not run now
   value = _selection_value(config, results, step, workdir)
   meta = dict(meta)
   if value is not None and is_better(value, meta['best_value'],
