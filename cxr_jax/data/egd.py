@@ -47,6 +47,9 @@ from cxr_jax.registry import check_choice
 
 CLASS_NAMES = egd_csv.CLASS_NAMES
 SPLITS = egd_splits.SPLITS
+# The per-image preprocessing of `build`, for images outside the dataset
+# (`cxr_jax.predict` applies a finished run's own).
+preprocess_image = egd_example.preprocess_image
 _CACHE_VERSION = 2  # bump when the arrays' recipe changes
 
 

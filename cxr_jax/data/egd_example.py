@@ -48,6 +48,24 @@ def native_sigma(cfg: ml_collections.ConfigDict, native_hw: Sequence[int],
   return gaze.scaled_sigma(sigma, native_hw, ref) if ref > 0 else float(sigma)
 
 
+def _pad_resize_scale(img_HW: np.ndarray, size: tuple[int, int]
+                      ) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+  """The image padded to the aspect of `size`, resized and min-max scaled
+  (float32), and the padding (top, bottom, left, right)."""
+  img, pads = preprocess.pad_to_aspect(img_HW, size[0] / size[1])
+  img = preprocess.minmax01(preprocess.resize(img, size, order=1))
+  return img.astype(np.float32), pads
+
+
+def preprocess_image(img_HW: np.ndarray, cfg: ml_collections.ConfigDict
+                     ) -> np.ndarray:
+  """Zero-padded (centred) to the aspect of `data.image_size`, an
+  anti-aliased bilinear resize to it, then min-max scaled to [0, 1] over the
+  image: (H, W) (`dicom.read_image`) -> (H, W, 1) float32."""
+  size = tuple(int(s) for s in cfg.image_size)
+  return _pad_resize_scale(img_HW, size)[0][..., None]
+
+
 def load_example(image_path: str, dicom_id: str, samples: Mapping | None,
                  fixations: Mapping | None, cfg: ml_collections.ConfigDict,
                  phantom: bool = False) -> dict[str, np.ndarray]:
@@ -68,8 +86,7 @@ def load_example(image_path: str, dicom_id: str, samples: Mapping | None,
   size = tuple(int(s) for s in cfg.image_size)
   img = dicom.read_image(image_path)
   native = img.shape[:2]
-  img, pads = preprocess.pad_to_aspect(img, size[0] / size[1])
-  img = preprocess.minmax01(preprocess.resize(img, size, order=1))
+  img, pads = _pad_resize_scale(img, size)
 
   recipe = gaze.get_recipe(cfg.gaze_recipe)
   empty = dict(xy=np.zeros((0, 2)), time=np.zeros(0), line=np.zeros(0, int))
@@ -101,5 +118,5 @@ def load_example(image_path: str, dicom_id: str, samples: Mapping | None,
   gmap = (gmap / peak if peak > 0 else gmap).astype(np.float32)
 
   fixmap = gaze.fixation_map(map_points(fix['xy'], native, pads, size), size)
-  return dict(image=img[..., None].astype(np.float32), gaze=gmap,
+  return dict(image=img[..., None], gaze=gmap,
               fixmap=fixmap, dropped=dropped[0])

@@ -194,6 +194,17 @@ def split_counts(n_per_class: int, split_sizes) -> list[int]:
   return per_class
 
 
+def preprocess_image(img_HW: np.ndarray, cfg: ml_collections.ConfigDict
+                     ) -> np.ndarray:
+  """CLAHE at the image's own size (clip limit `data.clahe_clip`), an
+  anti-aliased bilinear resize to `data.image_size`, then a z-score over the
+  image: (H, W) in [0, 1] (`dicom.read_image`) -> (H, W, 1) float32."""
+  img = preprocess.clahe(img_HW, clip_limit=cfg.clahe_clip)
+  img = preprocess.zscore(preprocess.resize(img, tuple(cfg.image_size),
+                                            order=1))
+  return img[..., None]
+
+
 def _process(path: str, entries: list[tuple[int, str]], csv: str, image_id: str,
              cfg: ml_collections.ConfigDict) -> tuple[np.ndarray, np.ndarray]:
   """One (H, W, 1) z-scored image and its (H, W) {0, 1} mask."""
@@ -205,11 +216,8 @@ def _process(path: str, entries: list[tuple[int, str]], csv: str, image_id: str,
     except ValueError as e:
       raise ValueError(
           f'{csv}: ImageId {image_id}, row {row_no}: {e}') from None
-  size = tuple(cfg.image_size)
-  img = preprocess.clahe(img, clip_limit=cfg.clahe_clip)
-  img = preprocess.zscore(preprocess.resize(img, size, order=1))
-  return img[..., None], resize_mask(mask, size, cfg.mask_rule,
-                                     cfg.mask_threshold)
+  return preprocess_image(img, cfg), resize_mask(
+      mask, tuple(cfg.image_size), cfg.mask_rule, cfg.mask_threshold)
 
 
 def _check_mask_rule(rule: str, threshold: float) -> None:
