@@ -105,6 +105,12 @@ def test_select_metric_no_evaluator_produces(tmp_path):
   with pytest.raises(ValueError, match=r'evals.test.every_steps = -1 never '
                      'runs it during training'):
     train.run(_tiny(2, select_metric='test/auc'), str(wd))
+  c = _tiny(2, select_metric='test/auc_typo')
+  c.evals.test.every_steps = 0  # the classification evaluator's metrics
+  with pytest.raises(ValueError) as e:
+    train.run(c, str(wd))
+  assert "config.select_metric = 'test/auc_typo' is not produced" in str(
+      e.value) and 'test/auc,' in str(e.value)
   assert not wd.exists()
 
 
@@ -233,9 +239,9 @@ def test_disk_full_is_the_error_that_surfaces(tmp_path, monkeypatch,
   assert os.listdir(os.path.join(wd, 'ckpt')) == ['2']  # intact
 
 
-def test_select_metric_of_an_undeclared_evaluator_fails_at_its_first_run():
-  """An evaluator type without `metric_names` is checked when it first
-  runs: a missing selection metric is an error, never a silent skip."""
+def test_select_metric_missing_from_an_evaluation_is_an_error():
+  """Beside the check before training, each evaluation's results are
+  checked: a selection metric they lack is an error, never a silent skip."""
   c = _tiny(2, select_metric='test/auc_typo')
   meta = selection.initial_meta()
   with pytest.raises(ValueError, match=r"'test/auc_typo' is not a metric of "

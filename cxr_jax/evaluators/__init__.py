@@ -139,9 +139,7 @@ def build(name: str, cfg: Mapping[str, Any], ctx: EvalContext):
     raise TypeError(f'config.evals.{name}: {e}') from e
 
 
-def metric_names(evaluator, variables) -> tuple[str, ...] | None:
-  """The keys `evaluator.run` returns, where its type declares them
-  (`metric_names(variables)`); None otherwise."""
-  if not hasattr(evaluator, 'metric_names'):
-    return None
+def metric_names(evaluator, variables) -> tuple[str, ...]:
+  """The keys `evaluator.run` returns (every evaluator type declares them
+  with `metric_names(variables)`, traced where they depend on the model)."""
   return tuple(evaluator.metric_names(variables))

@@ -165,7 +165,7 @@ def summarize(per_image: Mapping[str, np.ndarray]) -> dict[str, float]:
 class Evaluator:
   """`cam_localization` evaluator (see the module docstring).
 
-  `config.evals.cam = dict(type='cam_localization', split='test',
+  `config.evals.cam = config_base.evaluator('cam_localization', 'test',
   every_steps=-1, final=True, method='gradcam', targets='label')`; images
   without a mask are skipped; `n` = images scored.
   """
@@ -197,6 +197,11 @@ class Evaluator:
         ehr_thresholds=self.ehr_thresholds,
         top_k_fraction=self.top_k_fraction,
         model_inputs=self.ctx.model_inputs)
+
+  def metric_names(self, variables) -> tuple[str, ...]:
+    """The keys `run` returns: every metric of `METRICS` and `n`."""
+    del variables
+    return METRICS + ('n',)
 
   def run(self, variables) -> dict[str, float]:
     return summarize(self.per_image(variables))

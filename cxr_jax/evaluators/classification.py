@@ -50,6 +50,21 @@ class Evaluator:
               'label': batch['label'], 'index': batch['index']}
     return self.ctx.map(variables, self.split, fn, key=id(self))
 
+  def metric_names(self, variables) -> tuple[str, ...]:
+    """The keys `run` returns; for 'multiclass' the per-class AUCs follow
+    the number of classes, read from the traced logits."""
+    if self.task == 'binary':
+      return ('accuracy', 'precision', 'recall', 'auc', 'n')
+    key = self.logits_key
+
+    def fn(v, b):
+      logits, out = self.ctx.apply(v, b)
+      return out[key] if key else logits
+    k = jax.eval_shape(fn, variables, self.ctx.abstract_batch(self.split))
+    return ('accuracy', 'auc_ovr_macro', 'auc_ovr_weighted', 'auc_ovr_micro',
+            'auc_hand_till', 'n') + tuple(
+                f'auc_class{i}' for i in range(k.shape[-1]))
+
   def run(self, variables) -> dict[str, float]:
     p = self.predict(variables)
     report = (cls_metrics.binary_report if self.task == 'binary'

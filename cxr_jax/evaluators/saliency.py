@@ -40,6 +40,12 @@ class Evaluator:
     return per_image_metrics(p['gaze'], p['pred'], p['fixmap'], self.variant,
                              pred_logp=p.get('logp'))
 
+  def metric_names(self, variables) -> tuple[str, ...]:
+    """The keys `run` returns (see `summarise`)."""
+    del variables
+    counts = [f'{p}{k}' for k in METRICS for p in ('n_', 'n_undefined_')]
+    return METRICS + tuple(counts) + ('n_images', 'n_undefined')
+
   def run(self, variables) -> dict[str, float]:
     """Means over the split's images (see `summarise`); the images left out
     of a mean are logged by their `index` (master-sheet row) once."""

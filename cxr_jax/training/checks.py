@@ -109,21 +109,16 @@ def check_select_metric(config, evals: Mapping[str, Any], variables) -> None:
   """`config.select_metric` is a metric its evaluator produces.
 
   `variables`: the model's (abstract) variables, to trace the evaluators'
-  outputs. An evaluator type that does not declare its metrics
-  (`evaluators.metric_names` is None) is checked at its first evaluation
-  instead (`selection.after_eval`).
+  outputs.
   """
   if not config.select_metric:
     return
   evaluator, _, metric = config.select_metric.partition('/')
   names = evaluators_lib.metric_names(evals[evaluator], variables)
-  if names is None or metric in names:
+  if metric in names:
     return
-  produced = []
-  for name, ev in evals.items():
-    keys = evaluators_lib.metric_names(ev, variables)
-    produced += ([f'{name}/{k}' for k in keys] if keys is not None else
-                 [f'{name}/* (known after its first evaluation)'])
+  produced = [f'{name}/{k}' for name, ev in evals.items()
+              for k in evaluators_lib.metric_names(ev, variables)]
   raise ValueError(
       f'config.select_metric = {config.select_metric!r} is not produced by '
       f'any configured evaluator; they produce: {", ".join(produced)}.')
