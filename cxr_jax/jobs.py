@@ -9,7 +9,8 @@
   `config.init_dir/<stage name>` when `config.init_dir` is set (converted
   ImageNet weights, one folder per stage). A finished stage (`done.json`) is
   skipped and an interrupted one resumes, so re-running the same command
-  continues the sequence. `config.report` then names a report (`REPORTS`),
+  continues the sequence; a finished stage whose stored config differs in
+  a key that defines the run is an error (`training/resume.py`). `config.report` then names a report (`REPORTS`),
   `report(config, workdir, stages)` with `stages` = stage name -> resolved
   train config (`stage_config`), written to `workdir/report/`.
 """
@@ -23,6 +24,7 @@ from absl import logging
 
 from cxr_jax import ckpt
 from cxr_jax.registry import Registry
+from cxr_jax.training import resume
 
 JOBS = Registry('job', {
     'train': 'cxr_jax.train:run',
@@ -35,6 +37,7 @@ REPORTS = Registry('report', {
 })
 
 SHARED = ('data', 'seed')
+DONE = 'done.json'  # a finished stage's training summary
 
 
 def run(config, workdir: str):
@@ -85,6 +88,24 @@ def stage_names(sequence) -> tuple[str, ...]:
   return tuple(n for n in names if n)
 
 
+def _finished(stage, sub_dir: str) -> dict | None:
+  """The training summary of a finished stage, or None when it must train
+  (not finished, or finished and `allow_config_change` continues it). A
+  finished stage whose stored config differs from `stage` in a key that
+  defines the run is an error: skipping it would report its results under
+  a config it was not trained with."""
+  path = os.path.join(sub_dir, DONE)
+  if not os.path.exists(path):
+    return None
+  changed = resume.defining_changes(stage, sub_dir)
+  if changed:
+    if stage.allow_config_change:
+      return None
+    raise resume.finished_stage_error(sub_dir, changed)
+  with open(path) as f:
+    return json.load(f)
+
+
 def run_sequence(config, workdir: str) -> dict:
   """Runs `config.sequence`'s stages, then `config.report`."""
   config.sequence = stage_names(config.sequence)
@@ -96,10 +117,9 @@ def run_sequence(config, workdir: str) -> dict:
   summaries = {}
   for i, name in enumerate(config.sequence):
     sub_dir = os.path.join(workdir, name)
-    done = os.path.join(sub_dir, 'done.json')
-    if os.path.exists(done):
-      with open(done) as f:
-        summaries[name] = json.load(f)
+    done = _finished(stage_config(config, name, workdir), sub_dir)
+    if done is not None:
+      summaries[name] = done
       logging.info('[%d/%d] %s: already done, skipped.', i + 1,
                    len(config.sequence), name)
       continue
@@ -108,7 +128,7 @@ def run_sequence(config, workdir: str) -> dict:
     t0 = time.time()
     summary = train.run(stage_config(config, name, workdir), sub_dir)
     summary['wall_s'] = time.time() - t0
-    ckpt.write_json(done, summary)
+    ckpt.write_json(os.path.join(sub_dir, DONE), summary)
     summaries[name] = summary
   if config.report:
     stages = {n: stage_config(config, n, workdir) for n in config.sequence}

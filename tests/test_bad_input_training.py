@@ -8,10 +8,13 @@ import json
 import os
 import shutil
 
+import ml_collections
 import numpy as np
 import pytest
 
 from cxr_jax import ckpt as ckpt_lib
+from cxr_jax import config_base
+from cxr_jax import jobs
 from cxr_jax import metric_writer
 from cxr_jax import train
 from cxr_jax.evaluators import loss as loss_eval
@@ -253,3 +256,30 @@ def test_select_metric_missing_from_an_evaluation_is_an_error():
   assert selection.after_eval(c, None, meta, {'val/loss': 0.5}, 2,
                               checkpointer=None, workdir='run') == (None,
                                                                     meta)
+
+
+def _sequence(lr: float):
+  c = config_base.sequence_config()
+  stage = _tiny(2)
+  c.data = stage.data
+  c.sequence = ('a',)
+  c.stages = ml_collections.ConfigDict({'a': stage})
+  c.stages.a.optim.lr = lr
+  return c
+
+
+def test_rerun_of_a_sequence_with_a_finished_stage_of_another_config(
+    tmp_path):
+  """A finished stage is skipped only when its stored config is still the
+  one asked for; otherwise the report would describe it wrongly."""
+  wd = str(tmp_path / 'seq')
+  jobs.run_sequence(_sequence(1e-3), wd)
+  before = _snapshot(os.path.join(wd, 'a'))
+  jobs.run_sequence(_sequence(1e-3), wd)  # the same: skipped
+  assert _snapshot(os.path.join(wd, 'a')) == before
+  with pytest.raises(resume.ConfigChangedError) as e:
+    jobs.run_sequence(_sequence(0.5), wd)
+  msg = str(e.value)
+  assert os.path.join(wd, 'a') in msg and 'finished stage' in msg
+  assert 'optim.lr: 0.001 -> 0.5' in msg
+  assert _snapshot(os.path.join(wd, 'a')) == before

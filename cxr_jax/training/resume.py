@@ -92,6 +92,33 @@ def _error(workdir: str, step: int, changed) -> ConfigChangedError:
       f'the change is then recorded in {CONFIG} under {HISTORY!r}.')
 
 
+def defining_changes(config, workdir: str) -> dict[str, tuple[Any, Any]]:
+  """The keys that define the run (not `OPERATIONAL`) in which `config`
+  differs from `workdir/config.json`; {} when there is none stored."""
+  path = os.path.join(workdir, CONFIG)
+  if not os.path.isfile(path):
+    return {}
+  with open(path) as f:
+    stored = json.load(f)
+  stored.pop(HISTORY, None)
+  return {k: v for k, v in differences(stored, as_json(config)).items()
+          if _defines_run(k)}
+
+
+def finished_stage_error(workdir: str, changed) -> ConfigChangedError:
+  """The error for a finished run (`done.json`) asked to serve a config it
+  was not trained with."""
+  lines = '\n'.join(f'  {k}: {old!r} -> {new!r}' for k, (old, new) in
+                    changed.items())
+  return ConfigChangedError(
+      f'{workdir} is a finished stage trained with a config that differs '
+      f'from this one in key(s) that define the run:\n{lines}\nIts results '
+      'would be reported as if it had been trained with this config. Give '
+      f'a new --workdir, or remove {workdir} to train this stage again, or '
+      'add --config.stages.<stage>.allow_config_change=True to continue '
+      f'training it with the change (recorded in its {CONFIG}).')
+
+
 def config_to_write(config, workdir: str) -> dict[str, Any]:
   """What `workdir/config.json` must hold for this run.
 
