@@ -35,10 +35,15 @@ from cxr_jax.models import layers
 META = 'meta.json'
 
 
-def _to_numpy(tree: Any) -> Any:
+def _map_leaves(fn, tree: Any) -> Any:
+  """`fn` of every leaf of nested mappings, as nested dicts."""
   if isinstance(tree, Mapping):
-    return {k: _to_numpy(v) for k, v in tree.items()}
-  return np.asarray(tree)
+    return {k: _map_leaves(fn, v) for k, v in tree.items()}
+  return fn(tree)
+
+
+def _to_numpy(tree: Any) -> Any:
+  return _map_leaves(np.asarray, tree)
 
 
 def save(variables: Mapping[str, Any], out_dir: str,
@@ -54,12 +59,6 @@ def save(variables: Mapping[str, Any], out_dir: str,
       json.dump(dict(meta), f, indent=2)
 
 
-def _numpy_restore_args(tree: Any) -> Any:
-  if isinstance(tree, Mapping):
-    return {k: _numpy_restore_args(v) for k, v in tree.items()}
-  return ocp.RestoreArgs(restore_type=np.ndarray)
-
-
 def load(out_dir: str) -> dict[str, Any]:
   """Reads a converted-weights folder as nested dicts of numpy arrays."""
   path = os.path.join(os.path.abspath(out_dir), 'variables')
@@ -70,7 +69,8 @@ def load(out_dir: str) -> dict[str, Any]:
     meta = ckptr.metadata(path)
     tree = meta.item_metadata.tree if hasattr(meta, 'item_metadata') else meta
     restored = ckptr.restore(path, args=ocp.args.PyTreeRestore(
-        restore_args=_numpy_restore_args(tree)))
+        restore_args=_map_leaves(
+            lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)))
   return _to_numpy(restored)
 
 
