@@ -52,6 +52,10 @@ def get_config(arg=None):
   fam = family(a.model)
   c.init.dont_load = (HEAD,)
   c.optim.lr = 1e-4
+  if fam == 'vgg':
+    # Grad-CAM's layer: 'relu' = the ReLU after the last conv (relu5_3, the
+    # original Grad-CAM code's layer); 'conv' = that conv's output.
+    c.model.cam_layer = 'relu'
   if fam == 'vit':
     c.optim.name = 'sgd'
     c.optim.momentum = 0.9

@@ -5,9 +5,10 @@
   `config.stages.<name>`, run in `workdir/<name>` in the order of
   `config.sequence`; `config.data` and `config.seed` are shared by every
   stage; a stage whose `init.from_stage` names an earlier stage starts from
-  that stage's best checkpoint, and every other stage starts from
-  `config.init_dir/<stage name>` when `config.init_dir` is set (converted
-  ImageNet weights, one folder per stage). A finished stage (`done.json`) is
+  that stage's best checkpoint, and every other stage whose network has
+  published ImageNet weights starts from `config.init_dir/<network>` when
+  `config.init_dir` is set (the folders `python -m cxr_jax.convert --all`
+  writes). A finished stage (`done.json`) is
   skipped and an interrupted one resumes, so re-running the same command
   continues the sequence; a finished stage whose stored config differs in
   a key that defines the run is an error (`training/resume.py`). `config.report` then names a report (`REPORTS`),
@@ -23,6 +24,7 @@ import time
 from absl import logging
 
 from cxr_jax import ckpt
+from cxr_jax import models
 from cxr_jax.registry import Registry
 from cxr_jax.training import resume
 
@@ -46,18 +48,19 @@ def run(config, workdir: str):
 
 
 def _init_path(config, name: str, sub, workdir: str) -> str:
-  """Stage `name`'s initial weights: its `from_stage`'s run, else
-  `init_dir/<name>` when `config.init_dir` is set, else its own
-  `init.path`."""
+  """Stage `name`'s initial weights: its `from_stage`'s run; else, when
+  `config.init_dir` is set and its network has published ImageNet weights
+  (`models.IMAGENET_PRETRAINED`), `init_dir/<network>` (the folders
+  `python -m cxr_jax.convert --all` writes); else its own `init.path`."""
   if sub.init.from_stage:
     if sub.init.from_stage not in config.sequence[:config.sequence.index(
         name)]:
       raise ValueError(f'config.stages.{name}.init.from_stage = '
                        f'{sub.init.from_stage!r} is not an earlier stage.')
     return os.path.join(workdir, sub.init.from_stage)
-  if not config.init_dir:
+  if not config.init_dir or sub.model.name not in models.IMAGENET_PRETRAINED:
     return sub.init.path
-  path = os.path.join(config.init_dir, name)
+  path = os.path.join(config.init_dir, sub.model.name)
   if sub.init.path and sub.init.path != path:
     raise ValueError(f'config.init_dir = {config.init_dir!r} gives stage '
                      f'{name!r} the initial weights {path}, but '

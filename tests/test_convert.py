@@ -184,6 +184,9 @@ def test_study_models_cover_the_configs():
   from configs import gradcam_benchmark  # pylint: disable=g-import-not-at-top
   assert set(gradcam_benchmark.MODELS) <= set(convert.STUDY_MODELS)
   assert {'densenet201', 'inception_resnet_v2'} <= set(convert.STUDY_MODELS)
+  # The networks whose stages read init_dir are the ones --all can convert.
+  assert set(convert.TORCHVISION) | set(convert.TIMM) == set(
+      models.IMAGENET_PRETRAINED)
   for name in convert.STUDY_MODELS:
     models.family(name)  # a registered model
     assert convert.source_patterns(name)

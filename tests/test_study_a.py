@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from scipy import stats as sp_stats
 
+from configs import cooperative
 from configs import gradcam_benchmark
+from cxr_jax import config_base
 from cxr_jax import evaluators
 from cxr_jax import jobs
 from cxr_jax import runs
@@ -80,6 +82,16 @@ def test_init_dir_reaches_every_stage_without_from_stage():
   with pytest.raises(ValueError, match=r"init_dir = '/weights' gives stage "
                      r"'vgg16'.*/weights/vgg16.*init.path = '/elsewhere/vgg'"):
     jobs.stage_config(c, 'vgg16', '/w')
+  # Study B: the folder is the network's, and only networks with published
+  # ImageNet weights read init_dir (the UNets and GazeGNN train from scratch).
+  b = cooperative.get_config()
+  b.init_dir = '/weights'
+  path = lambda n: jobs.stage_config(b, n, '/w').init.path
+  assert path('stage1_contrastive') == '/weights/densenet201'
+  assert path('densenet201') == '/weights/densenet201'
+  assert path('inception_resnet_v2') == '/weights/inception_resnet_v2'
+  assert path('stage2') == '/w/stage1_finetune'
+  assert path('mtunet') == path('unet_s') == path('gazegnn') == ''
 
 
 def test_settings_name_the_vgg_cam_layer_and_the_network():
@@ -251,8 +263,8 @@ def test_cam_evaluator_on_trained_cnn_gives_finite_diff(demo):
       c, 'resnet18', wd).model.to_dict()
   variables = run.variables
   ctx = run.eval_context(splits, batch_size=8, mesh=sharding.make_mesh())
-  ev = evaluators.build('cam', dict(type='cam_localization', split='test'),
-                        ctx)
+  ev = evaluators.build(
+      'cam', config_base.evaluator('cam_localization', 'test'), ctx)
   per = ev.per_image(variables)
   n_masked = len(cam_localization.with_masks(splits['test'])['label'])
   assert n_masked > 2 and len(per['diff_gradcam']) == n_masked

@@ -39,6 +39,13 @@ _MODELS = {
 }
 
 
+# Registered models with published ImageNet weights (torchvision or timm)
+# that `python -m cxr_jax.convert` converts: what `init_dir` can hold.
+IMAGENET_PRETRAINED = ('vgg16', 'vgg19', 'resnet18', 'resnet34', 'resnet50',
+                       'resnet101', 'vit_s16', 'vit_b16', 'vit_l16',
+                       'densenet121', 'densenet201', 'inception_resnet_v2')
+
+
 def names() -> list[str]:
   """Every registered model name, sorted."""
   return sorted(_MODELS)
