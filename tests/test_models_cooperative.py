@@ -65,6 +65,12 @@ def test_full_size_fusion_width():
       3, 3, 1920, 512)
   assert shapes['params']['unet']['decoder']['up4']['conv']['conv'][
       'kernel'].shape == (3, 3, 1024 + 512, 512)
+  # The thesis text's encoder (everything before the last dense block):
+  # the injection AND the fusion classifier read denseblock3 (1792 ch).
+  b3 = cooperative.Model(variant='full', densenet_feature='denseblock3')
+  shapes = jax.eval_shape(b3.init, jax.random.key(0), x)
+  assert shapes['params']['fusion']['hidden']['kernel'].shape == (1792 + 64, 64)
+  assert shapes['params']['unet']['inject']['conv']['kernel'].shape[2] == 1792
 
 
 def test_frozen_densenet_runs_in_inference_mode(coop):

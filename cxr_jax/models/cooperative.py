@@ -14,8 +14,9 @@ Three top-level submodules, named so that freezing patterns read naturally
   Dropout 0.25 -> ReLU -> Dense 3 (the authors' head); trained in stage 3.
 
 `densenet_feature='denseblock3'` is the thesis's text reading ("all layers
-before the last dense block"); it sits at 1/16 already and is only passed
-through the injection conv.
+before the last dense block"): the denseblock3 output, at 1/16 already, is
+passed through the injection conv (no up-sampling) and, pooled, is the
+fusion classifier's DenseNet input in place of GAP(ReLU(norm5)).
 
 A submodule that a training stage freezes (the DenseNet in stages 2 and 3)
 runs in inference mode by the trainer's freezing contract
@@ -71,8 +72,11 @@ class Model(nn.Module):
     variant: 'full' (DenseNet-201 + Res_SE-UNet) or 'tiny'.
     in_chans: input channels, for both encoders (1 for CXRs).
     dtype: compute dtype.
-    densenet_feature: DenseNet intermediate injected into the UNet decoder,
-      'denseblock4' (authors' code, default) or 'denseblock3' (thesis text).
+    densenet_feature: the DenseNet feature the UNet decoder and the fusion
+      classifier receive: 'denseblock4' (authors' code, default; the
+      classifier pools ReLU(norm5)) or 'denseblock3' (thesis text: the
+      encoder is every layer before the last dense block; the classifier
+      pools the denseblock3 output).
     dropout_rate: dropout of the fusion classifier.
     inject_gate: zero-initialised learned gate on the injected DenseNet
       features (an option of ours; False, the default, is the authors' plain
@@ -117,17 +121,22 @@ class Model(nn.Module):
     # GAP(ReLU(norm5)): the DenseNet's pooled vector, computed from its
     # (perturbed) Grad-CAM target so that CAMs of these logits see it.
     embedding_BC = dn_out['pre_logits']
+    # The fusion classifier reads the same DenseNet feature as the decoder:
+    # after the last dense block (its pooled, normalised vector), or the
+    # thesis text's encoder, everything before that block (denseblock3).
+    encoder_BC = (embedding_BC if self.densenet_feature == 'denseblock4'
+                  else jnp.mean(inject, axis=(1, 2)))
     decoder_BC = jnp.mean(unet_out['decoder'][-1], axis=(1, 2))
     logits = FusionClassifier(self.num_classes, dropout_rate=self.dropout_rate,
                               dtype=self.dtype, name='fusion')(
-                                  embedding_BC, decoder_BC,
+                                  encoder_BC, decoder_BC,
                                   train=train)
     out = {
         'saliency_logp': sal_logp,
         'densenet_logits': dn_logits,
         'features': dn_out['features'],
         'embedding': embedding_BC,
-        'pre_logits': jnp.concatenate([embedding_BC, decoder_BC], axis=-1),
+        'pre_logits': jnp.concatenate([encoder_BC, decoder_BC], axis=-1),
         'densenet': dn_out,
         'unet': unet_out,
     }
