@@ -151,7 +151,9 @@ SORTING = r"""(() => {
 })()"""
 
 ZOOM = r"""(() => {
-  const target = document.querySelector('#cases-table .stack') ||
+  const row = document.querySelector('#cases-table tbody tr');
+  const stacks = row ? row.querySelectorAll('.stack') : [];
+  const target = stacks.length ? stacks[stacks.length - 1] :
       document.querySelector('figure img.zoom');
   if (!target) { return {opened: false, reason: 'no image to click'}; }
   target.click();

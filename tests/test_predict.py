@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from benchmarks import predict as bench
 from configs import siim_classifier
 from configs import study_b
 from cxr_jax import ckpt
@@ -278,3 +279,11 @@ def test_each_kind_of_run_predicts_its_heads():
   with pytest.raises(ValueError, match=r"cam_target 'lungs'"):
     model_lib.heads(_run(study_b.classifier(a, 'densenet201')), [],
                     cam_target='lungs')
+
+
+def test_benchmark_measures_the_demo_model(tmp_path):
+  row = bench.measure('demo', str(tmp_path), bench.Settings(
+      images=4, batch=4, native=128, repeats=1))
+  assert (row['network'], row['input'], row['images']) == ('resnet_tiny',
+                                                           '128x128', 4)
+  assert row['command_img_s'] > 0 and row['model_img_s'] > 0

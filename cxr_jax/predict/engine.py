@@ -168,10 +168,11 @@ def predict(run: runs.Run, heads: model_lib.Heads, paths: Sequence[str],
   t0 = time.time()
   items, missing, passed_over = inputs_lib.find(paths)
   if not items and not missing:
-    raise inputs_lib.NoInputsError(f'No DICOM, PNG or JPEG file in {list(paths)} '
-                            f'(extensions {inputs_lib.IMAGE_EXTENSIONS}).')
+    raise inputs_lib.NoInputsError(
+        f'No DICOM, PNG or JPEG file in {list(paths)} (extensions '
+        f'{inputs_lib.IMAGE_EXTENSIONS}, any letter case).')
   writer = outputs.Writer(out_dir, run, heads, save_maps=save_maps)
-  for e in missing:
+  for e in missing[:1] if strict else missing:
     writer.error(e)
   predictor = model_lib.Predictor(run, heads)
   size = batch_size or int(run.config.eval_batch_size)
@@ -186,7 +187,7 @@ def predict(run: runs.Run, heads: model_lib.Heads, paths: Sequence[str],
   files = writer.close(_settings(
       run, heads, writer, paths=paths, total=len(items) + len(missing),
       seconds=seconds, passed_over=passed_over, stopped=stop is not None))
-  if stop:
+  if stop is not None:
     raise stop
   return Summary(predicted=writer.count, errors=writer.errors, files=files,
                  seconds=seconds)

@@ -77,8 +77,9 @@ def _evaluated(run: Run) -> dict[str, dict]:
 
 
 def _class_names(run: Run, k: int) -> tuple[str, ...]:
-  names = tuple(getattr(dataset_module(run.config.data.name), 'CLASS_NAMES',
-                        ()))
+  """The dataset's class names; class_<i> when the head has another
+  number of classes."""
+  names = tuple(dataset_module(run.config.data.name).CLASS_NAMES)
   return names if len(names) == k else tuple(f'class_{i}' for i in range(k))
 
 
