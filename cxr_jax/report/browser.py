@@ -118,6 +118,7 @@ figcaption{font-size:12px;color:#57606a}
  cursor:zoom-in;background:#000}
 .stack img{width:100%;height:auto;display:block}
 .stack img+img{position:absolute;left:0;top:0;height:100%}
+.cid{max-width:280px;overflow-wrap:anywhere;font-weight:600}
 .shot{display:inline-block;margin:0 4px 2px 0;vertical-align:top}
 .shot span{display:block;font-size:11px;color:#57606a}
 .vals{margin-top:2px;display:grid;grid-template-columns:auto auto;
@@ -198,7 +199,7 @@ SCRIPT = r"""
     tr.dataset.order = i;
     cs.cells.forEach(function (cell, c) {
       var col = data.columns[c], td = el('td');
-      if (c === 0) { td.appendChild(el('div', '', cs.id)); }
+      if (c === 0) { td.appendChild(el('div', 'cid', cs.id)); }
       cell.images.forEach(function (layers, k) {
         var shot = el('div', 'shot');
         if (layers) {
