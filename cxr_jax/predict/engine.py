@@ -19,7 +19,6 @@ import time
 from typing import Iterator, Sequence
 
 import numpy as np
-from absl import logging
 
 from cxr_jax import runs
 from cxr_jax.data import dataset_module

@@ -106,7 +106,8 @@ class Writer:
     self.count += 1
 
   def error(self, err: inputs_lib.BadInputError) -> None:
-    """An input that could not be predicted (logged now, listed later)."""
+    """An input that could not be predicted: logged at once, listed in
+    errors.csv and index.html."""
     logging.warning('Cannot predict %s: %s', err.path, err.reason)
     self.errors.append(err)
 
