@@ -62,6 +62,18 @@ def test_stage1_config_is_the_cooperative_stage1():
   assert s1.stages.finetune.init.from_stage == 'contrastive'
 
 
+def test_study_b_schedules_follow_the_thesis():
+  """Early stopping on validation and no learning-rate schedule (the thesis
+  names none); the demo trains every run for the same number of epochs."""
+  full, demo = cooperative.get_config(), cooperative.get_config('demo')
+  for name in full.sequence:
+    s = full.stages[name]
+    assert (s.early_stopping_patience, s.plateau_patience) == (10, 0), name
+    assert (s.optim.name, s.optim.lr, s.total_epochs) == ('adam', 1e-4, 50)
+  assert {demo.stages[n].total_epochs for n in demo.sequence} == {8.0}
+  assert {demo.stages[n].plateau_patience for n in demo.sequence} == {0}
+
+
 def test_stage_configs_chain_by_init_path(coop_workdir, tmp_path):
   """stage2.py / stage3.py as a user runs them: init.path from the previous
   stage's workdir (its best checkpoint)."""
