@@ -1,14 +1,15 @@
 r"""Reading a real-size eye_gaze.csv: wall time and peak memory.
 
   .venv/bin/python -m benchmarks.egd_csv [--rows=3900000] \
-      [--compare_rows=400000] [--dir=/tmp/egd_csv_bench]
+      [--compare_rows=400000] [--dir=/tmp/egd_csv_bench] [--threads=1,2]
 
 Writes a file of the real `eye_gaze.csv`'s shape (34 columns with the
 dataset's names, about 360 bytes a row, 1,083 studies, long float text as in
 the released file, some gaze off the image), then times
 `cxr_jax.data.egd_csv.read_gaze_csv`:
 
-* `numpy` (`cxr_jax.data.csv_columns`) on the full file;
+* `numpy` (`cxr_jax.data.csv_columns`) on the full file, with each number
+  of parsing threads in `--threads`;
 * `numpy` and `csv` (the csv module and a float() per value, the reference
   and the reader before `csv_columns`) on the first `--compare_rows` rows,
   where both must return identical arrays (compared by a digest).
@@ -31,6 +32,7 @@ from absl import app
 from absl import flags
 import numpy as np
 
+from cxr_jax.data import csv_columns
 from cxr_jax.data import egd_csv
 
 # The released eye_gaze.csv's header (fixations.csv adds SACCADE_MAG,
@@ -79,8 +81,9 @@ def write_gaze_csv(path: str, rows: int, studies: int = 1083, seed: int = 0,
       done += n
 
 
-def _measure(path: str, method: str) -> None:
+def _measure(path: str, method: str, threads: int) -> None:
   """Reads `path` once (in this fresh process) and prints the figures."""
+  csv_columns.THREADS = threads
   wall, cpu = time.perf_counter(), time.process_time()
   got = egd_csv.read_gaze_csv(path, method=method)
   wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
@@ -96,10 +99,11 @@ def _measure(path: str, method: str) -> None:
       peak_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)))
 
 
-def _run(path: str, method: str) -> dict:
+def _run(path: str, method: str, threads: int) -> dict:
   out = subprocess.run(
       [sys.executable, '-m', 'benchmarks.egd_csv', f'--measure={method}',
-       f'--file={path}'], check=True, capture_output=True, text=True,
+       f'--file={path}', f'--threads={threads}'], check=True,
+      capture_output=True, text=True,
       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -116,23 +120,27 @@ def main(argv) -> None:
   """Generates the files, times the readers, prints the table."""
   del argv
   fl = flags.FLAGS
+  threads = [int(t) for t in fl.threads]
   if fl.measure:
-    _measure(fl.file, fl.measure)
+    _measure(fl.file, fl.measure, threads[0])
     return
   os.makedirs(fl.dir, exist_ok=True)
-  print('| rows | MB | reader | wall s | cpu s | peak RSS MB | digest |')
-  print('|---:|---:|---|---:|---:|---:|---|')
+  print('| rows | MB | reader | threads | wall s | cpu s | peak RSS MB | '
+        'digest |')
+  print('|---:|---:|---|---:|---:|---:|---:|---|')
   digests = {}
-  for rows, methods in ((fl.compare_rows, ('csv', 'numpy')),
-                        (fl.rows, ('numpy',))):
+  for rows, runs in (
+      (fl.compare_rows, [('csv', 1), ('numpy', threads[-1])]),
+      (fl.rows, [('numpy', t) for t in threads])):
     path = _file(fl.dir, rows)
-    for method in methods:
-      r = _run(path, method)
+    for method, t in runs:
+      r = _run(path, method, t)
       digests.setdefault(rows, set()).add(r['digest'])
       print(f"| {r['rows']:,} | {os.path.getsize(path) / 1e6:,.0f} | "
-            f"{method} | {r['wall_s']:.2f} | {r['cpu_s']:.2f} | "
-            f"{r['peak_mb']:,.0f} | {r['digest']} |", flush=True)
-  if len(digests[fl.compare_rows]) != 1:
+            f"{method} | {t if method == 'numpy' else ''} | "
+            f"{r['wall_s']:.2f} | {r['cpu_s']:.2f} | {r['peak_mb']:,.0f} | "
+            f"{r['digest']} |", flush=True)
+  if any(len(d) != 1 for d in digests.values()):
     raise SystemExit('the readers returned different arrays')
 
 
@@ -141,6 +149,9 @@ def _define_flags() -> None:
   flags.DEFINE_integer('compare_rows', 400_000,
                        'Rows of the file both readers read.')
   flags.DEFINE_string('dir', '/tmp/egd_csv_bench', 'Where the files go.')
+  flags.DEFINE_list('threads', ['1', str(csv_columns.THREADS)],
+                    'Parsing threads of the numpy reader (csv_columns.THREADS)'
+                    ' on the full-size file, one read each.')
   flags.DEFINE_string('measure', '', 'Internal: read --file with this method.')
   flags.DEFINE_string('file', '', 'Internal: the file to read.')
 

@@ -650,11 +650,14 @@ def _random_gaze_csv(rng: np.random.Generator, bad: float) -> bytes:
   return data
 
 
-def _read_both(path: str, durations: bool, monkeypatch, chunk: int):
-  """(csv module's, numpy's with `chunk`-byte chunks) result or error."""
+def _read_both(path: str, durations: bool, monkeypatch, chunk: int,
+               threads: int = 2):
+  """(csv module's, numpy's with `chunk`-byte chunks parsed on `threads`
+  threads) result or error."""
   out = []
   for method in ('csv', 'numpy'):
     monkeypatch.setattr(csv_columns, 'CHUNK_BYTES', chunk)
+    monkeypatch.setattr(csv_columns, 'THREADS', threads)
     try:
       out.append(egd_csv.read_gaze_csv(path, durations, method=method))
     except ValueError as e:
@@ -677,22 +680,71 @@ def _assert_same_gaze(a, b) -> None:
 @pytest.mark.parametrize('bad', [0.0, 0.01, 0.1])
 def test_numpy_gaze_reader_equals_csv_module(tmp_path, monkeypatch, bad):
   """The numpy reader returns the csv-module reader's arrays (bitwise) or
-  its exact error, for every chunk size, on random files full of the csv
-  module's edge cases."""
+  its exact error, for every chunk size and number of threads (small chunks
+  make many, parsed concurrently and merged in file order), on random
+  files full of the csv module's edge cases."""
   rng = np.random.default_rng(int(bad * 1000))
   path = str(tmp_path / 'g.csv')
   kinds = collections.Counter()
   for _ in range(40):
     with open(path, 'wb') as f:
       f.write(_random_gaze_csv(rng, bad))
-    for chunk in (8, 64, 1 << 20):
+    for chunk, threads in ((8, 2), (64, 3), (1 << 20, 1)):
       for durations in (False, True):
-        a, b = _read_both(path, durations, monkeypatch, chunk)
+        a, b = _read_both(path, durations, monkeypatch, chunk, threads)
         _assert_same_gaze(a, b)
         kinds[isinstance(a, str)] += 1
   assert kinds[False] > 10  # both outcomes are exercised
   if bad:
     assert kinds[True] > 10
+
+
+def test_numpy_gaze_reader_error_precedence_across_chunks(tmp_path,
+                                                          monkeypatch):
+  """Errors in several chunks parsed concurrently: a non-UTF-8 byte
+  anywhere wins, then the first short row, then the first bad value of
+  the first bad column (X, Y, time), each with the csv reader's message."""
+  path = str(tmp_path / 'g.csv')
+  rows = [[str(i % 3), f'id{i // 50}', f'{i / 10}', '0.2', str(i), str(2 * i)]
+          for i in range(400)]  # rows[i] is line i + 2
+
+  def check(message: str, tail: bytes = b'') -> None:
+    with open(path, 'wb') as f:
+      f.write('\n'.join(','.join(r) for r in [_HEADER[:6], *rows]).encode()
+              + b'\n' + tail)
+    for chunk, threads in ((64, 2), (500, 3)):
+      a, b = _read_both(path, False, monkeypatch, chunk, threads)
+      assert a == b and message in a, (chunk, threads, a)
+
+  rows[300][5], rows[200][5] = 'late', 'first'  # Y_ORIGINAL
+  rows[40][2] = 'early'  # Time (in secs), checked after Y_ORIGINAL
+  check("line 202, column 'Y_ORIGINAL': 'first' is not a number")
+  rows[350] = rows[350][:3]
+  rows[120] = rows[120][:4]
+  check('line 122 has 4 fields, expected 6')
+  check('line 403, byte offset', tail=b'1,id9,0.1,0.2,3,4\n\xff\n')
+
+
+@pytest.mark.parametrize('blocks', [True, False])
+@pytest.mark.parametrize('method', ['numpy', 'csv'])
+def test_gaze_rows_grouped_by_id_in_file_order(tmp_path, blocks, method):
+  """Each DICOM_ID gets its rows in file order, IDs sorted, whether each
+  ID's rows are one block of the file (in no sorted order) or the IDs are
+  interleaved."""
+  rng = np.random.default_rng(3)
+  ids = (np.repeat(rng.permutation(7), rng.integers(1, 60, 7)) if blocks
+         else rng.integers(0, 7, 300))
+  path = str(tmp_path / 'g.csv')
+  with open(path, 'w') as f:
+    f.write(','.join(_HEADER[:6]) + '\n' + ''.join(
+        f'1,id{d},{i / 8},0.1,{i},{-i}\n' for i, d in enumerate(ids)))
+  got = egd_csv.read_gaze_csv(path, method=method)
+  assert list(got) == [f'id{d}' for d in sorted(set(ids))]
+  for d in set(ids):
+    i = np.flatnonzero(ids == d)
+    np.testing.assert_array_equal(got[f'id{d}']['xy'], np.stack([i, -i], 1))
+    np.testing.assert_array_equal(got[f'id{d}']['time'], i / 8)
+    np.testing.assert_array_equal(got[f'id{d}']['line'], i + 2)
 
 
 def test_numpy_gaze_reader_equals_csv_module_on_phantom(phantom_root,

@@ -1,40 +1,44 @@
-"""A few columns of a large CSV, read with numpy in chunks.
+"""A few columns of a large CSV, read with numpy in chunks on threads.
 
 The real `eye_gaze.csv` has about 4 million rows of 34 columns (1.4 GB), of
 which a reader needs four. Parsing every value in Python takes tens of
 seconds and several GB, so `read_columns` works on bytes:
 
-- The file is read in chunks of whole lines into one reused buffer. Per
-  chunk, numpy finds the newlines and commas, and from them each needed
-  field's bytes.
-- Numbers of the usual form are parsed by `decimal_text.parse`, exactly as
-  Python's `float()` would; any other field (exponents, `nan`, spaces,
-  non-ASCII digits, a bad value) goes through `float()`.
-- A chunk that the csv module could split differently (a quote, a carriage
-  return that does not end a line, a line over the csv module's
-  field size limit) switches the rest of the file to the csv module.
+- The file is read in chunks of whole lines, a few MB each, so that a
+  chunk's arrays are small and their memory is reused from chunk to chunk.
+- `csv_chunk.parse` splits a chunk with numpy: from its commas and
+  newlines, each needed field's bytes, the keys, and the numbers (exactly
+  as Python's `float()` would parse them).
+- `THREADS` threads parse chunks (numpy releases the GIL) while the main
+  thread reads the next ones and adds the parsed rows in file order to
+  columns with room reserved for the whole file; line numbers come from
+  the chunks' newline counts, key codes from the sorted keys at the end.
+- From a chunk that the csv module could split differently (a quote, a
+  carriage return that does not end a line, a line over the csv module's
+  field size limit) on, the csv module reads the rest of the file.
 
 Results and errors (file, line, column, value, and their precedence: a
 non-UTF-8 byte anywhere, then the first short row, then the first bad value
 of the first bad column) are those of `egd_csv.read_csv_columns` followed by
-`float()` of each value; `tests/test_bad_input_data.py` checks both.
+`float()` of each value, for any chunk size and number of threads;
+`tests/test_data_egd.py` and `tests/test_bad_input_data.py` check both.
 """
 from __future__ import annotations
 
-import csv
+import collections
+from concurrent import futures
 import dataclasses
+import itertools
 import os
-from typing import BinaryIO, Iterator, Sequence
+from typing import BinaryIO, Iterator, NoReturn, Sequence
 
 import numpy as np
 
-from cxr_jax.data import decimal_text
+from cxr_jax.data import csv_chunk
 from cxr_jax.data import textfile
 
-CHUNK_BYTES = 64 << 20
-_PAD = 128  # spare bytes after a chunk, so a field's window stays inside
-_SHORT = 24  # longer number fields are parsed one by one
-_NL, _CR, _QUOTE, _COMMA = 10, 13, 34, 44
+CHUNK_BYTES = 8 << 20
+THREADS = 2  # parsing threads
 
 
 @dataclasses.dataclass
@@ -54,36 +58,67 @@ class Columns:
   line: np.ndarray
 
 
+@dataclasses.dataclass
+class _Chunk:
+  """Whole lines of the file, buf[lo:hi], from byte `offset` of the file
+  on, followed by at least `csv_chunk.PAD` bytes of buf."""
+  buf: bytearray
+  lo: int
+  hi: int
+  offset: int
+
+
+class _Column:
+  """A (N,) array that rows are appended to, in room reserved ahead
+  (doubled when short): the rows are neither kept twice nor copied at the
+  end, and room never written to takes no memory."""
+
+  def __init__(self, dtype: type, room: int):
+    self.data, self.n = np.empty(room, dtype), 0
+
+  def append(self, x: np.ndarray) -> None:
+    end = self.n + x.size
+    if end > self.data.size:
+      grown = np.empty(max(end, 2 * self.data.size), self.data.dtype)
+      grown[:self.n] = self.data[:self.n]
+      self.data = grown
+    self.data[self.n:end] = x
+    self.n = end
+
+  def array(self) -> np.ndarray:
+    return self.data[:self.n]
+
+
 class _Rows:
-  """The columns to take, and the rows taken so far, chunk by chunk."""
+  """The columns to take, and the rows taken so far (added part by part,
+  in file order; `room`: the rows expected)."""
 
   def __init__(self, path: str, header: list[str], key: str,
-               numeric: list[str]):
+               numeric: list[str], room: int):
     self.path, self.header, self.key, self.numeric = path, header, key, numeric
     self.index = {c: header.index(c) for c in [key, *numeric]}
     self.min_fields = max(self.index.values()) + 1
+    self.numbers = {c: self.index[c] for c in numeric}  # in check order
     self.key_code: dict[str, int] = {}
-    self.parts: list[tuple[np.ndarray, np.ndarray, dict]] = []
+    self.code, self.line = _Column(np.int64, room), _Column(np.int64, room)
+    self.values = {c: _Column(np.float64, room) for c in numeric}
     self.bad: dict[str, str] = {}  # column -> its first bad value's error
-
-  def code_of(self, text: str) -> int:
-    return self.key_code.setdefault(text.strip().rstrip('\0'),
-                                    len(self.key_code))
 
   def short(self, line: int, fields: int) -> ValueError:
     return ValueError(f'{self.path}: line {line} has {fields} fields, '
                       f'expected {len(self.header)}')
 
-  def number(self, column: str, line: int, text: str) -> float:
-    """float() of a field's text; a bad value is recorded (first only) and
-    read as NaN, since a short row later in the file takes precedence."""
-    text = text.strip()
-    try:
-      return float(text)
-    except ValueError:
-      self.bad.setdefault(column, f'{self.path}: line {line}, column '
-                          f'{column!r}: {text!r} is not a number')
-      return float('nan')
+  def add(self, part: csv_chunk.Part, first_line: int) -> None:
+    """Adds a part whose line numbers count from `first_line`."""
+    codes = np.array([self.key_code.setdefault(k, len(self.key_code))
+                      for k in part.keys], np.int64)
+    self.code.append(codes[part.code])
+    self.line.append(part.line + first_line)
+    for c in self.numeric:
+      self.values[c].append(part.values[c])
+    for c, (line, text) in part.bad.items():
+      self.bad.setdefault(c, f'{self.path}: line {first_line + line}, column '
+                          f'{c!r}: {text!r} is not a number')
 
   def result(self) -> Columns:
     for c in self.numeric:  # the csv reader checks column after column
@@ -92,66 +127,118 @@ class _Rows:
     keys = sorted(self.key_code)
     rank = np.zeros(len(keys), np.int64)
     rank[[self.key_code[k] for k in keys]] = np.arange(len(keys))
-    cat = lambda xs, dtype: np.concatenate([np.zeros(0, dtype), *xs])
-    return Columns(
-        keys=keys, code=rank[cat([p[0] for p in self.parts], np.int64)],
-        values={c: cat([p[2][c] for p in self.parts], np.float64)
-                for c in self.numeric},
-        line=cat([p[1] for p in self.parts], np.int64))
+    code, block = self.code.array(), 1 << 20
+    for i in range(0, code.size, block):  # in place, a block at a time
+      code[i:i + block] = rank[code[i:i + block]]
+    return Columns(keys=keys, code=code, line=self.line.array(),
+                   values={c: v.array() for c, v in self.values.items()})
 
 
-# ------------------------------------------------------------ fields
+# ------------------------------------------------- the csv module's rows
 
 
-def _numbers(buf: bytearray, start: np.ndarray,
-             end: np.ndarray, lines: np.ndarray, column: str,
-             rows: _Rows) -> np.ndarray:
-  """float64 values of one column's fields."""
-  length = end - start
-  out = np.empty(start.size)
-  slow = length > _SHORT
-  short = np.flatnonzero(~slow)
-  if short.size:
-    width = max(int(length[short].max()), 1)
-    g = decimal_text.windows(buf, start[short], width)
-    g = g.view(np.uint8).reshape(-1, width)
-    value, simple = decimal_text.parse(g, length[short])
-    out[short] = value
-    slow[short[~simple]] = True
-  for i in np.flatnonzero(slow):
-    out[i] = rows.number(column, int(lines[i]),
-                         buf[start[i]:end[i]].decode('utf-8'))
-  return out
+def _slow_part(records: Iterator[tuple[int, list[str]]], rows: _Rows
+               ) -> csv_chunk.Part:
+  """The rows that the csv module split (line numbers of the file)."""
+  code: dict[str, int] = {}
+  codes, lines, values = [], [], {c: [] for c in rows.numeric}
+  for line, row in records:
+    if not row:
+      continue
+    if len(row) < rows.min_fields:
+      raise rows.short(line, len(row))
+    codes.append(code.setdefault(
+        csv_chunk.key_text(row[rows.index[rows.key]]), len(code)))
+    lines.append(line)
+    for c in rows.numeric:
+      values[c].append(row[rows.index[c]])
+  bad = {}
+  numbers = {c: np.array([csv_chunk.number(v, c, line, bad)
+                          for line, v in zip(lines, vs)],
+                         np.float64).reshape(-1) for c, vs in values.items()}
+  return csv_chunk.Part(list(code), np.asarray(codes, np.int64), numbers,
+                        np.asarray(lines, np.int64), bad)
 
 
-def _keys(buf: bytearray, start: np.ndarray,
-          end: np.ndarray, rows: _Rows) -> np.ndarray:
-  """Codes of the key column's fields; a run of equal fields is decoded and
-  looked up once."""
-  length = end - start
-  if not length.size:
-    return np.zeros(0, np.int64)
-  width = max(int(length.max()), 1)
-  if width <= _PAD:
-    raw = decimal_text.windows(buf, start, width)
-    if length.min() < width:
-      g = raw.view(np.uint8).reshape(-1, width)
-      raw = np.where(np.arange(width) < length[:, None], g, 0).astype(
-          np.uint8).view(f'S{width}').reshape(-1)
-    new = np.r_[True, (raw[1:] != raw[:-1]) | (length[1:] != length[:-1])]
-  else:
-    new = np.r_[True, [buf[a:b] != buf[c:d] for a, b, c, d in
-                       zip(start[1:], end[1:], start[:-1], end[:-1])]]
-  run = np.flatnonzero(new)
-  codes = [rows.code_of(buf[start[i]:end[i]].decode('utf-8')) for i in run]
-  return np.repeat(np.asarray(codes, np.int64), np.diff(np.r_[run, new.size]))
+# -------------------------------------------------------------- file
 
 
-# ------------------------------------------------------------ chunks
+class _File:
+  """A CSV file open for reading: its chunks of whole lines, and its bytes
+  from an offset on."""
+
+  def __init__(self, path: str, f: BinaryIO, chunk_bytes: int):
+    self.path, self.f, self.size = path, f, chunk_bytes
+    self.spare: list[bytearray] = []  # buffers of parsed chunks, to refill
+
+  def chunks(self, offset: int) -> Iterator[_Chunk]:
+    """The chunks of the file from byte `offset` (a line's start) on."""
+    self.f.seek(offset)
+    for buf, n in textfile.line_chunks(self.f, self.size, csv_chunk.PAD,
+                                       self.spare):
+      yield _Chunk(buf, 0, n, offset)
+      offset += n
+
+  def rest(self, offset: int) -> bytes:
+    """The file's bytes from `offset` on."""
+    self.f.seek(offset)
+    return self.f.read()
+
+  def fail(self, error: Exception, offset: int, line: int) -> NoReturn:
+    """Raises `error`, unless a byte from `offset` (line `line`) on is not
+    UTF-8: the csv reader decodes the whole file first, so that one wins."""
+    textfile.check_utf8(self.path, self.f, offset, line, self.size)
+    raise error
 
 
-class _NotFast(Exception):
-  """Only the csv module splits this chunk exactly."""
+# ------------------------------------------------------------ threads
+
+
+def _in_order(pool: futures.Executor, chunks: Iterator[_Chunk], rows: _Rows
+              ) -> Iterator[tuple[_Chunk, futures.Future]]:
+  """The chunks with their parses, in file order: the next chunk is read
+  while `THREADS` others are parsed."""
+  pending = collections.deque()
+  for chunk in chunks:
+    if chunk.hi > chunk.lo:
+      pending.append((chunk, pool.submit(
+          csv_chunk.parse, chunk.buf, chunk.lo, chunk.hi,
+          rows.index[rows.key], rows.numbers)))
+    if len(pending) > THREADS:
+      yield pending.popleft()
+  yield from pending
+
+
+def _add_parsed(file: _File, rows: _Rows, chunks: Iterator[_Chunk]
+                ) -> tuple[_Chunk, int] | None:
+  """Parses the chunks (the data, from line 2 on) on `THREADS` threads and
+  adds their rows in file order. Returns the chunk and line from which on
+  only the csv module splits the file (None at the end). Raises the error
+  of the first chunk that has one: a non-UTF-8 byte, or a short row (unless
+  a later byte is not UTF-8)."""
+  line = 2
+  pool = futures.ThreadPoolExecutor(THREADS)
+  try:
+    for chunk, parsed in _in_order(pool, chunks, rows):
+      try:
+        part = parsed.result()
+      except csv_chunk.NotFast:
+        return chunk, line
+      except csv_chunk.NotUtf8 as e:
+        raise textfile.utf8_error(
+            file.path, bytes(chunk.buf[chunk.lo:chunk.hi]), e.error,
+            offset=chunk.offset, line=line) from None
+      except csv_chunk.ShortRow as e:
+        file.fail(rows.short(line + e.line, e.fields), chunk.offset, line)
+      rows.add(part, line)
+      line += part.newlines
+      file.spare.append(chunk.buf)
+  finally:
+    pool.shutdown(cancel_futures=True)
+  return None
+
+
+# ------------------------------------------------------------- reading
 
 
 def _fast_safe(buf: bytearray, lo: int, hi: int) -> bool:
@@ -162,173 +249,38 @@ def _fast_safe(buf: bytearray, lo: int, hi: int) -> bool:
           or buf.count(b'\r', lo, hi) == buf.count(b'\r\n', lo, hi))
 
 
-def _separators(full: np.ndarray, lo: int, hi: int
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """Positions of the commas, CRs and newlines in full[lo:hi] (one pass over
-  the bytes <= ','), the indices of the newlines among them, and per
-  newline whether a CR precedes it.
-
-  Raises `_NotFast` for a quote or a CR that does not end a line (the csv
-  module's cases; a NUL byte is an ordinary character to both).
-  """
-  sep = np.flatnonzero(full[lo:hi] <= _COMMA) + lo
-  kind = full[sep]
-  nl_idx = np.flatnonzero(kind != _COMMA)
-  if (kind[nl_idx] == _NL).all():  # only commas and newlines: the usual case
-    return sep, nl_idx, np.zeros(nl_idx.size, bool)
-  if (kind == _QUOTE).any():
-    raise _NotFast
-  sep = sep[(kind == _COMMA) | (kind == _NL) | (kind == _CR)]
-  kind = full[sep]
-  is_cr = kind == _CR
-  cr = sep[is_cr]
-  if cr.size and ((cr + 1 >= hi).any() or (full[cr + 1] != _NL).any()):
-    raise _NotFast
-  nl_idx = np.flatnonzero(kind == _NL)
-  return sep, nl_idx, np.r_[False, is_cr][nl_idx]
-
-
-def _fast_chunk(buf: bytearray, lo: int, hi: int, first_line: int,
-                rows: _Rows) -> int:
-  """Adds the rows of buf[lo:hi] (whole lines); returns its newline count.
-  Raises `_NotFast`, before adding anything, where numpy cannot split it.
-
-  A line's separators are consecutive in `sep`: its commas, then its CR and
-  newline, so field k of a line ends at the separator after its k commas.
-  """
-  if hi <= lo:
-    return 0
-  full = np.frombuffer(buf, np.uint8)
-  sep, nl_idx, cr = _separators(full, lo, hi)
-  partial = hi > lo and full[hi - 1] != _NL  # a last line without newline
-  last = np.r_[nl_idx, sep.size] if partial else nl_idx  # index after fields
-  first = np.r_[0, nl_idx[:last.size - 1] + 1]  # index of the first comma
-  count = last - first - (np.r_[cr, False] if partial else cr)
-  starts = np.r_[lo, sep[nl_idx[:last.size - 1]] + 1]
-  ends = np.r_[sep[nl_idx], hi] if partial else sep[nl_idx]
-  ends = ends - (np.r_[cr, False] if partial else cr)
-  if ends.size and (ends - starts).max() > csv.field_size_limit():
-    raise _NotFast  # the csv module may reject a field this long
-  keep = ends > starts  # the csv module skips blank lines
-  lines = (first_line + np.arange(ends.size))[keep]
-  first, count = first[keep], count[keep]
-  starts, ends = starts[keep], ends[keep]
-  short = np.flatnonzero(count + 1 < rows.min_fields)
-  if short.size:
-    raise rows.short(lines[short[0]], count[short[0]] + 1)
-  fewest = int(count.min()) if count.size else 0
-
-  def span(column: str) -> tuple[np.ndarray, np.ndarray]:
-    k = rows.index[column]
-    lo_k = starts if k == 0 else sep[first + k - 1] + 1
-    if fewest > k:  # every line has a comma after the field
-      return lo_k, sep[first + k]
-    return lo_k, np.where(count > k, sep[np.minimum(first + k, sep.size - 1)],
-                          ends)
-
-  values = {c: _numbers(buf, *span(c), lines, c, rows) for c in rows.numeric}
-  rows.parts.append((_keys(buf, *span(rows.key), rows), lines, values))
-  return nl_idx.size
-
-
-def _slow_rows(records: Iterator[tuple[int, list[str]]], rows: _Rows
-               ) -> None:
-  """Adds the rows that the csv module split."""
-  codes, lines, values = [], [], {c: [] for c in rows.numeric}
-  for line, row in records:
-    if not row:
-      continue
-    if len(row) < rows.min_fields:
-      raise rows.short(line, len(row))
-    codes.append(rows.code_of(row[rows.index[rows.key]]))
-    lines.append(line)
-    for c in rows.numeric:
-      values[c].append(row[rows.index[c]])
-  rows.parts.append((np.asarray(codes, np.int64), np.asarray(lines, np.int64),
-                     {c: np.array([rows.number(c, line, v) for line, v in
-                                   zip(lines, vs)], np.float64).reshape(-1)
-                      for c, vs in values.items()}))
-
-
-# -------------------------------------------------------------- file
-
-
-class _File:
-  """Chunks of whole lines of a file in one reused buffer, the position
-  reached (bytes and lines), and the UTF-8 check."""
-
-  def __init__(self, path: str, f: BinaryIO, size: int):
-    self.path, self.f, self.size = path, f, size
-    self.buf = bytearray(size + _PAD)
-    self.have = 0  # bytes of an unfinished line at the start of buf
-    self.offset, self.line = 0, 1
-
-  def next(self) -> int:
-    """Reads the next chunk into buf[:n]; returns n (0 at the end)."""
-    while True:
-      if self.have + self.size // 2 > len(self.buf) - _PAD:  # a long line
-        self.buf = self.buf[:self.have] + bytearray(self.size + _PAD)
-      with memoryview(self.buf) as view:
-        got = self.f.readinto(view[self.have:len(self.buf) - _PAD])
-      end = self.have + got
-      cut = self.buf.rfind(b'\n', 0, end) + 1 if got else end
-      self.have = end - cut
-      if cut or not got:
-        return cut
-
-  def keep_tail(self, n: int) -> None:
-    """Moves the unfinished line after buf[:n] to the front."""
-    self.buf[:self.have] = self.buf[n:n + self.have]
-
-  def check_utf8(self, lo: int, hi: int) -> None:
-    """Raises naming the line and byte offset of a non-UTF-8 byte."""
-    if hi > lo and np.frombuffer(self.buf, np.uint8)[lo:hi].max() >= 128:
-      textfile.decode(self.path, bytes(self.buf[lo:hi]), offset=self.offset,
-                      line=self.line)
-
-  def rest(self, lo: int, n: int) -> bytes:
-    """buf[lo:n] and every later byte of the file."""
-    out = [bytes(self.buf[lo:n])]
-    while n:
-      self.keep_tail(n)
-      n = self.next()
-      out.append(bytes(self.buf[:n]))
-    return b''.join(out)
-
-  def fail(self, error: Exception, lo: int, n: int) -> None:
-    """Raises `error`, unless a byte that is not UTF-8 comes later in the
-    file: the csv reader decodes the whole file first, so that one wins."""
-    data = self.rest(lo, n)
-    if not data.isascii():
-      textfile.decode(self.path, data, offset=self.offset, line=self.line)
-    raise error
-
-
-def _header(file: _File, n: int) -> tuple[list[str] | None, int]:
+def _header(path: str, buf: bytearray, n: int
+            ) -> tuple[list[str] | None, int]:
   """The header's fields from the first chunk buf[:n], and where the data
   starts; fields None for an empty file or a header with quotes."""
-  lo = len(textfile.BOM) if file.buf.startswith(textfile.BOM, 0, n) else 0
-  file.offset = lo
+  lo = len(textfile.BOM) if buf.startswith(textfile.BOM, 0, n) else 0
   if lo == n:
     return None, n
-  end = file.buf.find(b'\n', lo, n)
+  end = buf.find(b'\n', lo, n)
   end = n if end < 0 else end + 1
-  file.check_utf8(lo, end)
-  if not _fast_safe(file.buf, lo, end):
+  text = textfile.decode(path, bytes(buf[lo:end]), offset=lo)
+  if not _fast_safe(buf, lo, end):
     return None, lo
-  text = file.buf[lo:end].decode('utf-8').rstrip('\n').removesuffix('\r')
-  file.offset, file.line = end, 2
+  text = text.rstrip('\n').removesuffix('\r')
   return ([h.strip() for h in text.split(',')] if text else []), end
 
 
+def _room(buf: bytearray, lo: int, hi: int, size: int) -> int:
+  """The rows that a file of `size` bytes whose data starts with buf[lo:hi]
+  holds at that chunk's bytes per line, and 5% more."""
+  lines = max(buf.count(b'\n', lo, hi), 1) if hi > lo else 0
+  return lines * 21 * (size - lo) // (20 * max(hi - lo, 1))
+
+
 def _columns(path: str, header: list[str], key: str, numeric: Sequence[str],
-             optional: Sequence[str], required: Sequence[str]) -> _Rows:
+             optional: Sequence[str], required: Sequence[str],
+             room: int) -> _Rows:
   """The columns to take; raises naming the file and the missing ones."""
   missing = [c for c in required if c not in header]
   if missing:
     raise ValueError(f'{path}: missing column(s) {missing}; found {header}')
   return _Rows(path, header, key,
-               list(numeric) + [c for c in optional if c in header])
+               list(numeric) + [c for c in optional if c in header], room)
 
 
 def read_columns(path: str, key: str, numeric: Sequence[str],
@@ -347,40 +299,31 @@ def read_columns(path: str, key: str, numeric: Sequence[str],
   required = [key, *numeric] if required is None else list(required)
   if not os.path.isfile(path):
     raise FileNotFoundError(f'{path}: file not found')
+  file_bytes = os.path.getsize(path)
   with open(path, 'rb') as f:
-    size = min(chunk_bytes or CHUNK_BYTES, os.path.getsize(path) + 1)
-    file = _File(path, f, size)
-    n = file.next()
-    header, lo = _header(file, n)
-    if header is None and lo == n:
+    file = _File(path, f, min(chunk_bytes or CHUNK_BYTES, file_bytes + 1))
+    chunks = file.chunks(0)
+    first = next(chunks, _Chunk(bytearray(), 0, 0, 0))
+    header, lo = _header(path, first.buf, first.hi)
+    if header is None and lo == first.hi:
       raise ValueError(f'{path}: empty file (no header)')
     if header is None:  # quotes in the header: the csv module throughout
-      text = file.rest(lo, n)
-      records = textfile.csv_records(
-          path, textfile.decode(path, text, offset=lo), 1)
+      text = textfile.decode(path, file.rest(lo), offset=lo)
+      records = textfile.csv_records(path, text, 1)
       header = [h.strip() for h in next(records, (1, []))[1]]
-      rows = _columns(path, header, key, numeric, optional, required)
-      _slow_rows(records, rows)
+      rows = _columns(path, header, key, numeric, optional, required, 0)
+      rows.add(_slow_part(records, rows), 0)
       return rows.result()
     try:
-      rows = _columns(path, header, key, numeric, optional, required)
+      rows = _columns(path, header, key, numeric, optional, required,
+                      _room(first.buf, lo, first.hi, file_bytes))
     except ValueError as e:
-      file.fail(e, lo, n)
-    while n:
-      file.check_utf8(lo, n)
-      try:
-        newlines = _fast_chunk(file.buf, lo, n, file.line, rows)
-      except _NotFast:
-        text = textfile.decode(path, file.rest(lo, n), offset=file.offset,
-                               line=file.line)
-        _slow_rows(textfile.csv_records(path, text, file.line), rows)
-        break
-      except ValueError as e:
-        file.offset += n - lo
-        file.line += file.buf.count(b'\n', lo, n)
-        file.fail(e, n, n)
-      file.offset += n - lo
-      file.line += newlines
-      file.keep_tail(n)
-      n, lo = file.next(), 0
+      file.fail(e, lo, 2)
+    first = dataclasses.replace(first, lo=lo, offset=lo)
+    slow = _add_parsed(file, rows, itertools.chain([first], chunks))
+    if slow:
+      chunk, line = slow
+      text = textfile.decode(path, file.rest(chunk.offset),
+                             offset=chunk.offset, line=line)
+      rows.add(_slow_part(textfile.csv_records(path, text, line), rows), 0)
     return rows.result()

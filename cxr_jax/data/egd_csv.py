@@ -146,20 +146,24 @@ def read_gaze_csv(path: str, durations: bool = False, *,
 def _group(keys: Sequence[str], code: np.ndarray, lines: np.ndarray,
            fields: dict[str, np.ndarray | None]
            ) -> dict[str, dict[str, np.ndarray]]:
-  """key -> {field: its rows (file order), 'line': their lines}."""
-  out = {}
+  """key -> {field: its rows (file order), 'line': their lines}, each a
+  slice of the field's rows: of the file's order where every key's rows
+  are one block (as in the released files), else of the rows sorted by key
+  (stably)."""
   if not code.size:
-    return out
-  order = np.argsort(code, kind='stable')
-  sorted_code = code[order]
-  starts = np.r_[0, np.flatnonzero(np.diff(sorted_code)) + 1]
+    return {}
+  fields = {k: v for k, v in dict(fields, line=lines).items() if v is not None}
+  starts = np.flatnonzero(np.r_[True, code[1:] != code[:-1]])
+  if starts.size > len(keys):  # a key in more than one block
+    order = np.argsort(code, kind='stable')
+    fields = {k: v[order] for k, v in fields.items()}
+    code = code[order]
+    starts = np.flatnonzero(np.r_[True, code[1:] != code[:-1]])
   ends = np.r_[starts[1:], code.size]
-  fields = dict(fields, line=lines)
-  for s, e in zip(starts, ends):
-    sel = order[s:e]
-    out[keys[sorted_code[s]]] = {k: v[sel] for k, v in fields.items()
-                                 if v is not None}
-  return out
+  block = np.empty(len(keys), np.int64)
+  block[code[starts]] = np.arange(starts.size)
+  return {keys[i]: {k: v[starts[b]:ends[b]] for k, v in fields.items()}
+          for i, b in enumerate(block)}
 
 
 def _check_durations(path: str, dur: np.ndarray, keys: Sequence[str],

@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import os
-from typing import Iterator
+from typing import BinaryIO, Iterator
 
 BOM = b'\xef\xbb\xbf'  # UTF-8 byte order mark, which Excel writes
 
@@ -45,6 +45,45 @@ def read_text(path: str | os.PathLike) -> str:
     data = f.read()
   skip = len(BOM) if data.startswith(BOM) else 0
   return decode(path, data[skip:], offset=skip)
+
+
+def line_chunks(f: BinaryIO, size: int, pad: int = 0,
+                spare: list[bytearray] | None = None
+                ) -> Iterator[tuple[bytearray, int]]:
+  """Chunks of whole lines of binary file `f`, from its position on:
+  (buf, n), buf[:n] being about `size` bytes of lines (more where a line is
+  longer; the file's last line may lack its newline), followed by at least
+  `pad` spare bytes of buf. Each chunk is in a buffer of its own: a new one,
+  or one that the caller has put in `spare` when it no longer needed it."""
+  tail = b''  # an unfinished line, carried to the next buffer
+  while True:
+    need = max(size, 2 * len(tail)) + pad  # leaves >= size / 2 to read
+    buf = spare.pop() if spare else b''
+    if len(buf) < need:
+      buf = bytearray(need)
+    buf[:len(tail)] = tail
+    with memoryview(buf) as view:
+      got = f.readinto(view[len(tail):len(buf) - pad])
+    end = len(tail) + got
+    cut = buf.rfind(b'\n', 0, end) + 1 if got else end
+    tail = bytes(buf[cut:end])
+    if cut:
+      yield buf, cut
+    if not got:
+      return
+
+
+def check_utf8(path: str | os.PathLike, f: BinaryIO, offset: int = 0,
+               line: int = 1, chunk_bytes: int = 1 << 24) -> None:
+  """Raises `decode`'s error for the first byte of file `f` (opened as
+  `path`) from byte `offset` (line `line`) on that is not UTF-8, reading
+  `chunk_bytes` at a time."""
+  f.seek(offset)
+  for buf, n in line_chunks(f, chunk_bytes):
+    data = bytes(buf[:n])
+    if not data.isascii():
+      decode(path, data, offset=offset, line=line)
+    offset, line = offset + n, line + data.count(b'\n')
 
 
 def csv_records(path: str | os.PathLike, text: str, first_line: int = 1
