@@ -18,7 +18,6 @@ from PIL import Image
 from benchmarks import predict as bench
 from configs import siim_classifier
 from configs import study_b
-from cxr_jax import ckpt
 from cxr_jax import jobs
 from cxr_jax import models
 from cxr_jax import predict
@@ -200,21 +199,6 @@ def test_a_folder_that_is_not_a_finished_run(classifier, tmp_path):
     predict.open_run(classifier, ['gradcamm'])
 
 
-def _fake_run(path, config):
-  """A finished run folder of `config` with freshly initialised variables."""
-  model = models.build(config.model)
-  h, w = config.data.image_size
-  variables = models.init_variables(model, jax.random.PRNGKey(0),
-                                    np.zeros((1, h, w, 1), np.float32),
-                                    train=False)
-  os.makedirs(path)
-  ckpt.write_json(os.path.join(path, 'config.json'), config.to_dict())
-  c = ckpt.Checkpointer(str(path))
-  c.save_best(1, jax.tree.map(np.asarray, dict(variables)), dict(step=1))
-  c.close()
-  return str(path)
-
-
 def _tiny(config):
   config.model.name = ('cooperative_tiny' if config.model.name.startswith(
       'cooperative') else config.model.name)
@@ -223,7 +207,7 @@ def _tiny(config):
 
 def test_full_cooperative_model_gives_three_classes_and_a_gaze_map(tmp_path):
   a = study_b.args('demo')
-  wd = _fake_run(tmp_path / 'stage3', _tiny(study_b.stage3(a)))
+  wd = bench.fake_run(str(tmp_path / 'stage3'), _tiny(study_b.stage3(a)))
   phantom.write('gaze', str(tmp_path / 'egd'), 3, 0, 128)
   scans = sorted(glob.glob(str(tmp_path / 'egd' / 'files' / '**' / '*.dcm'),
                            recursive=True))
