@@ -126,9 +126,11 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
 def sequence_config() -> ml_collections.ConfigDict:
   """A `sequence` job: stages (train configs) run in order, then a report.
 
-  `init_dir`: a folder of converted weights, one `<init_dir>/<stage name>/`
-  per stage; when set, every stage without `init.from_stage` starts from
-  its folder (`jobs.stage_config`). '' = each stage's own `init.path`.
+  `init_dir`: a folder of converted weights, one `<init_dir>/<network>/`
+  per network (what `python -m cxr_jax.convert --all` writes); when set,
+  every stage without `init.from_stage` whose network has published ImageNet
+  weights (`models.IMAGENET_PRETRAINED`) starts from its folder
+  (`jobs.stage_config`). '' = each stage's own `init.path`.
   """
   c = ml_collections.ConfigDict()
   c.job = 'sequence'

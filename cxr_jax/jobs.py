@@ -109,11 +109,31 @@ def _finished(stage, sub_dir: str) -> dict | None:
     return json.load(f)
 
 
+def _check_init_dir(config, stages: dict) -> None:
+  """Every `init_dir/<network>` folder the stages start from exists; else
+  one error listing the missing ones, before anything trains."""
+  if not config.init_dir:
+    return
+  missing = sorted({s.model.name for s in stages.values()
+                    if s.init.path == os.path.join(config.init_dir,
+                                                   s.model.name)
+                    and not os.path.isdir(s.init.path)})
+  if missing:
+    raise FileNotFoundError(
+        f'config.init_dir = {config.init_dir!r} has no converted weights for '
+        f'{", ".join(missing)} (expected a folder per network, '
+        f'{os.path.join(config.init_dir, missing[0])}/). Write them with '
+        'python -m cxr_jax.convert --all --src_dir=<torchvision/timm files> '
+        f'--out_dir={config.init_dir}, or set --config.init_dir= to train '
+        'from scratch.')
+
+
 def run_sequence(config, workdir: str) -> dict:
   """Runs `config.sequence`'s stages, then `config.report`."""
   config.sequence = stage_names(config.sequence)
-  for name in config.sequence:  # every name checked before any training
-    stage_config(config, name, workdir)
+  stages = {n: stage_config(config, n, workdir)  # checked before training
+            for n in config.sequence}
+  _check_init_dir(config, stages)
   os.makedirs(workdir, exist_ok=True)
   ckpt.write_json(os.path.join(workdir, 'config.json'), config.to_dict())
   from cxr_jax import train  # pylint: disable=g-import-not-at-top

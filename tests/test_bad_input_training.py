@@ -283,3 +283,22 @@ def test_rerun_of_a_sequence_with_a_finished_stage_of_another_config(
   assert os.path.join(wd, 'a') in msg and 'finished stage' in msg
   assert 'optim.lr: 0.001 -> 0.5' in msg
   assert _snapshot(os.path.join(wd, 'a')) == before
+
+
+def test_init_dir_without_a_networks_folder_names_it_before_training(
+    tmp_path):
+  from configs import gradcam_benchmark  # pylint: disable=g-import-not-at-top
+  c = gradcam_benchmark.get_config()
+  c.sequence = ('vgg16', 'resnet18', 'vit_b16')
+  weights = tmp_path / 'weights'
+  (weights / 'vgg16').mkdir(parents=True)
+  c.init_dir = str(weights)
+  wd = str(tmp_path / 'run')
+  with pytest.raises(FileNotFoundError) as e:
+    jobs.run_sequence(c, wd)
+  msg = str(e.value)
+  assert f"config.init_dir = '{weights}'" in msg
+  assert 'no converted weights for resnet18, vit_b16' in msg
+  assert 'vgg16' not in msg.split('(expected')[0]
+  assert 'python -m cxr_jax.convert --all' in msg
+  assert not os.path.exists(wd)  # nothing written
