@@ -176,7 +176,7 @@ def _write_study(out_dir: str, i: int, label: int, ids: tuple[str, str, str],
             int(rng.integers(25, 90)), 0, 0, pad, hw[0] - hw[1] - pad,
             *onehot, onehot[1], onehot[1], onehot[2],
             ['dyspnea', 'fever, cough', 'chest pain'][label])
-  session = 100 + i
+  session_id = 100 + i  # the CSVs' SESSION_ID column
   fix = reading.plan_fixations(rng, geom, label, info)
   samples, fixes = reading.gaze_samples(rng, fix, hw,
                                         float(rng.uniform(0.2, 1.0)))
@@ -188,7 +188,7 @@ def _write_study(out_dir: str, i: int, label: int, ids: tuple[str, str, str],
                       int(fid), int(valid), f'{sx:.5f}', f'{sy:.5f}',
                       int(valid), f'{rng.uniform(3, 5):.3f}',
                       f'{rng.uniform(3, 5):.3f}', f'{x:.1f}', f'{y:.1f}',
-                      session))
+                      session_id))
   for k, f in enumerate(fixes):
     sx, sy = _screen(f['x'], f['y'], hw)
     fix_rows.append((dicom_id, k, f'{f["start"]:.5f}',
@@ -196,7 +196,7 @@ def _write_study(out_dir: str, i: int, label: int, ids: tuple[str, str, str],
                      f'{f["start"]:.5f}', f'{f["dwell"]:.5f}', f['id'], 1,
                      f'{sx:.5f}', f'{sy:.5f}', 1, f'{rng.uniform(3, 5):.3f}',
                      f'{rng.uniform(3, 5):.3f}', f'{f["x"]:.1f}',
-                     f'{f["y"]:.1f}', session))
+                     f'{f["y"]:.1f}', session_id))
   named = dict(right_lung=geom['right_lung'], left_lung=geom['left_lung'],
                heart=geom['heart'], mediastinum=geom['mediastinum'])
   for name, mask in named.items():
