@@ -140,7 +140,7 @@ def run_sequence(config, workdir: str) -> dict:
   summaries = {}
   for i, name in enumerate(config.sequence):
     sub_dir = os.path.join(workdir, name)
-    done = _finished(stage_config(config, name, workdir), sub_dir)
+    done = _finished(stages[name], sub_dir)
     if done is not None:
       summaries[name] = done
       logging.info('[%d/%d] %s: already done, skipped.', i + 1,
@@ -149,11 +149,10 @@ def run_sequence(config, workdir: str) -> dict:
     logging.info('[%d/%d] %s: training in %s', i + 1, len(config.sequence),
                  name, sub_dir)
     t0 = time.time()
-    summary = train.run(stage_config(config, name, workdir), sub_dir)
+    summary = train.run(stages[name], sub_dir)
     summary['wall_s'] = time.time() - t0
     ckpt.write_json(os.path.join(sub_dir, DONE), summary)
     summaries[name] = summary
   if config.report:
-    stages = {n: stage_config(config, n, workdir) for n in config.sequence}
     REPORTS.get(config.report, key='report')(config, workdir, stages)
   return summaries
